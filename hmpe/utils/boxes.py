@@ -69,3 +69,20 @@ def elementwise_giou(a: Tensor, b: Tensor) -> Tensor:
     wh2 = (rb2 - lt2).clamp(min=0)
     hull = wh2[:, 0] * wh2[:, 1]
     return iou - (hull - union) / hull.clamp(min=1e-12)
+
+
+def elementwise_box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of matched xyxy boxes a (N,4), b (N,4) -> (N,)."""
+    area_a, area_b = box_area(a), box_area(b)
+    lt = torch.max(a[:, :2], b[:, :2])
+    rb = torch.min(a[:, 2:], b[:, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[:, 0] * wh[:, 1]
+    union = area_a + area_b - inter
+    return inter / union.clamp(min=1e-12)
+
+
+def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """logit(x) with x clamped to [eps, 1 - eps]: boxes in [0,1] -> the decoder's unbounded space."""
+    x = x.clamp(min=0.0, max=1.0)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))

@@ -1,0 +1,112 @@
+"""``hmpe`` command line. One argument style: ``hmpe TASK [SOURCE] key=value ...``.
+
+    hmpe train                                  # default preset on the synthetic dataset
+    hmpe train model=rtdetr-n data=nwpu-vhr10 epochs=72 imgsz=512
+    hmpe val weights=runs/train/exp/weights/best.pt [data=...]
+    hmpe predict SOURCE weights=best.pt conf=0.3
+    hmpe data stats DATA | hmpe data convert DATA --to coco|yolo OUT
+    hmpe cfg                                    # print the default training config and presets
+"""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = __doc__
+
+
+def _split_source(argv: list[str]) -> tuple[str | None, list[str]]:
+    positional = [a for a in argv if "=" not in a]
+    rest = [a for a in argv if "=" in a]
+    if len(positional) > 1:
+        raise SystemExit(f"hmpe: expected at most one SOURCE before key=value arguments, got {positional}")
+    return (positional[0] if positional else None), rest
+
+
+def cmd_train(argv: list[str]) -> int:
+    from hmpe.api import make_train_config
+    from hmpe.engine.trainer import train
+    from hmpe.utils.config import parse_overrides
+
+    cfg, model_over = make_train_config(parse_overrides(argv))
+    train(cfg, model_over)
+    return 0
+
+
+def cmd_val(argv: list[str]) -> int:
+    from hmpe.api import Detector
+    from hmpe.utils.config import parse_overrides
+
+    args = parse_overrides(argv)
+    weights = args.pop("weights", None)
+    if not weights:
+        raise SystemExit("hmpe val: weights=PATH is required (a checkpoint written by hmpe train)")
+    det = Detector(weights=weights, device=args.pop("device", "auto"))
+    det.val(data=args.pop("data", None), **args)
+    return 0
+
+
+def cmd_predict(argv: list[str]) -> int:
+    from hmpe.api import Detector
+    from hmpe.utils.config import parse_overrides
+
+    source, rest = _split_source(argv)
+    args = parse_overrides(rest)
+    source = source or args.pop("source", None)
+    weights = args.pop("weights", None)
+    if not source or not weights:
+        raise SystemExit("hmpe predict: usage: hmpe predict SOURCE weights=PATH [conf=0.25 imgsz=...]")
+    det = Detector(weights=weights, device=args.pop("device", "auto"))
+    results = det.predict(source, save=args.pop("save", True), **args)
+    n = sum(len(r.scores) for r in results)
+    print(f"{len(results)} images, {n} detections; results saved to {det.run_dir}")
+    return 0
+
+
+def cmd_cfg(argv: list[str]) -> int:
+    import yaml
+
+    from hmpe.utils.config import default_train_config, model_presets
+
+    print(yaml.safe_dump(default_train_config(), sort_keys=False))
+    print("model presets:", ", ".join(model_presets()))
+    return 0
+
+
+def cmd_data(argv: list[str]) -> int:
+    from hmpe.data.tools import main_data
+
+    return main_data(argv)
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "val": cmd_val,
+    "predict": cmd_predict,
+    "data": cmd_data,
+    "cfg": cmd_cfg,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    task, rest = argv[0], argv[1:]
+    if task not in COMMANDS:
+        print(f"hmpe: unknown task {task!r}; tasks: {', '.join(COMMANDS)}\n{USAGE}", file=sys.stderr)
+        return 2
+    if rest and rest[0] in ("-h", "--help") and task != "data":
+        print(USAGE)
+        return 0
+    try:
+        return COMMANDS[task](rest) or 0
+    except (ValueError, FileNotFoundError) as e:
+        # Bad input from the user: one clear line, no traceback.
+        print(f"hmpe {task}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

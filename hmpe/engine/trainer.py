@@ -1,0 +1,419 @@
+"""Training engine, readable top to bottom: build -> (resume) -> for each epoch: train, validate, save.
+
+Exact resume: every epoch starts by reseeding Python, NumPy and torch from ``seed + epoch`` and the
+data order comes from a generator seeded the same way, so epoch e draws the same augmentations and
+denoising noise whether the run got there straight or through a checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from hmpe.data.dataset import build_dataset, collate_fn
+from hmpe.data.formats import load_data_config
+from hmpe.data.transforms import build_transforms
+from hmpe.engine.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from hmpe.engine.evaluator import COCOEvaluator
+from hmpe.engine.optim import ModelEMA, build_param_groups, lr_factor
+from hmpe.models.detector import build_criterion, build_model, build_postprocessor
+from hmpe.utils import dist as du
+from hmpe.utils.config import apply_overrides, load_model_config
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def select_device(spec: str = "auto") -> torch.device:
+    if spec in (None, "auto", ""):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(spec)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={spec}: CUDA is not available on this machine")
+    return dev
+
+
+def increment_run_dir(project: str | Path, task: str, name: str | None, exist_ok: bool = False) -> Path:
+    """runs/<task>/<name>, or exp, exp2, ... when no name is given or the name is taken."""
+    base = Path(project) / task
+    stem = name or "exp"
+    path = base / stem
+    if exist_ok or not path.exists():
+        return path
+    i = 2
+    while (base / f"{stem}{i}").exists():
+        i += 1
+    return base / f"{stem}{i}"
+
+
+def amp_dtype(spec, device: torch.device):
+    """None (fp32), torch.bfloat16 or torch.float16. AMP only on CUDA; bf16 by default there."""
+    if device.type != "cuda" or spec in (False, None, "false", "off"):
+        return None
+    if spec in ("auto", True, "bf16"):
+        return torch.bfloat16
+    if spec == "fp16":
+        return torch.float16
+    raise ValueError(f"amp={spec!r}: expected auto, bf16, fp16 or false")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def to_device(targets: list[dict], device: torch.device) -> list[dict]:
+    return [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+
+
+def loss_groups(loss_dict: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Sum weighted loss terms by kind (vfl, bbox, giou, probe...) across layers/encoder/denoising."""
+    out: dict[str, float] = {}
+    for k, v in loss_dict.items():
+        kind = k.split("_aux")[0].split("_enc")[0].split("_dn")[0]
+        out[kind] = out.get(kind, 0.0) + float(v)
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, postprocessor: nn.Module, evaluator: COCOEvaluator,
+             device: torch.device, desc: str = "val", autocast_dtype=None) -> dict:
+    """Run ``model`` over ``loader`` and score it; returns the evaluator's metrics."""
+    model.eval()
+    ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    for images, targets in tqdm(loader, desc=desc, leave=False, disable=not du.is_main_process()):
+        images = images.to(device)
+        with ctx:
+            outputs = model(images)
+        orig = torch.stack([t["orig_size"] for t in targets]).to(device)
+        preds = postprocessor({k: v.float() for k, v in outputs.items() if k in ("pred_logits", "pred_boxes")}, orig)
+        gathered = du.all_gather_objects(([t["image_id"] for t in targets],
+                                          [{k: v.cpu() for k, v in p.items()} for p in preds]))
+        for ids, ps in gathered:
+            evaluator.update(ids, ps)
+    return evaluator.compute()
+
+
+class Trainer:
+    """Trains one model on one dataset; ``fit()`` returns the final validation metrics."""
+
+    def __init__(self, cfg: dict, model_cfg: dict | None = None):
+        self.cfg = cfg = dict(cfg)
+        self.local_rank = du.init_distributed(select_device(cfg.get("device")).type)
+        self.device = select_device(cfg.get("device"))
+        if self.device.type == "cuda" and du.is_dist():
+            self.device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(self.device)
+        self.resume_ckpt = load_checkpoint(cfg["resume"]) if cfg.get("resume") else None
+        if self.resume_ckpt is not None:
+            # A resumed run continues with the config it was started with (epochs may be extended).
+            saved = dict(self.resume_ckpt["train_cfg"])
+            for k in ("epochs", "workers", "device"):
+                if cfg.get(k) is not None and cfg.get(k) != saved.get(k) and k in cfg.get("_explicit", ()):
+                    saved[k] = cfg[k]
+            saved["resume"] = cfg["resume"]
+            self.cfg = cfg = saved
+            model_cfg = self.resume_ckpt["model_cfg"]
+        self.model_cfg = model_cfg if model_cfg is not None else load_model_config(cfg["model"])
+        seed_everything(cfg["seed"])
+        if cfg.get("deterministic"):
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+        # ---- data
+        self.data_cfg = load_data_config(cfg["data"])
+        tr_t = build_transforms(True, cfg["imgsz"], {"augment": cfg.get("augment", True)})
+        va_t = build_transforms(False, cfg["imgsz"])
+        self.train_set = build_dataset(self.data_cfg, "train", transforms=tr_t, skip_bad=cfg.get("skip_bad", False))
+        self.val_set = build_dataset(self.data_cfg, "val", transforms=va_t, skip_bad=cfg.get("skip_bad", False))
+        self.names = list(self.train_set.names)
+        self.num_classes = len(self.names)
+        self.loader_gen = torch.Generator()
+        sampler = DistributedSampler(self.train_set, shuffle=True, seed=cfg["seed"]) if du.is_dist() else None
+        self.train_sampler = sampler
+        self.train_loader = DataLoader(
+            self.train_set, batch_size=cfg["batch"], shuffle=sampler is None, sampler=sampler,
+            num_workers=cfg["workers"], collate_fn=collate_fn, drop_last=len(self.train_set) > cfg["batch"],
+            generator=self.loader_gen, persistent_workers=False)
+        val_sampler = DistributedSampler(self.val_set, shuffle=False) if du.is_dist() else None
+        self.val_loader = DataLoader(self.val_set, batch_size=cfg["batch"], shuffle=False, sampler=val_sampler,
+                                     num_workers=cfg["workers"], collate_fn=collate_fn)
+
+        # ---- model, loss, optimiser
+        self.model = build_model(self.model_cfg, self.num_classes).to(self.device)
+        self.criterion = build_criterion(self.model_cfg, self.num_classes).to(self.device)
+        self.postprocessor = build_postprocessor(self.model_cfg, self.num_classes)
+        if cfg.get("weights") and self.resume_ckpt is None:
+            self._load_initial_weights(cfg["weights"])
+        pretrained = bool((self.model_cfg.get("backbone") or {}).get("weights"))
+        lr_bb = cfg.get("lr_backbone") or (cfg["lr"] * 0.1 if pretrained else cfg["lr"])
+        self.optimizer = torch.optim.AdamW(
+            build_param_groups(self.model, cfg["lr"], lr_bb, cfg["weight_decay"]), lr=cfg["lr"])
+        for g in self.optimizer.param_groups:
+            g["initial_lr"] = g["lr"]
+        self.amp_dtype = amp_dtype(cfg.get("amp", "auto"), self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.ema = ModelEMA(self.model, cfg["ema_decay"], cfg["ema_warmup"]) if cfg.get("ema", True) else None
+        if du.is_dist():
+            if cfg.get("sync_bn"):
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            self.model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=bool(cfg.get("find_unused_parameters", False)))
+
+        # ---- state
+        self.epochs = int(cfg["epochs"])
+        self.start_epoch = 0
+        self.iteration = 0
+        self.best_fitness = -1.0
+        self.nan_count = 0
+        self.metrics: dict = {}
+        if self.resume_ckpt is not None:
+            self._restore(self.resume_ckpt)
+            self.run_dir = Path(cfg["resume"]).resolve().parent.parent
+        else:
+            self.run_dir = increment_run_dir(cfg["project"], "train", cfg.get("name"), cfg.get("exist_ok", False))
+        self.weights_dir = self.run_dir / "weights"
+        if du.is_main_process():
+            self.weights_dir.mkdir(parents=True, exist_ok=True)
+            self._write_args()
+
+    # ------------------------------------------------------------------ training loop
+    def fit(self) -> dict:
+        cfg = self.cfg
+        self.log(f"hmpe train: {self.model_cfg.get('name', 'model')} on {cfg['data']} "
+                 f"({len(self.train_set)} train / {len(self.val_set)} val images, {self.num_classes} classes), "
+                 f"device {self.device}, run folder {self.run_dir}")
+        t_start = time.time()
+        epoch = self.start_epoch
+        while epoch < self.epochs:
+            t0 = time.time()
+            train_stats = self.train_one_epoch(epoch)
+            last = epoch + 1 == self.epochs
+            metrics = self.validate() if (last or (epoch + 1) % max(1, cfg["val_interval"]) == 0) else {}
+            if metrics:
+                self.metrics = metrics
+            self.save(epoch, metrics)
+            self.log_epoch(epoch, train_stats, metrics, time.time() - t0)
+            if epoch == self.start_epoch and cfg.get("time_limit") and self.resume_ckpt is None:
+                self._fit_epochs_to_time(time.time() - t_start)
+            epoch += 1
+        self.finish()
+        return self.metrics
+
+    def train_one_epoch(self, epoch: int) -> dict:
+        cfg = self.cfg
+        seed_everything(cfg["seed"] + epoch)
+        self.loader_gen.manual_seed(cfg["seed"] + epoch)
+        if self.train_sampler is not None:
+            self.train_sampler.set_epoch(epoch)
+        self.model.train()
+        self.criterion.train()
+        total_iters = self.epochs * len(self.train_loader)
+        sums: dict[str, float] = {}
+        n = 0
+        pbar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.epochs}",
+                    disable=not du.is_main_process(), dynamic_ncols=True)
+        for images, targets in pbar:
+            self._set_lr(total_iters)
+            images = images.to(self.device, non_blocking=True)
+            targets = to_device(targets, self.device)
+            ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+            with ctx:
+                outputs = self.model(images, targets)
+            loss_dict = self.criterion(outputs, targets)  # fp32 inside
+            loss = sum(loss_dict.values())
+
+            if not torch.isfinite(loss):
+                self._on_non_finite(images, targets, loss_dict)
+                self.iteration += 1
+                continue
+            self.scaler.scale(loss).backward()
+            if cfg["clip_grad"] and cfg["clip_grad"] > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg["clip_grad"])
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update(unwrap(self.model))
+            self.iteration += 1
+
+            n += 1
+            for k, v in loss_groups(loss_dict).items():
+                sums[k] = sums.get(k, 0.0) + v
+            sums["loss"] = sums.get("loss", 0.0) + float(loss)
+            pbar.set_postfix(loss=f"{sums['loss'] / n:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+        stats = {k: v / max(1, n) for k, v in sums.items()}
+        stats["lr"] = self.optimizer.param_groups[0]["lr"]
+        return stats
+
+    def validate(self) -> dict:
+        model = self.ema.module if self.ema is not None else unwrap(self.model)
+        evaluator = COCOEvaluator(self.val_set.samples, self.names, max_dets=self.cfg["max_dets"])
+        metrics = evaluate(model, self.val_loader, self.postprocessor, evaluator, self.device,
+                           autocast_dtype=self.amp_dtype)
+        self.evaluator = evaluator
+        return metrics
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _set_lr(self, total_iters: int) -> None:
+        cfg = self.cfg
+        f = lr_factor(self.iteration, total_iters, min(cfg["warmup_iters"], total_iters // 2), cfg["schedule"],
+                      cfg["final_lr_factor"], cfg.get("milestones", (0.8,)))
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["initial_lr"] * f
+
+    def _fit_epochs_to_time(self, first_epoch_s: float) -> None:
+        """time_limit (minutes): after the first epoch, size the run so the whole schedule fits."""
+        budget = float(self.cfg["time_limit"]) * 60
+        self.epochs = max(self.start_epoch + 1, int(budget // max(first_epoch_s, 1e-6)))
+        self.cfg["epochs"] = self.epochs
+        self.log(f"time_limit {self.cfg['time_limit']} min: first epoch took {first_epoch_s:.0f} s -> "
+                 f"{self.epochs} epochs in all")
+
+    def _on_non_finite(self, images, targets, loss_dict) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.nan_count += 1
+        bad = {k: float(v) for k, v in loss_dict.items() if not math.isfinite(float(v))}
+        self.log(f"non-finite loss at iteration {self.iteration} ({self.nan_count}/{self.cfg['nan_limit']}): "
+                 f"{bad}; step skipped")
+        if self.nan_count >= self.cfg["nan_limit"]:
+            path = self.run_dir / "bad_batch.pt"
+            if du.is_main_process():
+                torch.save({"images": images.cpu(), "targets": [{k: (v.cpu() if torch.is_tensor(v) else v)
+                                                                 for k, v in t.items()} for t in targets],
+                            "losses": {k: float(v) for k, v in loss_dict.items()}}, path)
+            raise FloatingPointError(f"{self.nan_count} non-finite losses (limit nan_limit={self.cfg['nan_limit']}); "
+                                     f"the last offending batch is saved to {path}")
+
+    def checkpoint(self, epoch: int, metrics: dict) -> dict:
+        return {
+            "model": unwrap(self.model).state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,  # completed epoch index
+            "epochs": self.epochs,
+            "iteration": self.iteration,
+            "best_fitness": self.best_fitness,
+            "nan_count": self.nan_count,
+            "metrics": metrics,
+            "model_cfg": self.model_cfg,
+            "train_cfg": {k: v for k, v in self.cfg.items() if not k.startswith("_")},
+            "names": self.names,
+            "rng": rng_state(),
+            "hmpe_version": __import__("hmpe").__version__,
+        }
+
+    def save(self, epoch: int, metrics: dict) -> None:
+        fitness = metrics.get("mAP50_95", -1.0) if metrics else -1.0
+        improved = bool(metrics) and fitness > self.best_fitness
+        if improved:
+            self.best_fitness = fitness
+        if not du.is_main_process():
+            return
+        ckpt = self.checkpoint(epoch, metrics)
+        save_atomic(ckpt, self.weights_dir / "last.pt")
+        if improved:
+            save_atomic(ckpt, self.weights_dir / "best.pt")
+        if self.cfg.get("save_period") and (epoch + 1) % self.cfg["save_period"] == 0:
+            save_atomic(ckpt, self.weights_dir / f"epoch{epoch + 1}.pt")
+
+    def _restore(self, ckpt: dict) -> None:
+        unwrap(self.model).load_state_dict(ckpt["model"])
+        if self.ema is not None and ckpt.get("ema"):
+            self.ema.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.start_epoch = ckpt["epoch"] + 1
+        self.epochs = max(self.epochs, ckpt.get("epochs", self.epochs))
+        self.iteration = ckpt["iteration"]
+        self.best_fitness = ckpt["best_fitness"]
+        self.nan_count = ckpt.get("nan_count", 0)
+        self.metrics = ckpt.get("metrics") or {}
+        set_rng_state(ckpt["rng"])
+
+    def _load_initial_weights(self, path: str) -> None:
+        ckpt = load_checkpoint(path)
+        state = (ckpt.get("ema") or {}).get("module") or ckpt["model"]
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        shape_ok = all(k in state for k in self.model.state_dict())
+        self.log(f"weights {path}: loaded ({len(missing)} missing, {len(unexpected)} unexpected keys)"
+                 + ("" if shape_ok else ""))
+
+    def log(self, msg: str) -> None:
+        if du.is_main_process():
+            tqdm.write(msg)
+
+    def log_epoch(self, epoch: int, stats: dict, metrics: dict, seconds: float) -> None:
+        if not du.is_main_process():
+            return
+        row = {"epoch": epoch + 1, "time_s": round(seconds, 1)}
+        row.update({f"train/{k}": round(v, 6) for k, v in stats.items()})
+        keys = ("precision", "recall", "mAP50", "mAP50_95", "mAP75", "AP_small", "AP_medium", "AP_large")
+        row.update({f"val/{k}": round(float(metrics[k]), 6) for k in keys if k in metrics})
+        path = self.run_dir / "results.csv"
+        old_rows = []
+        if path.exists():
+            with open(path) as f:
+                old_rows = list(csv.DictReader(f))
+        fields = list(dict.fromkeys([*(old_rows[0].keys() if old_rows else []), *row.keys()]))
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            for r in [*old_rows, row]:
+                w.writerow(r)
+        if metrics:
+            self.log(f"epoch {epoch + 1}/{self.epochs}: loss {stats.get('loss', float('nan')):.4f}  "
+                     f"P {metrics.get('precision', 0):.3f}  R {metrics.get('recall', 0):.3f}  "
+                     f"mAP50 {metrics.get('mAP50', 0):.4f}  mAP50-95 {metrics.get('mAP50_95', 0):.4f}  "
+                     f"({seconds:.0f} s)")
+
+    def _write_args(self) -> None:
+        import yaml
+
+        with open(self.run_dir / "args.yaml", "w") as f:
+            yaml.safe_dump({"train": {k: v for k, v in self.cfg.items() if not k.startswith("_")},
+                            "model": self.model_cfg}, f, sort_keys=False)
+
+    def finish(self) -> None:
+        if not du.is_main_process():
+            return
+        from hmpe.viz.plots import plot_results_csv
+
+        try:
+            plot_results_csv(self.run_dir / "results.csv", self.run_dir / "results.png")
+        except Exception as e:  # plotting must never lose a finished run
+            self.log(f"could not plot results.csv: {e}")
+        if getattr(self, "evaluator", None) is not None:
+            self.evaluator.plot(self.run_dir)
+            self.log(self.evaluator.summary_table())
+        if self.nan_count:
+            self.log(f"{self.nan_count} training steps were skipped for non-finite losses")
+        self.log(f"results saved to {self.run_dir}")
+
+
+def train(cfg: dict, model_cfg_overrides: dict | None = None) -> tuple[Trainer, dict]:
+    """Train from a merged training config; model overrides are dotted keys into the model config."""
+    model_cfg = None
+    if not cfg.get("resume"):
+        model_cfg = load_model_config(cfg["model"])
+        if cfg.get("weights"):
+            ck = load_checkpoint(cfg["weights"])
+            model_cfg = ck["model_cfg"]
+        model_cfg = apply_overrides(model_cfg, model_cfg_overrides or {})
+    trainer = Trainer(cfg, model_cfg)
+    metrics = trainer.fit()
+    return trainer, metrics

@@ -4,6 +4,7 @@
     hmpe train model=rtdetr-n data=nwpu-vhr10 epochs=72 imgsz=512
     hmpe val weights=runs/train/exp/weights/best.pt [data=...]
     hmpe predict SOURCE weights=best.pt conf=0.3
+    hmpe bench model=rtdetr-n imgsz=640 batch=1 [device=cpu threads=2 runs=20]
     hmpe data stats DATA | hmpe data convert DATA --to coco|yolo OUT
     hmpe cfg                                    # print the default training config and presets
 """
@@ -73,6 +74,25 @@ def cmd_cfg(argv: list[str]) -> int:
     return 0
 
 
+def cmd_bench(argv: list[str]) -> int:
+    import torch
+
+    from hmpe.engine.bench import benchmark_model, format_report
+    from hmpe.models.detector import build_model
+    from hmpe.utils.config import apply_overrides, load_model_config, parse_overrides, split_overrides
+
+    args = parse_overrides(argv)
+    model_over, args = split_overrides(args)
+    if args.get("threads"):
+        torch.set_num_threads(int(args["threads"]))
+    cfg = apply_overrides(load_model_config(args.get("model", "rtdetr-n")), model_over)
+    model = build_model(cfg, int(args.get("nc", 10)))
+    r = benchmark_model(model, args.get("imgsz", 640), args.get("batch", 1), args.get("device", "cpu"),
+                        args.get("warmup", 3), args.get("runs", 20))
+    print(format_report(cfg.get("name", "model"), r))
+    return 0
+
+
 def cmd_data(argv: list[str]) -> int:
     from hmpe.data.tools import main_data
 
@@ -83,6 +103,7 @@ COMMANDS = {
     "train": cmd_train,
     "val": cmd_val,
     "predict": cmd_predict,
+    "bench": cmd_bench,
     "data": cmd_data,
     "cfg": cmd_cfg,
 }

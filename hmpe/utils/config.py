@@ -59,6 +59,11 @@ def default_train_config() -> dict:
 
 
 def parse_value(text: str) -> Any:
+    for cast in (int, float):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            return cast(text)
+        except ValueError:
+            pass
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:

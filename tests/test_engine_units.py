@@ -1,0 +1,100 @@
+"""Engine pieces that need no model: schedule, parameter groups, EMA, atomic checkpoints, config."""
+
+import math
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from hmpe.engine import checkpoint as ckpt_mod
+from hmpe.engine.checkpoint import load_checkpoint, save_atomic
+from hmpe.engine.optim import ModelEMA, build_param_groups, lr_factor
+from hmpe.utils.config import apply_overrides, load_model_config, parse_overrides, split_overrides
+
+
+def test_lr_warmup_then_cosine_to_final():
+    total, warm = 100, 10
+    f = [lr_factor(i, total, warm, "cosine", 0.05) for i in range(total)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b - 1e-12 for a, b in zip(f[10:], f[11:]))  # monotone decay after warm-up
+    assert lr_factor(total, total, warm, "cosine", 0.05) == pytest.approx(0.05)
+
+
+def test_lr_step_schedule():
+    assert lr_factor(50, 100, 0, "step", milestones=(0.8,), gamma=0.1) == 1.0
+    assert lr_factor(90, 100, 0, "step", milestones=(0.8,), gamma=0.1) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="schedule"):
+        lr_factor(50, 100, 0, "poly")
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+        self.head = nn.Linear(4, 2)
+
+
+def test_param_groups_no_decay_on_norms_and_biases():
+    m = Tiny()
+    groups = build_param_groups(m, lr=1e-3, lr_backbone=1e-4, weight_decay=0.05)
+    by_name = {g["name"]: g for g in groups}
+    assert by_name["backbone"]["lr"] == 1e-4 and by_name["backbone"]["weight_decay"] == 0.05
+    assert by_name["backbone_no_decay"]["weight_decay"] == 0.0
+    assert len(by_name["backbone_no_decay"]["params"]) == 3  # conv bias, bn weight, bn bias
+    assert by_name["head"]["lr"] == 1e-3 and len(by_name["head"]["params"]) == 1
+    n = sum(len(g["params"]) for g in groups)
+    assert n == len(list(m.parameters()))
+
+
+def test_ema_ramp_and_update():
+    m = nn.Linear(2, 1, bias=False)
+    ema = ModelEMA(m, decay=0.9999, warmup=10)
+    w0 = m.weight.detach().clone()
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+    ema.update(m)
+    d = 0.9999 * (1 - math.exp(-1 / 10))
+    assert ema.updates == 1 and ema.current_decay() == pytest.approx(d)
+    # after one update the EMA moved (1-d) of the way towards the new weights
+    assert torch.allclose(ema.module.weight, d * w0 + (1 - d) * torch.ones_like(w0))
+    assert not ema.module.weight.requires_grad
+
+
+def test_atomic_save_interrupted_leaves_previous(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_atomic({"model": {"w": torch.ones(3)}, "epoch": 1}, path)
+
+    def exploding_save(obj, f):
+        f.write(b"partial bytes")
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", exploding_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomic({"model": {"w": torch.zeros(3)}, "epoch": 2}, path)
+    monkeypatch.undo()
+    ck = load_checkpoint(path)
+    assert ck["epoch"] == 1 and torch.equal(ck["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_load_checkpoint_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_checkpoint(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="bad.pt"):
+        load_checkpoint(bad)
+
+
+def test_overrides_and_presets():
+    o = parse_overrides(["epochs=3", "decoder.num_layers=3", "lr=1e-3", "multi_scale=[288,320]"])
+    assert o == {"epochs": 3, "decoder.num_layers": 3, "lr": 1e-3, "multi_scale": [288, 320]}
+    model_o, train_o = split_overrides(o)
+    assert model_o == {"decoder.num_layers": 3} and "epochs" in train_o
+    cfg = apply_overrides(load_model_config("rtdetr-n"), model_o)
+    assert cfg["decoder"]["num_layers"] == 3 and cfg["name"] == "rtdetr-n"
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["epochs"])
+    with pytest.raises(ValueError, match="preset"):
+        load_model_config("no-such-model")

@@ -86,8 +86,10 @@ class SyntheticDataset:
             raise DataError(source, f"synthetic classes are fixed to {list(SYNTHETIC_NAMES)}, got names {names}")
         imgsz = cfg.get("imgsz", 320)
         options = {k: cfg[k] for k in ("min_size", "max_size", "max_objects", "negative_fraction") if k in cfg}
+        # overfit: every split draws the train images (to check a model can memorise a few images)
+        stream = SPLIT_STREAMS["train"] if cfg.get("overfit") else SPLIT_STREAMS[split]
         return cls(int(cfg[f"num_{split}"]), imgsz if isinstance(imgsz, int) else tuple(imgsz),
-                   int(cfg.get("seed", 0)), SPLIT_STREAMS[split], **options)  # fmt: skip
+                   int(cfg.get("seed", 0)), stream, **options)  # fmt: skip
 
     def __len__(self) -> int:
         return self.num_images

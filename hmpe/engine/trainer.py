@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from hmpe.data.dataset import build_dataset, collate_fn
 from hmpe.data.formats import load_data_config
-from hmpe.data.transforms import build_transforms
+from hmpe.data.transforms import NUM_DROPPED_KEY, build_transforms, multi_scale_sizes, resize_batch
 from hmpe.engine.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from hmpe.engine.evaluator import COCOEvaluator
 from hmpe.engine.optim import ModelEMA, build_param_groups, lr_factor
@@ -133,8 +133,16 @@ class Trainer:
 
         # ---- data
         self.data_cfg = load_data_config(cfg["data"])
-        tr_t = build_transforms(True, cfg["imgsz"], {"augment": cfg.get("augment", True)})
-        va_t = build_transforms(False, cfg["imgsz"])
+        aug = cfg.get("augment", True)
+        aug_cfg = dict(aug) if isinstance(aug, dict) else {}
+        if cfg.get("multi_scale"):
+            aug_cfg["multi_scale"] = cfg["multi_scale"]
+        self.multi_scale = multi_scale_sizes(aug_cfg, cfg["imgsz"])
+        keep_ratio = {"keep_ratio": aug_cfg["keep_ratio"]} if "keep_ratio" in aug_cfg else None
+        # augment=false trains on the evaluation pipeline (resize only)
+        tr_t = build_transforms(bool(aug), cfg["imgsz"], {k: v for k, v in aug_cfg.items() if k != "multi_scale"}
+                                if aug else keep_ratio)
+        va_t = build_transforms(False, cfg["imgsz"], keep_ratio)
         self.train_set = build_dataset(self.data_cfg, "train", transforms=tr_t, skip_bad=cfg.get("skip_bad", False))
         self.val_set = build_dataset(self.data_cfg, "val", transforms=va_t, skip_bad=cfg.get("skip_bad", False))
         self.names = list(self.train_set.names)
@@ -222,11 +230,15 @@ class Trainer:
         self.criterion.train()
         total_iters = self.epochs * len(self.train_loader)
         sums: dict[str, float] = {}
-        n = 0
+        n = dropped = 0
+        scale_rng = random.Random(cfg["seed"] * 1000 + epoch)  # batch sizes for multi-scale, resumable
         pbar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.epochs}",
                     disable=not du.is_main_process(), dynamic_ncols=True)
         for images, targets in pbar:
             self._set_lr(total_iters)
+            dropped += sum(int(t.get(NUM_DROPPED_KEY, 0)) for t in targets)
+            if self.multi_scale:
+                images, targets = resize_batch(images, targets, scale_rng.choice(self.multi_scale))
             images = images.to(self.device, non_blocking=True)
             targets = to_device(targets, self.device)
             ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
@@ -257,6 +269,9 @@ class Trainer:
             pbar.set_postfix(loss=f"{sums['loss'] / n:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
         stats = {k: v / max(1, n) for k, v in sums.items()}
         stats["lr"] = self.optimizer.param_groups[0]["lr"]
+        stats["dropped_boxes"] = dropped
+        if dropped and epoch == self.start_epoch:
+            self.log(f"augmentation dropped {dropped} degenerate boxes this epoch (cropped out or < 1 px)")
         return stats
 
     def validate(self) -> dict:
@@ -348,10 +363,11 @@ class Trainer:
     def _load_initial_weights(self, path: str) -> None:
         ckpt = load_checkpoint(path)
         state = (ckpt.get("ema") or {}).get("module") or ckpt["model"]
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
-        shape_ok = all(k in state for k in self.model.state_dict())
-        self.log(f"weights {path}: loaded ({len(missing)} missing, {len(unexpected)} unexpected keys)"
-                 + ("" if shape_ok else ""))
+        own = self.model.state_dict()
+        fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        self.model.load_state_dict(fits, strict=False)
+        self.log(f"weights {path}: loaded {len(fits)}/{len(own)} tensors "
+                 f"({len(state) - len(fits)} in the file did not fit this model)")
 
     def log(self, msg: str) -> None:
         if du.is_main_process():

@@ -1,0 +1,173 @@
+"""Heatmap-embedding figures with a colour bar, the paper's "heatbar" (Figures 1 and 6; DESIGN sec. 7).
+
+Headless: the figure is built on matplotlib's Agg canvas directly (no pyplot, no GUI, no global figure
+state), so rendering many images keeps memory flat.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as Fn
+
+from hmpe.viz.draw import class_colour
+
+__all__ = ["render_heatmap_figure", "heatmap_maps", "render_heatmap_output", "upsample_map"]
+
+NEAREST_KEYS = ("mask",)  # binary maps are upsampled with nearest neighbour, the others bilinear
+
+
+def upsample_map(m: np.ndarray | torch.Tensor, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """Resize a [h,w] map to ``size`` = (H, W) (bilinear, align_corners=False; or nearest)."""
+    t = torch.as_tensor(np.asarray(m, dtype=np.float32))[None, None]
+    if tuple(t.shape[-2:]) != tuple(size):
+        if nearest:
+            t = Fn.interpolate(t, size=tuple(size), mode="nearest")
+        else:
+            t = Fn.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)
+    return t[0, 0].numpy()
+
+
+def render_heatmap_figure(
+    image: np.ndarray,
+    boxes: np.ndarray | Sequence,
+    labels: np.ndarray | Sequence,
+    names: Sequence[str],
+    maps: Mapping[str, np.ndarray],
+    out_png: str | Path | None = None,
+    *,
+    ncols: int = 3,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+    panel_width: float = 4.0,
+    dpi: int = 100,
+    ranges: Mapping[str, tuple[float, float]] | None = None,
+    title: str | None = None,
+) -> np.ndarray:
+    """Render the input with boxes, then every map upsampled to the image and overlaid with a colour bar.
+
+    image: HxWx3 uint8; boxes: [N,4] xyxy absolute pixels of ``image``; labels: [N] int; names: class
+    names; maps: name -> [h,w] array (e.g. H_class, H_bbox, H_mixed, Mask, |PE'|) at any resolution.
+    Colour range per map: ``ranges[name]`` if given, [0,1] when the map lies in [0,1], else [min,max].
+    Panels keep the image's aspect ratio; each overlay panel has its own colour bar of the panel's
+    height. Writes ``out_png`` when given and returns the rendered figure as an RGB uint8 array.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+    from mpl_toolkits.axes_grid1 import make_axes_locatable
+
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be HxWx3, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        image = np.clip(image * (255.0 if image.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    H, W = image.shape[:2]
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    labels = np.asarray(labels).reshape(-1)
+    n = 1 + len(maps)
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    pw = panel_width
+    ph = pw * H / W
+    fig = Figure(figsize=(ncols * pw * 1.12, nrows * (ph + 0.45) + (0.4 if title else 0.0)), dpi=dpi)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    if title:
+        fig.suptitle(title)
+
+    def panel(ax, name):
+        ax.imshow(image, interpolation="bilinear")
+        ax.set_title(name, fontsize=10)
+        ax.set_xticks([]), ax.set_yticks([])
+        return make_axes_locatable(ax).append_axes("right", size="4%", pad=0.05)  # heatbar axes
+
+    cax = panel(axes[0], "input")
+    cax.set_axis_off()  # same geometry as the other panels, no bar
+    for b, c in zip(boxes, labels):
+        col = tuple(v / 255.0 for v in class_colour(int(c)))
+        x1, y1, x2, y2 = (float(v) for v in b)
+        axes[0].add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=col, linewidth=1.5))
+        text = names[int(c)] if int(c) < len(names) else str(int(c))
+        axes[0].text(x1, y1, text, fontsize=7, color="black", va="bottom",
+                     bbox=dict(facecolor=col, edgecolor="none", pad=1.0))
+    for ax, (name, m) in zip(axes[1:], maps.items()):
+        m = np.asarray(m, dtype=np.float32)
+        up = upsample_map(m, (H, W), nearest=any(k in name.lower() for k in NEAREST_KEYS))
+        if ranges and name in ranges:
+            lo, hi = ranges[name]
+        elif m.size and m.min() >= 0.0 and m.max() <= 1.0:
+            lo, hi = 0.0, 1.0
+        else:
+            lo, hi = float(m.min(initial=0.0)), float(m.max(initial=1.0))
+            hi = hi if hi > lo else lo + 1.0
+        norm = Normalize(vmin=lo, vmax=hi)
+        cax = panel(ax, name)
+        ax.imshow(up, cmap=cmap, norm=norm, alpha=alpha, interpolation="nearest")
+        fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax)  # opaque heatbar
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    fig.tight_layout()
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    if out_png is not None:
+        Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out_png, dpi=dpi)
+    return rgb
+
+
+def _to_np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
+
+
+@torch.no_grad()
+def heatmap_maps(out, index: int = 0, level: int | str = 0, pe_magnitude: bool = True) -> dict[str, np.ndarray]:
+    """Assemble the figure's maps for image ``index`` of a :class:`~hmpe.models.heatmap.HeatmapOutput`.
+
+    level: an int shows that level's maps; the default 0 is the stride-8 level, the finest grid and the
+    one where small objects live (its map is computed from stride-8 features, and larger objects show
+    on it too). ``"max"`` shows the per-pixel max over the levels, each upsampled (bilinear; Mask
+    nearest) to the stride-8 grid -- sharper objects from S3, blurrier ones from S4/S5.
+    Returns ``{"H_class", "H_bbox", "H_mixed", "Mask", "|PE'|"}`` as [h,w] float arrays; ``|PE'|`` is the
+    L2 norm over channels of the masked position encoding (eq. 7) -- omitted with ``pe_magnitude=False``.
+    """
+    L = out.num_levels
+    levels = list(range(L)) if level == "max" else [int(level)]
+    size = tuple(out.mask[levels[0]].shape[-2:])
+
+    def pick(ms, nearest=False, i=index):
+        vals = []
+        for l in levels:
+            m = ms[l][i:i + 1].float()  # [1,1,h,w]
+            if tuple(m.shape[-2:]) != size:
+                m = Fn.interpolate(m, size=size, mode="nearest") if nearest else \
+                    Fn.interpolate(m, size=size, mode="bilinear", align_corners=False)
+            vals.append(m)
+        return _to_np(torch.stack(vals).amax(0)[0, 0])
+
+    maps = {
+        "H_class": pick(out.h_class),
+        "H_bbox": pick(out.h_bbox),
+        "H_mixed": pick(out.h_mixed),
+        "Mask": pick(out.mask, nearest=True),
+    }
+    if pe_magnitude:
+        mags = []
+        for l in range(L):
+            h, w = out.mask[l].shape[-2:]
+            pe = out.masked_pe(l)[index]  # [h*w, D]
+            mags.append(pe.float().norm(dim=-1).reshape(1, 1, h, w))
+        maps["|PE'|"] = pick(mags, i=0)
+    return maps
+
+
+def render_heatmap_output(image: np.ndarray, boxes, labels, names: Sequence[str], out, index: int = 0,
+                          level: int | str = 0, out_png: str | Path | None = None, **kwargs) -> np.ndarray:
+    """``heatmap_maps`` + ``render_heatmap_figure`` for one image of a batch."""
+    return render_heatmap_figure(image, boxes, labels, names, heatmap_maps(out, index, level), out_png, **kwargs)

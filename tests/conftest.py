@@ -16,3 +16,33 @@ def nwpu_root() -> Path:
     if not (NWPU_ROOT / "ground truth").is_dir():
         pytest.skip(f"NWPU VHR-10 not present at {NWPU_ROOT}")
     return NWPU_ROOT
+
+
+SYNTHETIC_NAMES = ["circle", "square", "triangle", "cross", "ring"]
+
+
+def tiny_data(num_train: int = 4, num_val: int = 4, imgsz: int = 128, seed: int = 0, overfit: bool = True) -> dict:
+    """A few small synthetic images (val = the train images when ``overfit``)."""
+    return {"format": "synthetic", "num_train": num_train, "num_val": num_val, "imgsz": imgsz, "seed": seed,
+            "overfit": overfit, "min_size": 10, "max_size": 32, "max_objects": 4, "negative_fraction": 0.0,
+            "names": SYNTHETIC_NAMES}
+
+
+def tiny_model_cfg(**decoder) -> dict:
+    """The smallest sensible detector: HGNetv2-B0, hidden 64, 3 decoder layers, 30 queries."""
+    return {"name": "tiny", "hidden_dim": 64, "backbone": {"name": "B0"},
+            "encoder": {"nhead": 4, "dim_feedforward": 128, "expansion": 0.5, "depth_mult": 0.34},
+            "decoder": {"num_queries": 30, "num_layers": 3, "dim_feedforward": 128, "nhead": 4, "num_points": 4,
+                        "num_denoising": 20, **decoder},
+            "matcher": {"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}, "loss": {}}
+
+
+def tiny_train_cfg(tmp_path, **over) -> dict:
+    from hmpe.utils.config import default_train_config
+
+    cfg = default_train_config()
+    cfg.update(data=tiny_data(), epochs=80, batch=4, imgsz=128, workers=0, augment=False, lr=2e-3,
+               warmup_iters=10, val_interval=10_000, ema=False, project=str(tmp_path / "runs"), name="t",
+               exist_ok=True)
+    cfg.update(over)
+    return cfg

@@ -83,7 +83,7 @@ def loss_groups(loss_dict: dict[str, torch.Tensor]) -> dict[str, float]:
     out: dict[str, float] = {}
     for k, v in loss_dict.items():
         kind = k.split("_aux")[0].split("_enc")[0].split("_dn")[0]
-        out[kind] = out.get(kind, 0.0) + float(v)
+        out[kind] = out.get(kind, 0.0) + float(v.detach())
     return out
 
 
@@ -245,6 +245,7 @@ class Trainer:
             with ctx:
                 outputs = self.model(images, targets)
             loss_dict = self.criterion(outputs, targets)  # fp32 inside
+            loss_dict.update(outputs.get("aux_losses", {}))  # e.g. the heatmap probe's dense losses
             loss = sum(loss_dict.values())
 
             if not torch.isfinite(loss):

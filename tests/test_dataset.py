@@ -148,3 +148,19 @@ def test_build_dataset_from_files_keeps_the_load_report(tmp_path):
     assert len(dataset) == 1 and len(dataset.skipped) == 1
     image, target = dataset[0]
     assert image.shape == (3, 24, 32) and target["labels"].tolist() == [0]
+
+
+def test_mosaic_wired_into_dataset_keeps_boxes_valid():
+    from hmpe.data.dataset import build_dataset
+    from hmpe.data.transforms import Mosaic, build_transforms
+
+    torch.manual_seed(0)
+    data = {"format": "synthetic", "num_train": 6, "num_val": 2, "imgsz": 96, "seed": 1,
+            "names": ["circle", "square", "triangle", "cross", "ring"], "_source": "test"}
+    ds = build_dataset(data, "train", transforms=build_transforms(True, 128), mosaic=Mosaic(128, p=1.0))
+    for i in range(len(ds)):
+        image, target = ds[i]
+        assert image.shape == (3, 128, 128)
+        assert target.get("mosaic") is True
+        b = target["boxes"]
+        assert ((b[:, 2:] > 0) & (b >= 0).all(1, keepdim=True) & (b <= 1).all(1, keepdim=True)).all()

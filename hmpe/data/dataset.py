@@ -70,8 +70,10 @@ class DetectionDataset(Dataset):
         names: Sequence[str],
         transforms: Transform | None = None,
         image_loader: ImageLoader | None = None,
+        mosaic: Callable | None = None,
     ):
         self.samples = samples
+        self.mosaic = mosaic  # hmpe.data.transforms.Mosaic: 4 items -> 1, before the per-sample transform
         self.names = list(names)
         self.transforms = transforms
         self.image_loader = image_loader or load_sample_image
@@ -105,7 +107,12 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict]:
         sample = self.samples[index]
-        image, target = self.load(index)
+        if self.mosaic is not None and len(self) > 1 and self.mosaic.should_apply():
+            # torch RNG: seeded per DataLoader worker, so mosaic draws are reproducible like the rest
+            others = torch.randint(len(self), (3,)).tolist()
+            image, target = self.mosaic([self.load(i) for i in (index, *others)])
+        else:
+            image, target = self.load(index)
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         pixels = _to_unit_float(image)
@@ -157,6 +164,7 @@ def build_dataset(
     split: str,
     transforms: Transform | None = None,
     skip_bad: bool = False,
+    mosaic: Callable | None = None,
 ) -> DetectionDataset:
     """A ready ``DetectionDataset`` for ``split`` of a dataset YAML, a shipped name (``synthetic``,
     ``nwpu-vhr10``) or a config dict. Synthetic data renders on the fly (train and val come from
@@ -167,6 +175,7 @@ def build_dataset(
 
         generated = SyntheticDataset.from_config(cfg, split)
         samples = SampleList(generated.samples, source=f"{cfg['_source']} [{split}]")
-        return DetectionDataset(samples, generated.names, transforms, image_loader=generated.render_sample)
+        return DetectionDataset(samples, generated.names, transforms, image_loader=generated.render_sample,
+                                mosaic=mosaic)
     samples, names = load_dataset(cfg, split, skip_bad=skip_bad)
-    return DetectionDataset(samples, names, transforms)
+    return DetectionDataset(samples, names, transforms, mosaic=mosaic)

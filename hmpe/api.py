@@ -156,7 +156,16 @@ class Detector:
         loader = DataLoader(ds, batch_size=tcfg["batch"], shuffle=False, num_workers=tcfg["workers"],
                             collate_fn=collate_fn)
         evaluator = COCOEvaluator(ds.samples, self.names, max_dets=tcfg["max_dets"])
-        metrics = evaluate(model, loader, self._post, evaluator, self.device)
+        if kwargs.get("slice"):  # full images, tiled (hmpe.engine.slicing); conf defaults to 0.001 here
+            from hmpe.engine.slicing import evaluate_sliced, model_predict_fn
+
+            metrics = evaluate_sliced(model_predict_fn(model, self._post, self.device, tcfg["imgsz"]), ds, evaluator,
+                                      int(kwargs["slice"]), tcfg["imgsz"], overlap=kwargs.get("overlap", 0.2),
+                                      batch=tcfg["batch"], conf=kwargs.get("conf", 0.001),
+                                      merge=kwargs.get("merge", "nms"), merge_iou=kwargs.get("merge_iou", 0.5),
+                                      full_image=kwargs.get("full_image", False))
+        else:
+            metrics = evaluate(model, loader, self._post, evaluator, self.device)
         run_dir = increment_run_dir(tcfg["project"], "val", kwargs.get("name"), kwargs.get("exist_ok", False))
         run_dir.mkdir(parents=True, exist_ok=True)
         evaluator.plot(run_dir)
@@ -168,17 +177,56 @@ class Detector:
         self.metrics = metrics
         return metrics
 
+    # ------------------------------------------------------------------ export
+    def export(self, format: str = "onnx", imgsz: int | None = None, opset: int = 17, gather_sampling: bool = False,
+               out: str | Path | None = None, check: bool = True, image: str | Path | None = None) -> Path:
+        """Export the checkpoint (post-processed outputs, dynamic batch; see :mod:`hmpe.engine.export`) and,
+        with ``check``, compare onnxruntime with PyTorch (raises ``ExportParityError`` on a mismatch)."""
+        if str(format).lower() != "onnx":
+            raise ValueError(f"format={format!r}: only onnx is supported")
+        if not self.weights:
+            raise ValueError("no weights: train first, or pass a checkpoint (Detector('best.pt'))")
+        from hmpe.engine.export import export_onnx
+
+        return export_onnx(self.weights, imgsz=imgsz, opset=opset, gather_sampling=gather_sampling, out=out,
+                           check=check, image=image)
+
+    def _predict_sliced(self, path: Path, conf: float, imgsz: int, batch: int, size: int, overlap: float,
+                        merge: str, merge_iou: float, full_image: bool) -> Prediction:
+        from hmpe.engine.slicing import model_predict_fn, sliced_predict
+
+        try:
+            with Image.open(path) as im:
+                image = np.asarray(im.convert("RGB"))  # decoded once; tiles are views of it
+        except Exception as e:
+            raise ValueError(f"{path}: cannot be read as an image ({e})") from None
+        fn = model_predict_fn(self._ensure_model(), self._post, self.device, imgsz)
+        b, s, l = sliced_predict(fn, image, size, imgsz, overlap, batch, conf, merge, merge_iou,
+                                 full_image=full_image)
+        return Prediction(str(path), image.shape[1], image.shape[0], b.numpy(), s.numpy(), l.numpy(), self.names)
+
     # ------------------------------------------------------------------ predict
     @torch.no_grad()
     def predict(self, source, conf: float = 0.25, imgsz: int | None = None, batch: int = 4,
-                save: bool = False, project: str = "runs", name: str | None = None) -> list[Prediction]:
+                save: bool = False, project: str = "runs", name: str | None = None, slice: int | None = None,
+                overlap: float = 0.2, merge: str = "nms", merge_iou: float = 0.5,
+                full_image: bool = False) -> list[Prediction]:
+        """Detections per image, boxes in original-image pixels (score >= ``conf``).
+
+        ``slice=N`` (sliced inference for large images, :mod:`hmpe.engine.slicing`): each image is read once
+        and cut into N x N tiles overlapping by ``overlap``; ``batch`` tiles per forward pass; detections are
+        merged across tiles (border fragments by intersection-over-smaller, then class-wise NMS at IoU
+        ``merge_iou``, or ``merge="wbf"``); ``full_image=True`` adds a pass on the whole image."""
         from hmpe.engine.trainer import increment_run_dir
 
         model = self._ensure_model()
         imgsz = imgsz or self._ckpt.get("train_cfg", {}).get("imgsz", 640)
         paths = resolve_source(source)
         results: list[Prediction] = []
-        for i in range(0, len(paths), batch):
+        if slice:  # one image at a time, its tiles batched
+            results = [self._predict_sliced(p, conf, imgsz, batch, int(slice), overlap, merge, merge_iou, full_image)
+                       for p in paths]
+        for i in range(0, 0 if slice else len(paths), batch):
             chunk = paths[i:i + batch]
             ims = []
             for p in chunk:
@@ -205,6 +253,62 @@ class Detector:
             with open(run_dir / "predictions.json", "w") as f:
                 json.dump([r.to_json() for r in results], f, indent=1)
             self.run_dir = run_dir
+        return results
+
+    # ------------------------------------------------------------------ heatmap (DESIGN sec. 7)
+    @torch.no_grad()
+    def heatmap(self, source, conf: float = 0.25, imgsz: int | None = None, level: int | str = 0,
+                save: bool = True, out: str | Path | None = None, project: str = "runs", name: str | None = None,
+                dpi: int = 100) -> list[dict]:
+        """Heatmap figures (the paper's Figures 1 and 6): one PNG per image of ``source`` with the input and
+        its predicted boxes (score >= ``conf``), then ``H_class``, ``H_bbox``, ``H_mixed``, ``Mask`` and the
+        masked-PE magnitude ``|PE'|``, each upsampled to the image and with a colour bar.
+
+        level: 0 (stride 8, default), 1, 2, or ``"max"`` (per-pixel max over the levels). Figures go to
+        ``out`` or ``<project>/heatmap/<name>`` (exp, exp2, ...). Returns one dict per image: ``path``,
+        ``png`` (None when ``save=False``), ``maps`` (name -> [h,w] array on the model's grid) and
+        ``prediction`` (:class:`Prediction`). One image at a time, no hooks, no autograd graph.
+        """
+        from hmpe.engine.trainer import increment_run_dir
+        from hmpe.viz.heatmap import detector_heatmaps, fit_for_display, render_heatmap_figure
+
+        model = self._ensure_model()
+        if getattr(model, "heatmap", None) is None:
+            raise ValueError(f"{self.weights}: model {self._ckpt['model_cfg'].get('name', '?')!r} has no heatmap "
+                             f"path (its model config has `heatmap: null`), so there is no heatmap to show; "
+                             f"train a model with one, e.g. model=rtdetr-n-heat")
+        if level != "max" and not 0 <= int(level) < model.heatmap.num_levels:
+            raise ValueError(f"level={level!r}: expected 0..{model.heatmap.num_levels - 1} or max")
+        imgsz = imgsz or self._ckpt.get("train_cfg", {}).get("imgsz", 640)
+        paths = resolve_source(source)
+        run_dir = None
+        if save:
+            run_dir = Path(out) if out else increment_run_dir(project, "heatmap", name)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.run_dir = run_dir
+        results = []
+        for p in paths:
+            try:
+                im = Image.open(p).convert("RGB")
+            except Exception as e:
+                raise ValueError(f"{p}: cannot be read as an image ({e})") from None
+            x = resize_for_model(im, imgsz)[None].to(self.device)
+            outputs, maps = detector_heatmaps(model, x, level)
+            o = self._post(outputs, torch.tensor([im.size], device=self.device))[0]
+            keep = o["scores"] >= conf
+            pred = Prediction(str(p), im.size[0], im.size[1], o["boxes"][keep].cpu().numpy(),
+                              o["scores"][keep].cpu().numpy(), o["labels"][keep].cpu().numpy(), self.names)
+            png = None
+            if save:
+                png = run_dir / f"{p.stem}_heatmap.png"
+                image, boxes = fit_for_display(np.asarray(im), pred.boxes)
+                lv = ("max over levels" if level == "max"
+                      else f"level {level} (stride {model.heatmap.strides[int(level)]})")
+                render_heatmap_figure(image, boxes, pred.labels, self.names, maps[0], png, dpi=dpi,
+                                      title=f"{p.name}: {len(pred.scores)} detections (conf >= {conf}), "
+                                            f"heatmaps at {lv}")
+            results.append({"path": str(p), "png": png, "maps": maps[0], "prediction": pred})
+            del outputs, maps
         return results
 
 

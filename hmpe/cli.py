@@ -3,8 +3,11 @@
     hmpe train                                  # default preset on the synthetic dataset
     hmpe train model=rtdetr-n data=nwpu-vhr10 epochs=72 imgsz=512
     hmpe val weights=runs/train/exp/weights/best.pt [data=...]
-    hmpe predict SOURCE weights=best.pt conf=0.3
-    hmpe bench model=rtdetr-n imgsz=640 batch=1 [device=cpu threads=2 runs=20]
+    hmpe predict SOURCE weights=best.pt conf=0.3 [slice=640 overlap=0.2 merge=nms|wbf merge_iou=0.5]
+    hmpe export weights=best.pt format=onnx [imgsz=... opset=17 gather_sampling=false out=best.onnx image=IMG]
+    hmpe heatmap SOURCE weights=best.pt [conf=0.25 imgsz=... level=0|1|2|max out=DIR]  # heatmap-path models
+    hmpe bench model=rtdetr-n imgsz=640 batch=1 [device=cpu threads=2 warmup=3 runs=20 save=out.json]
+                                                # imgsz=[512,640] batch=[1,4]: one report per pair; imgsz=512x640: HxW
     hmpe data stats DATA | hmpe data convert DATA --to coco|yolo OUT
     hmpe cfg                                    # print the default training config and presets
 """
@@ -64,6 +67,51 @@ def cmd_predict(argv: list[str]) -> int:
     return 0
 
 
+def cmd_heatmap(argv: list[str]) -> int:
+    """One heatmap figure (input + boxes, H_class, H_bbox, H_mixed, Mask, |PE'|) per image of SOURCE."""
+    from hmpe.api import Detector
+    from hmpe.utils.config import parse_overrides
+
+    source, rest = _split_source(argv)
+    args = parse_overrides(rest)
+    source = source or args.pop("source", None)
+    weights = args.pop("weights", None)
+    if not source or not weights:
+        raise SystemExit("hmpe heatmap: usage: hmpe heatmap SOURCE weights=PATH [conf=0.25 imgsz=... "
+                         "level=0|1|2|max out=DIR]")
+    unknown = sorted(set(args) - {"device", "conf", "imgsz", "level", "out", "project", "name", "dpi", "save"})
+    if unknown:
+        raise ValueError(f"unknown argument(s) {', '.join(unknown)}; expected conf, imgsz, level, out, project, "
+                         f"name, dpi, save, device")
+    det = Detector(weights=weights, device=args.pop("device", "auto"))
+    results = det.heatmap(source, **args)
+    print(f"{len(results)} heatmap figures saved to {det.run_dir}")
+    return 0
+
+
+def cmd_export(argv: list[str]) -> int:
+    """ONNX export with post-processed outputs and an onnxruntime parity check (hmpe.engine.export)."""
+    from hmpe.api import Detector
+    from hmpe.engine.export import ExportParityError
+    from hmpe.utils.config import parse_overrides
+
+    args = parse_overrides(argv)
+    weights = args.pop("weights", None)
+    if not weights:
+        raise SystemExit("hmpe export: usage: hmpe export weights=PATH format=onnx [imgsz=... opset=17 "
+                         "gather_sampling=false out=PATH image=IMG check=true]")
+    unknown = sorted(set(args) - {"format", "imgsz", "opset", "gather_sampling", "out", "image", "check"})
+    if unknown:
+        raise ValueError(f"unknown argument(s) {', '.join(unknown)}; expected format, imgsz, opset, "
+                         f"gather_sampling, out, image, check")
+    try:
+        Detector(weights=weights, device="cpu").export(**args)
+    except ExportParityError as e:
+        print(f"hmpe export: PARITY CHECK FAILED: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_cfg(argv: list[str]) -> int:
     import yaml
 
@@ -77,7 +125,7 @@ def cmd_cfg(argv: list[str]) -> int:
 def cmd_bench(argv: list[str]) -> int:
     import torch
 
-    from hmpe.engine.bench import benchmark_model, format_report
+    from hmpe.engine.bench import benchmark_model, format_report, save_report
     from hmpe.models.detector import build_model
     from hmpe.utils.config import apply_overrides, load_model_config, parse_overrides, split_overrides
 
@@ -87,9 +135,21 @@ def cmd_bench(argv: list[str]) -> int:
         torch.set_num_threads(int(args["threads"]))
     cfg = apply_overrides(load_model_config(args.get("model", "rtdetr-n")), model_over)
     model = build_model(cfg, int(args.get("nc", 10)))
-    r = benchmark_model(model, args.get("imgsz", 640), args.get("batch", 1), args.get("device", "cpu"),
-                        args.get("warmup", 3), args.get("runs", 20))
-    print(format_report(cfg.get("name", "model"), r))
+    sizes = args.get("imgsz", 640)  # 640, [512,640] (one report each) or 512x640 (height x width)
+    sizes = [tuple(int(v) for v in str(s).lower().split("x")) if "x" in str(s) else int(s)
+             for s in (sizes if isinstance(sizes, list) else [sizes])]
+    batches = args.get("batch", 1)
+    batches = batches if isinstance(batches, list) else [batches]
+    reports = []
+    for imgsz in sizes:
+        for batch in batches:
+            r = benchmark_model(model, imgsz, int(batch), args.get("device", "cpu"), int(args.get("warmup", 3)),
+                                int(args.get("runs", 20)))
+            r["model"] = cfg.get("name", "model")
+            reports.append(r)
+            print(format_report(r["model"], r))
+    if args.get("save"):
+        print(f"saved to {save_report(args['save'], reports)}")
     return 0
 
 
@@ -103,6 +163,8 @@ COMMANDS = {
     "train": cmd_train,
     "val": cmd_val,
     "predict": cmd_predict,
+    "export": cmd_export,
+    "heatmap": cmd_heatmap,
     "bench": cmd_bench,
     "data": cmd_data,
     "cfg": cmd_cfg,

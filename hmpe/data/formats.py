@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import yaml
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from hmpe.data.types import Sample
 
@@ -319,7 +319,7 @@ def probe_image(path: str | os.PathLike, check_integrity: bool = True) -> tuple[
         with Image.open(path) as image:
             width, height = image.size
             image_format = image.format
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except Exception as err:  # any failure to open is this file's fault; third-party PIL patches raise others
         raise DataError(path, f"not a readable image ({type(err).__name__}: {err})") from None
     if width <= 0 or height <= 0:
         raise DataError(path, f"image header gives an empty size {width}x{height}")

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from hmpe.data.dataset import build_dataset, collate_fn
 from hmpe.data.formats import load_data_config
-from hmpe.data.transforms import NUM_DROPPED_KEY, build_transforms, multi_scale_sizes, resize_batch
+from hmpe.data.transforms import NUM_DROPPED_KEY, Mosaic, build_transforms, multi_scale_sizes, resize_batch
 from hmpe.engine.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from hmpe.engine.evaluator import COCOEvaluator
 from hmpe.engine.optim import ModelEMA, build_param_groups, lr_factor
@@ -99,11 +99,11 @@ def evaluate(model: nn.Module, loader: DataLoader, postprocessor: nn.Module, eva
             outputs = model(images)
         orig = torch.stack([t["orig_size"] for t in targets]).to(device)
         preds = postprocessor({k: v.float() for k, v in outputs.items() if k in ("pred_logits", "pred_boxes")}, orig)
-        gathered = du.all_gather_objects(([t["image_id"] for t in targets],
-                                          [{k: v.cpu() for k, v in p.items()} for p in preds]))
-        for ids, ps in gathered:
-            evaluator.update(ids, ps)
-    return evaluator.compute()
+        evaluator.update([t["image_id"] for t in targets], [{k: v.cpu() for k, v in p.items()} for p in preds])
+    # DDP: each rank scored its shard (DistributedSampler pads with repeats; an image id updated twice
+    # counts once); one all_gather of the predictions, rank 0 computes, every rank gets its numbers.
+    evaluator.synchronize_between_processes()
+    return du.broadcast_object(evaluator.compute() if du.is_main_process() else None)
 
 
 class Trainer:
@@ -143,7 +143,10 @@ class Trainer:
         tr_t = build_transforms(bool(aug), cfg["imgsz"], {k: v for k, v in aug_cfg.items() if k != "multi_scale"}
                                 if aug else keep_ratio)
         va_t = build_transforms(False, cfg["imgsz"], keep_ratio)
-        self.train_set = build_dataset(self.data_cfg, "train", transforms=tr_t, skip_bad=cfg.get("skip_bad", False))
+        mosaic = (Mosaic(cfg["imgsz"], p=aug_cfg.get("mosaic_p", 0.5))
+                  if aug and aug_cfg.get("mosaic") else None)  # DEIM-style dense augmentation
+        self.train_set = build_dataset(self.data_cfg, "train", transforms=tr_t, skip_bad=cfg.get("skip_bad", False),
+                                       mosaic=mosaic)
         self.val_set = build_dataset(self.data_cfg, "val", transforms=va_t, skip_bad=cfg.get("skip_bad", False))
         self.names = list(self.train_set.names)
         self.num_classes = len(self.names)
@@ -152,7 +155,8 @@ class Trainer:
         self.train_sampler = sampler
         self.train_loader = DataLoader(
             self.train_set, batch_size=cfg["batch"], shuffle=sampler is None, sampler=sampler,
-            num_workers=cfg["workers"], collate_fn=collate_fn, drop_last=len(self.train_set) > cfg["batch"],
+            num_workers=cfg["workers"], collate_fn=collate_fn,
+            drop_last=(len(sampler) if sampler is not None else len(self.train_set)) > cfg["batch"],
             generator=self.loader_gen, persistent_workers=False)
         val_sampler = DistributedSampler(self.val_set, shuffle=False) if du.is_dist() else None
         self.val_loader = DataLoader(self.val_set, batch_size=cfg["batch"], shuffle=False, sampler=val_sampler,
@@ -174,11 +178,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.ema = ModelEMA(self.model, cfg["ema_decay"], cfg["ema_warmup"]) if cfg.get("ema", True) else None
         if du.is_dist():
-            if cfg.get("sync_bn"):
-                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-            self.model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=bool(cfg.get("find_unused_parameters", False)))
+            self._wrap_ddp()
 
         # ---- state
         self.epochs = int(cfg["epochs"])
@@ -191,7 +191,8 @@ class Trainer:
             self._restore(self.resume_ckpt)
             self.run_dir = Path(cfg["resume"]).resolve().parent.parent
         else:
-            self.run_dir = increment_run_dir(cfg["project"], "train", cfg.get("name"), cfg.get("exist_ok", False))
+            run_dir = increment_run_dir(cfg["project"], "train", cfg.get("name"), cfg.get("exist_ok", False))
+            self.run_dir = Path(du.broadcast_object(str(run_dir)))  # rank 0 names it: one folder per run
         self.weights_dir = self.run_dir / "weights"
         if du.is_main_process():
             self.weights_dir.mkdir(parents=True, exist_ok=True)
@@ -208,22 +209,25 @@ class Trainer:
         while epoch < self.epochs:
             t0 = time.time()
             train_stats = self.train_one_epoch(epoch)
+            if epoch == self.start_epoch and cfg.get("time_limit") and self.resume_ckpt is None:
+                # size the run before save(), so that last.pt already holds the final epoch count
+                self._fit_epochs_to_time(time.time() - t_start)
             last = epoch + 1 == self.epochs
             metrics = self.validate() if (last or (epoch + 1) % max(1, cfg["val_interval"]) == 0) else {}
             if metrics:
                 self.metrics = metrics
+                self.save_val_heatmaps(epoch)
             self.save(epoch, metrics)
             self.log_epoch(epoch, train_stats, metrics, time.time() - t0)
-            if epoch == self.start_epoch and cfg.get("time_limit") and self.resume_ckpt is None:
-                self._fit_epochs_to_time(time.time() - t_start)
             epoch += 1
         self.finish()
         return self.metrics
 
     def train_one_epoch(self, epoch: int) -> dict:
         cfg = self.cfg
-        seed_everything(cfg["seed"] + epoch)
-        self.loader_gen.manual_seed(cfg["seed"] + epoch)
+        seed = cfg["seed"] + epoch + 1_000_003 * du.get_rank()  # DDP ranks draw different augmentations
+        seed_everything(seed)
+        self.loader_gen.manual_seed(seed)
         if self.train_sampler is not None:
             self.train_sampler.set_epoch(epoch)
         self.model.train()
@@ -248,7 +252,7 @@ class Trainer:
             loss_dict.update(outputs.get("aux_losses", {}))  # e.g. the heatmap probe's dense losses
             loss = sum(loss_dict.values())
 
-            if not torch.isfinite(loss):
+            if du.any_rank(not bool(torch.isfinite(loss)), self.device):  # DDP: every rank skips together
                 self._on_non_finite(images, targets, loss_dict)
                 self.iteration += 1
                 continue
@@ -266,9 +270,18 @@ class Trainer:
             n += 1
             for k, v in loss_groups(loss_dict).items():
                 sums[k] = sums.get(k, 0.0) + v
-            sums["loss"] = sums.get("loss", 0.0) + float(loss)
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             pbar.set_postfix(loss=f"{sums['loss'] / n:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
         stats = {k: v / max(1, n) for k, v in sums.items()}
+        if du.is_dist():
+            # DDP broadcasts buffers only at the start of a forward: after the last step each rank holds the
+            # BatchNorm statistics of its own last batch. Rank 0's go to every rank (model and EMA), so that
+            # validation shards and checkpoints all see one model.
+            bufs = list(unwrap(self.model).buffers()) + (list(self.ema.module.buffers()) if self.ema else [])
+            du.broadcast_tensors([b for b in bufs if b.is_floating_point() or b.dtype == torch.int64])
+            # logged losses: the mean over ranks, not rank 0's shard alone
+            parts = du.all_gather_objects(stats)
+            stats = {k: sum(p.get(k, 0.0) for p in parts) / len(parts) for k in parts[0]}
         stats["lr"] = self.optimizer.param_groups[0]["lr"]
         stats["dropped_boxes"] = dropped
         if dropped and epoch == self.start_epoch:
@@ -283,6 +296,35 @@ class Trainer:
         self.evaluator = evaluator
         return metrics
 
+    def save_val_heatmaps(self, epoch: int) -> list[Path]:
+        """Heatmap figures of the first ``heatmaps_per_epoch`` validation images (models with a heatmap
+        path only; DESIGN sec. 7): ``heatmaps/epoch{N}_{i}.png``, ground-truth boxes, stride-8 maps, the
+        model that was just validated. The same images every epoch, so the figures show progress."""
+        k = min(int(self.cfg.get("heatmaps_per_epoch") or 0), len(self.val_set))
+        model = self.ema.module if self.ema is not None else unwrap(self.model)
+        if k <= 0 or getattr(model, "heatmap", None) is None or not du.is_main_process():
+            return []
+        from hmpe.utils.boxes import box_cxcywh_to_xyxy
+        from hmpe.viz.heatmap import detector_heatmaps, render_heatmap_figure, tensor_to_uint8
+
+        written = []
+        try:
+            was_training = model.training
+            model.eval()
+            items = [self.val_set[i] for i in range(k)]
+            _, maps = detector_heatmaps(model, torch.stack([im for im, _ in items]).to(self.device))
+            model.train(was_training)
+            for i, ((im, t), m) in enumerate(zip(items, maps)):
+                h, w = im.shape[-2:]
+                boxes = box_cxcywh_to_xyxy(t["boxes"]) * torch.tensor([w, h, w, h])
+                png = self.run_dir / "heatmaps" / f"epoch{epoch + 1}_{i}.png"
+                render_heatmap_figure(tensor_to_uint8(im), boxes.numpy(), t["labels"].numpy(), self.names, m, png,
+                                      dpi=72, title=f"epoch {epoch + 1}, val image {i}: ground truth, stride 8")
+                written.append(png)
+        except Exception as e:  # a figure must never stop a training run
+            self.log(f"could not save validation heatmaps: {e}")
+        return written
+
     # ------------------------------------------------------------------ bookkeeping
     def _set_lr(self, total_iters: int) -> None:
         cfg = self.cfg
@@ -295,6 +337,7 @@ class Trainer:
         """time_limit (minutes): after the first epoch, size the run so the whole schedule fits."""
         budget = float(self.cfg["time_limit"]) * 60
         self.epochs = max(self.start_epoch + 1, int(budget // max(first_epoch_s, 1e-6)))
+        self.epochs = int(du.broadcast_object(self.epochs))  # DDP: rank 0's clock decides for every rank
         self.cfg["epochs"] = self.epochs
         self.log(f"time_limit {self.cfg['time_limit']} min: first epoch took {first_epoch_s:.0f} s -> "
                  f"{self.epochs} epochs in all")
@@ -313,6 +356,54 @@ class Trainer:
                             "losses": {k: float(v) for k, v in loss_dict.items()}}, path)
             raise FloatingPointError(f"{self.nan_count} non-finite losses (limit nan_limit={self.cfg['nan_limit']}); "
                                      f"the last offending batch is saved to {path}")
+
+    def _wrap_ddp(self) -> None:
+        """DistributedDataParallel (after optional SyncBatchNorm, CUDA only).
+
+        Parameters that get no gradient in one probe training step (e.g. the HMPE heatmap gate when no
+        MOHFE/HIDQ consumes ``H_mixed``) are excluded from DDP's gradient synchronisation: they never
+        change (AdamW skips parameters without a gradient), so every rank keeps the same value.
+        ``find_unused_parameters=true`` alone would not do: the gate is still reachable from the model's
+        outputs (the ``heatmap`` entry), so DDP would wait for its gradient forever. Set
+        ``find_unused_parameters=true`` for models that use some parameters only in some iterations."""
+        cfg = self.cfg
+        if cfg.get("sync_bn"):
+            if self.device.type == "cuda":
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            else:
+                self.log("sync_bn: SyncBatchNorm needs CUDA; ignored on this CPU run (BatchNorm per process)")
+        unused = du.broadcast_object(self._unused_parameters())  # rank 0's list: one decision for all ranks
+        if unused:
+            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.model, unused)
+            self.log(f"DDP: {len(unused)} parameter(s) get no gradient and are not synchronised: "
+                     f"{', '.join(unused[:5])}{', ...' if len(unused) > 5 else ''}")
+        self.model = nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=bool(cfg.get("find_unused_parameters", False)))
+        world = du.get_world_size()
+        self.log(f"DDP: {world} processes x batch {cfg['batch']} = global batch {world * cfg['batch']} "
+                 f"({self.device.type}); lr {cfg['lr']} is used as given (no automatic scaling)")
+
+    def _unused_parameters(self) -> list[str]:
+        """Names of trainable parameters without a gradient after one training step on the first training
+        images. Weights, buffers (BatchNorm statistics) and RNG state are restored afterwards."""
+        model = self.model
+        saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        rng = rng_state()
+        try:
+            model.train()
+            n = max(1, min(2, len(self.train_set)))
+            images, targets = collate_fn([self.train_set[i] for i in range(n)])
+            targets = to_device(targets, self.device)
+            outputs = model(images.to(self.device), targets)
+            losses = self.criterion(outputs, targets)
+            losses.update(outputs.get("aux_losses", {}))
+            sum(losses.values()).backward()
+            return [k for k, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        finally:
+            model.zero_grad(set_to_none=True)
+            model.load_state_dict(saved)
+            set_rng_state(rng)
 
     def checkpoint(self, epoch: int, metrics: dict) -> dict:
         return {
@@ -433,4 +524,5 @@ def train(cfg: dict, model_cfg_overrides: dict | None = None) -> tuple[Trainer, 
         model_cfg = apply_overrides(model_cfg, model_cfg_overrides or {})
     trainer = Trainer(cfg, model_cfg)
     metrics = trainer.fit()
+    du.cleanup()  # torchrun job: barrier + destroy the process group (no-op in a single process)
     return trainer, metrics

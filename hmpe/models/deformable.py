@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hmpe.models.sampling import grid_sample_gather
+
 __all__ = ["MSDeformableAttention", "ms_deform_attn_core", "ms_deform_attn_naive"]
 
 
@@ -29,8 +31,12 @@ def ms_deform_attn_core(
     spatial_shapes: Sequence[tuple[int, int]],
     sampling_locations: Tensor,
     attention_weights: Tensor,
+    sampler: str = "grid_sample",
 ) -> Tensor:
-    """Deformable attention sampling via ``F.grid_sample`` -> [B, Q, M*Dh]."""
+    """Deformable attention sampling via ``F.grid_sample`` -> [B, Q, M*Dh].
+
+    ``sampler="gather"`` uses :func:`hmpe.models.sampling.grid_sample_gather` instead (same values,
+    no GridSample op in an ONNX export)."""
     B, _, M, Dh = value.shape
     _, Q, _, L, P, _ = sampling_locations.shape
     value_list = value.split([int(h) * int(w) for h, w in spatial_shapes], dim=1)
@@ -43,7 +49,10 @@ def ms_deform_attn_core(
         v = value_list[lvl].permute(0, 2, 3, 1).reshape(B * M, Dh, int(h), int(w))
         # [B, Q, M, P, 2] -> [B*M, Q, P, 2]
         g = grids[:, :, :, lvl].permute(0, 2, 1, 3, 4).flatten(0, 1)
-        sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
+        if sampler == "gather":
+            sampled.append(grid_sample_gather(v, g))
+        else:
+            sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
     # [B*M, Dh, Q, L, P] -> [B*M, Dh, Q, L*P]
     stacked = torch.stack(sampled, dim=-2).flatten(-2)
     w_ = attention_weights.permute(0, 2, 1, 3, 4).reshape(B * M, 1, Q, L * P)
@@ -104,6 +113,7 @@ class MSDeformableAttention(nn.Module):
         self.num_levels = num_levels
         self.num_points = num_points
         self.head_dim = embed_dim // num_heads
+        self.sampler = "grid_sample"  # or "gather" (hmpe.models.sampling.gather_sampling switches it)
         total = num_heads * num_levels * num_points
         self.sampling_offsets = nn.Linear(embed_dim, total * 2)
         self.attention_weights = nn.Linear(embed_dim, total)
@@ -161,5 +171,6 @@ class MSDeformableAttention(nn.Module):
         else:
             raise ValueError(f"reference_points last dim must be 2 or 4, got {reference_points.shape[-1]}")
 
-        out = ms_deform_attn_core(value, spatial_shapes, locs, weights)
+        extra = {} if self.sampler == "grid_sample" else {"sampler": self.sampler}  # the default call unchanged
+        out = ms_deform_attn_core(value, spatial_shapes, locs, weights, **extra)
         return self.output_proj(out)

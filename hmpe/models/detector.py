@@ -14,8 +14,10 @@ from hmpe.models.backbone import HGNetv2
 from hmpe.models.decoder import RTDETRDecoder
 from hmpe.models.encoder import HybridEncoder
 from hmpe.models.heatmap import HeatmapEmbedding
+from hmpe.models.hidq import HeatmapQuerySelector
 from hmpe.models.loss import SetCriterion
 from hmpe.models.matcher import HungarianMatcher
+from hmpe.models.mohfe import MOHFE
 from hmpe.models.postprocess import PostProcessor
 
 
@@ -25,25 +27,41 @@ class DetectionModel(nn.Module):
     With a ``heatmap`` module (HMPE, sec. 3.1) the projected features feed the probe head; its mask
     multiplies the position encoding at the AIFI level(s) (eqs. 6-7) when ``mask_pe`` is on. In
     training the probe's dense losses come back in ``outputs["aux_losses"]`` and are added to the
-    set-prediction losses. With ``heatmap=None`` the graph (and parameter names) are the baseline's.
+    set-prediction losses; ``outputs["heatmap"]`` is the :class:`HeatmapOutput`.
+    With a ``mohfe`` module (sec. 3.2.1, eq. 5) the heatmap embeddings ``E_l`` drive AIFI's attention
+    (``embeds``) and are added to the other selected levels before CCFM. ``H_mixed`` (and the probe's class
+    logits) always reach the decoder as ``extra={"h_mixed", "probe_logits"}``; a HIDQ query selector
+    (sec. 3.2.2) uses them, RT-DETR's ignores them.
+    With ``heatmap=None`` and ``mohfe=None`` the graph (and parameter names) are the baseline's.
+
+    ``return_all_layers`` (eval): also return ``layer_outputs``, one dict per decoder layer (Det^k).
     """
 
     def __init__(self, backbone: nn.Module, encoder: HybridEncoder, decoder: RTDETRDecoder,
-                 heatmap: HeatmapEmbedding | None = None, mask_pe: bool = True):
+                 heatmap: HeatmapEmbedding | None = None, mask_pe: bool = True, mohfe: MOHFE | None = None):
         super().__init__()
         self.backbone = backbone
         self.encoder = encoder
         self.decoder = decoder
         self.heatmap = heatmap  # None registers no parameters: the baseline's state dict is unchanged
         self.mask_pe = mask_pe
+        self.mohfe = mohfe  # None: nothing registered, as for the heatmap
 
-    def forward(self, images: Tensor, targets: list[dict] | None = None) -> dict:
+    def forward(self, images: Tensor, targets: list[dict] | None = None,
+                return_all_layers: bool | None = None) -> dict:
         feats = self.encoder.project(self.backbone(images))  # [B,D,H_l,W_l] per level
         heat = None
         if self.heatmap is not None:
             heat = self.heatmap(feats, targets, image_size=images.shape[-2:])
-        memory = self.encoder.encode(feats, pos_masks=heat.mask if heat is not None and self.mask_pe else None)
-        out = self.decoder(memory, targets)
+        embeds = None
+        if self.mohfe is not None:
+            feats, embeds = self.mohfe(feats, heat)  # eq. 5: E_l into AIFI (Q/K/V) or added before CCFM
+        pos_masks = heat.mask if heat is not None and self.mask_pe else None
+        memory = self.encoder.encode(feats, pos_masks=pos_masks, embeds=embeds)
+        extra = None
+        if heat is not None:  # for a heatmap-based query selector (HIDQ); RT-DETR's ignores it
+            extra = {"h_mixed": heat.h_mixed, "probe_logits": [p["cls"] for p in heat.probe]}
+        out = self.decoder(memory, targets, extra=extra, return_all_layers=return_all_layers)
         if heat is not None:
             out["heatmap"] = heat
             if self.training and targets is not None:
@@ -65,11 +83,36 @@ def build_model(cfg: dict, num_classes: int) -> DetectionModel:
         enc_cfg.setdefault("pe", heatmap.pe)  # one position-encoding form for encoder and heatmap path
     encoder = HybridEncoder(in_channels=list(backbone.out_channels), hidden_dim=hidden,
                             feat_strides=tuple(backbone.out_strides), **enc_cfg)
-    dec_cfg = cfg.get("decoder") or {}
+    mohfe_cfg, hidq_cfg = _switch(cfg, "mohfe"), _switch(cfg, "hidq")
+    if heatmap is None and (mohfe_cfg is not None or hidq_cfg is not None):
+        raise ValueError("mohfe / hidq use the heatmap embedding's maps: enable `heatmap` in the model config "
+                         "(or switch them off with mohfe.enabled=false / hidq.enabled=false)")
+    mohfe = None
+    if mohfe_cfg is not None:  # MOHFE (eq. 5): heatmap embeddings into AIFI and the other levels
+        attention = list(encoder.use_encoder_idx) if encoder.num_encoder_layers > 0 else []
+        mohfe = MOHFE(hidden, num_levels=len(backbone.out_strides), attention_levels=attention, **mohfe_cfg)
+    dec_cfg = dict(cfg.get("decoder") or {})
+    if hidq_cfg is not None:  # HIDQ (eqs. 8-9): heatmap-induced queries replace RT-DETR's selection
+        dec_cfg["query_selector"] = HeatmapQuerySelector(hidden, num_classes, dec_cfg.get("num_queries", 300),
+                                                         **hidq_cfg)
     decoder = RTDETRDecoder(num_classes=num_classes, hidden_dim=hidden,
                             feat_strides=tuple(backbone.out_strides), num_levels=len(backbone.out_strides),
                             **dec_cfg)
-    return DetectionModel(backbone, encoder, decoder, heatmap, mask_pe)
+    return DetectionModel(backbone, encoder, decoder, heatmap, mask_pe, mohfe)
+
+
+def _switch(cfg: dict, key: str) -> dict | None:
+    """A component switch from the model config: None / false / ``{enabled: false}`` -> None (off);
+    true -> {} (on, defaults); a dict -> its other keys (on unless ``enabled: false``)."""
+    value = cfg.get(key)
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"model config `{key}` must be a mapping, true/false or null, got {value!r}")
+    value = dict(value)
+    return value if value.pop("enabled", True) else None
 
 
 def build_criterion(cfg: dict, num_classes: int) -> SetCriterion:

@@ -414,6 +414,12 @@ def resize_map(m: Tensor, size: Sequence[int]) -> Tensor:
     if tuple(m.shape[-2:]) == size:
         return m
     if size[0] <= m.shape[-2] and size[1] <= m.shape[-1]:
+        h, w = int(m.shape[-2]), int(m.shape[-1])  # Python ints: static kernel sizes in a trace
+        kh, kw = h // size[0], w // size[1]
+        if kh * size[0] == h and kw * size[1] == w:
+            # whole factors (strides 8/16/32): the same bins as adaptive pooling, and an ONNX export with a
+            # dynamic batch axis works (adaptive_max_pool2d's exporter needs fully static input shapes)
+            return Fn.max_pool2d(m, (kh, kw))
         return Fn.adaptive_max_pool2d(m, size)
     return Fn.interpolate(m, size=size, mode="bilinear", align_corners=False)
 

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-MODEL_SECTIONS = ("backbone", "encoder", "heatmap", "decoder", "matcher", "loss", "hidden_dim")
+MODEL_SECTIONS = ("backbone", "encoder", "heatmap", "mohfe", "hidq", "decoder", "matcher", "loss", "hidden_dim")
 
 
 def read_yaml(path: str | Path) -> dict:

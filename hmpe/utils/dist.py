@@ -57,3 +57,36 @@ def all_gather_objects(obj):
     out = [None] * get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s ``obj`` on every rank (identity when not distributed)."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True on every rank when ``flag`` is true on at least one (collective: all ranks must call it)."""
+    if not is_dist():
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def cleanup() -> None:
+    """Tear down the process group (end of a torchrun job)."""
+    if is_dist():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def broadcast_tensors(tensors, src: int = 0) -> None:
+    """Overwrite ``tensors`` in place with rank ``src``'s values (no-op when not distributed)."""
+    if not is_dist():
+        return
+    for t in tensors:
+        dist.broadcast(t.data, src=src)

@@ -16,9 +16,12 @@ import torch.nn.functional as Fn
 
 from hmpe.viz.draw import class_colour
 
-__all__ = ["render_heatmap_figure", "heatmap_maps", "render_heatmap_output", "upsample_map"]
+__all__ = ["render_heatmap_figure", "heatmap_maps", "render_heatmap_output", "upsample_map", "detector_heatmaps",
+           "tensor_to_uint8", "fit_for_display"]
 
-NEAREST_KEYS = ("mask",)  # binary maps are upsampled with nearest neighbour, the others bilinear
+# Per-cell maps are upsampled with nearest neighbour (the mask, and |PE'| = Mask * |PE|, which bilinear
+# interpolation would smear into rings around cold cells); the heatmaps bilinear.
+NEAREST_KEYS = ("mask", "|pe")
 
 
 def upsample_map(m: np.ndarray | torch.Tensor, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
@@ -133,7 +136,7 @@ def heatmap_maps(out, index: int = 0, level: int | str = 0, pe_magnitude: bool =
     level: an int shows that level's maps; the default 0 is the stride-8 level, the finest grid and the
     one where small objects live (its map is computed from stride-8 features, and larger objects show
     on it too). ``"max"`` shows the per-pixel max over the levels, each upsampled (bilinear; Mask
-    nearest) to the stride-8 grid -- sharper objects from S3, blurrier ones from S4/S5.
+    and |PE'| nearest) to the stride-8 grid -- sharper objects from S3, blurrier ones from S4/S5.
     Returns ``{"H_class", "H_bbox", "H_mixed", "Mask", "|PE'|"}`` as [h,w] float arrays; ``|PE'|`` is the
     L2 norm over channels of the masked position encoding (eq. 7) -- omitted with ``pe_magnitude=False``.
     """
@@ -163,7 +166,7 @@ def heatmap_maps(out, index: int = 0, level: int | str = 0, pe_magnitude: bool =
             h, w = out.mask[l].shape[-2:]
             pe = out.masked_pe(l)[index]  # [h*w, D]
             mags.append(pe.float().norm(dim=-1).reshape(1, 1, h, w))
-        maps["|PE'|"] = pick(mags, i=0)
+        maps["|PE'|"] = pick(mags, nearest=True, i=0)  # per cell, like the mask
     return maps
 
 
@@ -171,3 +174,40 @@ def render_heatmap_output(image: np.ndarray, boxes, labels, names: Sequence[str]
                           level: int | str = 0, out_png: str | Path | None = None, **kwargs) -> np.ndarray:
     """``heatmap_maps`` + ``render_heatmap_figure`` for one image of a batch."""
     return render_heatmap_figure(image, boxes, labels, names, heatmap_maps(out, index, level), out_png, **kwargs)
+
+
+def tensor_to_uint8(image: torch.Tensor) -> np.ndarray:
+    """A network input ``[3,H,W]`` in [0,1] -> ``HxWx3`` uint8."""
+    return (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def fit_for_display(image: np.ndarray, boxes, max_side: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Shrink a large image (and its xyxy pixel boxes) so that its longer side is at most ``max_side``:
+    the figure shows maps of a stride-8 grid, full resolution adds nothing but time and memory."""
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    H, W = image.shape[:2]
+    f = max_side / max(H, W)
+    if f >= 1.0:
+        return image, boxes
+    from PIL import Image
+
+    w, h = max(1, round(W * f)), max(1, round(H * f))
+    small = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    return small, boxes * np.array([w / W, h / H, w / W, h / H], np.float32)
+
+
+@torch.no_grad()
+def detector_heatmaps(model, images: torch.Tensor, level: int | str = 0) -> tuple[dict, list[dict[str, np.ndarray]]]:
+    """One inference forward of a detector with a heatmap path -> (outputs, per-image figure maps).
+
+    ``model``: a :class:`~hmpe.models.detector.DetectionModel` whose ``heatmap`` is not None, in eval mode;
+    images ``[B,3,H,W]`` in [0,1]. The maps are :func:`heatmap_maps` of each image (numpy, on the
+    stride-8 grid); the outputs keep ``pred_logits`` / ``pred_boxes`` for the post-processor. Runs under
+    ``no_grad`` and registers no hooks, so calling it over many images keeps memory flat.
+    """
+    if getattr(model, "heatmap", None) is None:
+        raise ValueError("this model has no heatmap path (its model config has `heatmap: null`)")
+    out = model(images)
+    heat = out.pop("heatmap")
+    maps = [heatmap_maps(heat, i, level) for i in range(images.shape[0])]
+    return out, maps

@@ -1,0 +1,182 @@
+"""Helpers shared by the benchmark scripts: rows as configs, offline guard, markdown headers."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shlex
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def default_datasets_env() -> None:
+    """The shipped dataset YAMLs find ``../shared/datasets`` from the working directory; a script run as a
+    program finds it from the checkout, wherever it is started (an HMPE_DATASETS already set wins)."""
+    if (ROOT.parent / "shared" / "datasets").is_dir():
+        os.environ.setdefault("HMPE_DATASETS", str(ROOT.parent / "shared" / "datasets"))
+
+
+class SkipRow(Exception):
+    """A row that cannot run here (missing preset, missing optional package); the message says why."""
+
+
+# ------------------------------------------------------------------------------------------------
+# rows: model preset name or YAML path + dotted overrides
+# ------------------------------------------------------------------------------------------------
+def parse_row_spec(spec: str) -> tuple[str, dict]:
+    """``"rtdetr-n"`` or ``"rtdetr-n:decoder.num_layers=3,backbone.strip_conv=null"`` -> (model, overrides).
+
+    Values are YAML (as on the ``hmpe`` command line). A value that itself holds commas (a list or a
+    mapping) must be bracketed: ``"rtdetr-n:backbone.strip_conv={kind: lsconv, stages: [3, 4]}"``.
+    """
+    from hmpe.utils.config import parse_overrides
+
+    model, _, rest = spec.partition(":")
+    items, depth, cur = [], 0, ""
+    for ch in rest:
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        if ch == "," and depth == 0:
+            items.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if cur.strip():
+        items.append(cur)
+    return model.strip(), parse_overrides([i.strip() for i in items if i.strip()])
+
+
+def load_hmpe_model_config(model: str, overrides: dict | None = None) -> dict:
+    """Preset / YAML + dotted overrides -> model config; :class:`SkipRow` when the preset is missing."""
+    from hmpe.utils.config import apply_overrides, load_model_config, model_presets
+
+    try:
+        cfg = load_model_config(model)
+    except ValueError:
+        raise SkipRow(f"model {model!r} is not a preset of this checkout ({', '.join(model_presets())}) "
+                      f"nor a YAML file") from None
+    return apply_overrides(cfg, overrides or {})
+
+
+# ------------------------------------------------------------------------------------------------
+# offline: nothing is downloaded
+# ------------------------------------------------------------------------------------------------
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",  # huggingface_hub: no request to the hub
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "YOLO_OFFLINE": "1",  # ultralytics: ONLINE = False (no analytics events, no auto-update, no downloads)
+}
+
+
+def set_offline_env() -> None:
+    """Set the offline switches of huggingface_hub / transformers / ultralytics (before importing them)."""
+    for k, v in OFFLINE_ENV.items():
+        os.environ[k] = v
+
+
+class NetworkAttempt(RuntimeError):
+    pass
+
+
+@contextmanager
+def no_network(record: list | None = None) -> Iterator[list]:
+    """Make every outgoing connection and DNS look-up raise :class:`NetworkAttempt` (and record it).
+
+    Proof that a block downloads nothing: if a library tried, the run fails loudly (or, with a
+    ``record`` list passed, the attempts are listed there and reported).
+    """
+    attempts = record if record is not None else []
+    orig_connect, orig_gai, orig_cc = socket.socket.connect, socket.getaddrinfo, socket.create_connection
+
+    def refuse(what):
+        def f(*args, **kwargs):
+            import traceback
+
+            lib = ("socket", "urllib", "requests", "http", "ssl", "httpx", "huggingface_hub")
+            caller = next((f"{fr.filename}:{fr.lineno} ({fr.name})" for fr in reversed(traceback.extract_stack()[:-1])
+                           if not any(k in fr.filename for k in lib)), "?")
+            attempts.append(f"{what}{args[1:] if what == 'connect' else args[:2]} from {caller}")
+            raise NetworkAttempt(f"network access attempted inside an offline benchmark: {attempts[-1]}")
+        return f
+
+    socket.socket.connect = refuse("connect")  # type: ignore[method-assign]
+    socket.getaddrinfo = refuse("getaddrinfo")  # type: ignore[assignment]
+    socket.create_connection = refuse("create_connection")  # type: ignore[assignment]
+    try:
+        yield attempts
+    finally:
+        socket.socket.connect = orig_connect  # type: ignore[method-assign]
+        socket.getaddrinfo = orig_gai  # type: ignore[assignment]
+        socket.create_connection = orig_cc  # type: ignore[assignment]
+
+
+# ------------------------------------------------------------------------------------------------
+# reporting
+# ------------------------------------------------------------------------------------------------
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("hmpe", "torch", "torchvision", "ultralytics", "transformers", "faster-coco-eval", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    out["python"] = sys.version.split()[0]
+    return out
+
+
+def load_avg() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:  # pragma: no cover
+        return "n/a"
+
+
+def command_line() -> str:
+    args = [Path(sys.argv[0]).as_posix()]
+    try:
+        args[0] = str(Path(sys.argv[0]).resolve().relative_to(ROOT))
+    except ValueError:
+        pass
+    return "python " + " ".join(shlex.quote(a) for a in args + sys.argv[1:])
+
+
+def header(title: str, extra: list[str] | None = None, started_load: str | None = None) -> str:
+    from hmpe.engine.bench import environment
+
+    env = environment()
+    lines = [f"# {title}", "",
+             f"- date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+             f"- CPU: {env['cpu']} ({env['logical_cpus']} logical CPUs)"
+             + (f", GPU: {env['cuda_device']}" if "cuda_device" in env else ""),
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
+             f"- command: `{command_line()}`"]
+    if started_load is not None:
+        lines.append(f"- load average (1/5/15 min) at start / end: {started_load} / {load_avg()}")
+    lines += [f"- {e}" for e in (extra or [])]
+    return "\n".join(lines) + "\n"
+
+
+def md_table(columns: list[str], rows: list[list], align: str | None = None) -> str:
+    align = align or "l" + "r" * (len(columns) - 1)
+    sep = ["---" if a == "l" else "---:" for a in align]
+    out = ["| " + " | ".join(columns) + " |", "| " + " | ".join(sep) + " |"]
+    out += ["| " + " | ".join("" if v is None else str(v) for v in r) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)

@@ -1,0 +1,205 @@
+"""ONNX export with post-processing inside the graph, and an onnxruntime parity check.
+
+    hmpe export weights=best.pt format=onnx [imgsz=... opset=17 gather_sampling=false out=best.onnx]
+
+The exported graph (:class:`ExportWrapper`) takes ``images float32 [B,3,imgsz,imgsz]`` in [0,1] (the
+same square resize as ``hmpe val``/``predict``, no mean/std) and returns, already post-processed:
+
+* ``boxes  float32 [B,K,4]`` xyxy in pixels of the network input (``imgsz`` x ``imgsz``),
+* ``scores float32 [B,K]`` sorted descending,
+* ``labels int64   [B,K]`` class indices (0..C-1; the names are in the model's metadata ``names``),
+
+with ``K = min(num_top_queries, queries x classes)`` (RT-DETR: top-K over query x class, no NMS). The
+batch axis is dynamic; the spatial size is fixed at export (the anchors are constants of the graph).
+Non-tensor model outputs (the HMPE ``heatmap`` entry) are not part of the graph's outputs.
+
+``gather_sampling=true`` replaces every ``F.grid_sample`` (decoder deformable attention, LSConv/DSConv
+built with ``sampler="grid_sample"``) with gather-based bilinear sampling
+(:func:`hmpe.models.sampling.grid_sample_gather`) for runtimes without ``GridSample``; the switch is
+scoped to the export (:func:`hmpe.models.sampling.gather_sampling`).
+
+The exporter is the TorchScript one (``dynamo=False``): the dynamo exporter needs onnxscript, which
+is not a dependency. After writing the file the exporter runs it with onnxruntime on batch 1 and
+batch 3 and compares the top detections with PyTorch's (:func:`parity_check`); a disagreement raises
+:class:`ExportParityError`.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ExportWrapper", "ExportParityError", "export_onnx", "parity_check", "compare_detections"]
+
+OUTPUT_NAMES = ("boxes", "scores", "labels")
+
+
+class ExportParityError(RuntimeError):
+    """onnxruntime's detections differ from PyTorch's beyond the tolerance."""
+
+
+class ExportWrapper(nn.Module):
+    """``images [B,3,H,W]`` -> ``(boxes [B,K,4] xyxy input pixels, scores [B,K], labels [B,K])``."""
+
+    def __init__(self, model: nn.Module, postprocessor: nn.Module, imgsz: int | tuple[int, int]):
+        super().__init__()
+        h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
+        self.model = model
+        self.postprocessor = postprocessor
+        # (w, h) of the input; [1,2] broadcasts over the batch (no batch size baked into the graph)
+        self.register_buffer("input_size", torch.tensor([[float(w), float(h)]]), persistent=False)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        out = self.model(images)
+        heads = {"pred_logits": out["pred_logits"], "pred_boxes": out["pred_boxes"]}  # tensors only
+        return self.postprocessor.forward_batched(heads, self.input_size)
+
+
+def _parse_imgsz(imgsz) -> tuple[int, int]:
+    if isinstance(imgsz, (list, tuple)):
+        if len(imgsz) != 2:
+            raise ValueError(f"imgsz={imgsz!r}: expected one size or [h, w]")
+        return int(imgsz[0]), int(imgsz[1])
+    return int(imgsz), int(imgsz)
+
+
+def compare_detections(ref: tuple[Tensor, ...], got: tuple[Tensor, ...], imgsz: tuple[int, int],
+                       top: int = 20) -> dict:
+    """Top-``top`` detections of ``ref`` (boxes, scores, labels per batch) against ``got``.
+
+    Each reference detection is matched to the detection of ``got`` (same image, same label, any rank:
+    near-tied scores may swap places) with the nearest box. Returns the maxima over images and
+    detections of: ``box`` (L_inf distance / input size, i.e. normalised), ``score`` and ``unmatched``
+    (reference detections with no same-label counterpart), plus the raw element-wise differences
+    ``raw_box_px`` and ``raw_score`` of the two sorted outputs (informative only)."""
+    rb, rs, rl = (torch.as_tensor(t) for t in ref)
+    gb, gs, gl = (torch.as_tensor(t) for t in got)
+    if rb.shape != gb.shape or rs.shape != gs.shape:
+        raise ExportParityError(f"output shapes differ: PyTorch {tuple(rb.shape)} vs onnxruntime {tuple(gb.shape)}")
+    scale = torch.tensor([imgsz[1], imgsz[0], imgsz[1], imgsz[0]], dtype=torch.float32)
+    box_err = score_err = 0.0
+    unmatched = 0
+    for b in range(rb.shape[0]):
+        n = min(top, rs.shape[1])
+        for i in range(n):
+            same = gl[b] == rl[b, i]
+            if not bool(same.any()):
+                unmatched += 1
+                continue
+            d = ((gb[b][same] - rb[b, i]).abs() / scale).amax(-1)
+            j = int(d.argmin())
+            box_err = max(box_err, float(d[j]))
+            score_err = max(score_err, abs(float(gs[b][same][j] - rs[b, i])))
+        # the ranked score lists must agree too (catches a detection missing from got's top)
+        score_err = max(score_err, float((gs[b, :n] - rs[b, :n]).abs().max()) if n else 0.0)
+    return {"box": box_err, "score": score_err, "unmatched": unmatched,
+            "raw_box_px": float((gb - rb).abs().max()) if rb.numel() else 0.0,
+            "raw_score": float((gs - rs).abs().max()) if rs.numel() else 0.0}
+
+
+def _input_batch(batch: int, imgsz: tuple[int, int], image: str | Path | None, seed: int) -> Tensor:
+    if image is not None:
+        from PIL import Image
+
+        from hmpe.api import resize_for_model
+
+        with Image.open(image) as im:
+            x = resize_for_model(im, imgsz[0]) if imgsz[0] == imgsz[1] else None
+            if x is None:
+                arr = np.asarray(im.convert("RGB").resize((imgsz[1], imgsz[0]), Image.BILINEAR), np.float32) / 255
+                x = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+        # the real image, then flipped / brightened copies so the batch entries differ
+        variants = [x, x.flip(-1), (x * 0.8 + 0.1), x.flip(-2)]
+        return torch.stack([variants[i % len(variants)] for i in range(batch)])
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 3, *imgsz, generator=g)
+
+
+def parity_check(onnx_path: str | Path, wrapper: nn.Module, imgsz: tuple[int, int], batches=(1, 3),
+                 image: str | Path | None = None, tol: float = 1e-3, top: int = 20, verbose: bool = True) -> dict:
+    """Run the ONNX file with onnxruntime (CPU) and ``wrapper`` with PyTorch on the same input for each
+    batch size; raise :class:`ExportParityError` when a top detection differs by more than ``tol``
+    (boxes: of the normalised input size; scores: absolute) or has no counterpart."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    input_name = sess.get_inputs()[0].name
+    worst: dict = {"box": 0.0, "score": 0.0, "unmatched": 0, "raw_box_px": 0.0, "raw_score": 0.0}
+    for n, bs in enumerate(batches):
+        x = _input_batch(bs, imgsz, image, seed=n)
+        with torch.no_grad():
+            ref = tuple(t.cpu() for t in wrapper(x))
+        got = tuple(torch.from_numpy(a) for a in sess.run(list(OUTPUT_NAMES), {input_name: x.numpy()}))
+        diff = compare_detections(ref, got, imgsz, top)
+        if verbose:
+            print(f"parity batch {bs}: max |box diff| {diff['box']:.2e} (normalised), "
+                  f"max |score diff| {diff['score']:.2e}, unmatched {diff['unmatched']} "
+                  f"(top {top}; element-wise over all K, where near-tied scores may swap ranks: "
+                  f"boxes {diff['raw_box_px']:.2e} px, scores {diff['raw_score']:.2e})")
+        worst = {k: max(worst[k], diff[k]) for k in worst}
+        if diff["box"] > tol or diff["score"] > tol or diff["unmatched"]:
+            raise ExportParityError(
+                f"{onnx_path}: onnxruntime disagrees with PyTorch at batch {bs}: max box diff {diff['box']:.3e} "
+                f"(normalised), max score diff {diff['score']:.3e}, {diff['unmatched']} unmatched top detections "
+                f"(tolerance {tol})")
+    return worst
+
+
+def export_onnx(weights: str | Path, imgsz=None, opset: int = 17, gather_sampling: bool = False,
+                out: str | Path | None = None, check: bool = True, image: str | Path | None = None,
+                tol: float = 1e-3, verbose: bool = True) -> Path:
+    """Checkpoint -> ONNX file with post-processed outputs (see the module docstring); returns its path.
+
+    ``imgsz`` defaults to the checkpoint's training size; ``out`` to the checkpoint path with ``.onnx``;
+    ``image`` (optional) is a real image for the parity check (default: random input)."""
+    import onnx
+
+    from hmpe.api import load_for_inference
+    from hmpe.models.sampling import gather_sampling as gather_ctx
+
+    if int(opset) < 17:
+        raise ValueError(f"opset={opset}: 17 or newer is required (LayerNormalization, GridSample is 16+)")
+    weights = Path(weights)
+    model, post, ckpt = load_for_inference(weights, torch.device("cpu"))
+    if imgsz is None:
+        imgsz = (ckpt.get("train_cfg") or {}).get("imgsz", 640)
+    size = _parse_imgsz(imgsz)
+    out = Path(out) if out else weights.with_suffix(".onnx")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = ExportWrapper(model, post, size).eval()
+    dummy = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0))  # batch 2: nothing folds to 1
+    dyn = {"images": {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}}
+    with gather_ctx(model, enabled=bool(gather_sampling)), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python ints (static spatial sizes by design)
+        torch.onnx.export(wrapper, (dummy,), str(out), opset_version=int(opset), dynamo=False,
+                          input_names=["images"], output_names=list(OUTPUT_NAMES), dynamic_axes=dyn,
+                          do_constant_folding=True)
+        proto = onnx.load(str(out))
+        onnx.checker.check_model(proto)
+        ops = {n.op_type for n in proto.graph.node}
+        if gather_sampling and "GridSample" in ops:
+            raise RuntimeError(f"{out}: gather_sampling=true but the graph still has GridSample nodes")
+        meta = {"names": json.dumps(list(ckpt["names"])), "imgsz": json.dumps(list(size)),
+                "outputs": "boxes xyxy input pixels [B,K,4]; scores [B,K]; labels [B,K]",
+                "input": "images float32 [B,3,H,W] RGB in [0,1]",
+                "gather_sampling": str(bool(gather_sampling)).lower(), "model": str(ckpt["model_cfg"].get("name", ""))}
+        for k, v in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = k, v
+        onnx.save(proto, str(out))
+    if verbose:
+        mb = out.stat().st_size / 2**20
+        print(f"exported {weights} -> {out} ({mb:.1f} MB, opset {opset}, input [batch,3,{size[0]},{size[1]}], "
+              f"{'gather' if gather_sampling else 'GridSample'} sampling, "
+              f"{sum(1 for n in proto.graph.node if n.op_type == 'GridSample')} GridSample nodes)")
+    if check:
+        # reference: the PyTorch model as it runs normally (grid_sample), so the check covers the swap too
+        parity_check(out, wrapper, size, image=image, tol=tol, verbose=verbose)
+        if verbose:
+            print(f"onnxruntime parity check passed (tolerance {tol})")
+    return out

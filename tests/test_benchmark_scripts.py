@@ -1,0 +1,131 @@
+"""The benchmark scripts in smoke mode, so that they do not rot.
+
+benchmarks/ablation.py and benchmarks/peers.py (speed part and training part) run end to end on tiny
+synthetic data at 64 px. The ultralytics / transformers rows are skipped (with the script's message)
+where those optional packages are absent (CI installs only ``.[dev]``). One torch thread: on a shared
+2-core machine, 2-thread parallel regions wait for descheduled threads and get many times slower.
+"""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hmpe.utils.config import model_presets
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    """A script as a module, under its own name (the scripts import ``_common`` from their folder)."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    mod = importlib.import_module(name)
+    assert Path(mod.__file__).resolve().parent == BENCH, mod.__file__
+    return mod
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _skip_reasons_ok(skipped, optional_pkgs=("ultralytics", "transformers")):
+    """Only two reasons to skip a row: a preset this checkout lacks, or an optional package absent."""
+    for name, why in skipped:
+        assert "not a preset" in why or any(f"{p} is not installed" in why for p in optional_pkgs), (name, why)
+        for p in optional_pkgs:
+            if f"{p} is not installed" in why:
+                assert importlib.util.find_spec(p) is None, why
+
+
+def test_row_specs():
+    common = _load("_common")
+    assert common.parse_row_spec("rtdetr-n") == ("rtdetr-n", {})
+    spec = "rtdetr-n:decoder.num_layers=3,backbone.strip_conv={kind: lsconv, stages: [3, 4]}"
+    model, over = common.parse_row_spec(spec)
+    assert model == "rtdetr-n"
+    assert over == {"decoder.num_layers": 3, "backbone.strip_conv": {"kind": "lsconv", "stages": [3, 4]}}
+    peers = _load("peers")
+    assert peers._split_models("hmpe-n,rtdetr-n:decoder.num_layers=3,eval_idx=1,yolo11n") == [
+        "hmpe-n", "rtdetr-n:decoder.num_layers=3,eval_idx=1", "yolo11n"]
+    with pytest.raises(common.SkipRow, match="not a preset"):
+        common.load_hmpe_model_config("no-such-preset")
+
+
+def test_no_network_guard_refuses_connections():
+    import socket
+
+    common = _load("_common")
+    with common.no_network() as attempts:
+        with pytest.raises(common.NetworkAttempt):
+            socket.getaddrinfo("example.com", 443)
+    assert attempts and "example.com" in attempts[0]
+    assert socket.getaddrinfo is not None and "refuse" not in getattr(socket.getaddrinfo, "__qualname__", "")
+
+
+def test_ablation_smoke_and_resume(tmp_path, one_thread):
+    ablation = _load("ablation")
+    args = ["--smoke", "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res")]
+    out = ablation.main(args)
+    rows = [r["name"] for r in ablation.load_rows(ablation.ROWS_FILE) if not r["optional"]]
+    assert rows == ["baseline", "+DSConv", "+LSConv", "+MOHFE", "+HIDQ"]
+    assert set(out["results"]) | {n for n, _ in out["skipped"]} == set(rows)
+    assert "baseline" in out["results"] and "+LSConv" in out["results"]
+    _skip_reasons_ok(out["skipped"])
+    md = Path(out["markdown"]).read_text()
+    for key in ("| baseline |", "mAP50-95", "Δ mAP50", "command:", "CPU:"):
+        assert key in md
+    for r in out["results"].values():
+        assert set(r["metrics"]) >= {"precision", "recall", "mAP50", "mAP50_95"}
+        assert r["epochs"] == 1 and r["params"] > 0 and r["gflops"] > 0
+
+    # resumable: a row with a result is skipped; a row without one resumes from its last.pt
+    (tmp_path / "res" / "baseline.json").unlink()
+    again = ablation.main(args + ["--rows", "baseline", "+DSConv"])
+    assert again["results"]["baseline"]["resumed"] is True
+    assert again["results"]["baseline"]["metrics"] == out["results"]["baseline"]["metrics"]
+    assert again["results"]["+DSConv"]["metrics"] == out["results"]["+DSConv"]["metrics"]  # read back, not rerun
+
+
+def test_peers_speed_smoke(tmp_path, one_thread):
+    peers = _load("peers")
+    out = peers.main(["--smoke", "--threads", "1", "--workdir", str(tmp_path)])
+    names = {m["name"] for m in out["models"]}
+    assert "rtdetr-n" in names
+    _skip_reasons_ok(out["skipped"])
+    if importlib.util.find_spec("ultralytics"):
+        assert {"yolo11n", "rtdetr-l"} <= names
+    if importlib.util.find_spec("transformers"):
+        assert "dfine-n" in names
+        dfine = next(m for m in out["models"] if m["name"] == "dfine-n")
+        assert 3.6e6 < dfine["params"] < 3.9e6  # D-FINE-N: 3.7-3.8M parameters
+    for m in out["models"]:
+        assert m["params"] > 0 and m["gflops"] > 0
+        assert out["latency"]["1"][m["name"]]["median_ms"] > 0
+    md = Path(out["markdown"]).read_text()
+    assert "| rtdetr-n |" in md and "GFLOPs" in md and "versions:" in md
+    assert json.loads(Path(out["markdown"]).with_suffix(".json").read_text())["imgsz"] == 64
+
+
+def test_peers_train_smoke(tmp_path, one_thread):
+    peers = _load("peers")
+    hmpe_row = "hmpe-n" if "hmpe-n" in model_presets() else "rtdetr-n"
+    out = peers.main(["--train", "--smoke", "--threads", "1", "--workdir", str(tmp_path),
+                      "--models", f"{hmpe_row},yolo11n,dfine-n"])
+    _skip_reasons_ok(out["skipped"])
+    expected = {hmpe_row}
+    expected |= {"yolo11n"} if importlib.util.find_spec("ultralytics") else set()
+    expected |= {"dfine-n"} if importlib.util.find_spec("transformers") else set()
+    assert set(out["results"]) == expected
+    for name, r in out["results"].items():
+        assert r["epochs"] == 1, name
+        assert {"precision", "recall", "mAP50", "mAP50_95", "AP_small"} <= set(r["metrics"]), name
+    md = Path(out["markdown"]).read_text()
+    assert f"| {hmpe_row} |" in md

@@ -163,7 +163,7 @@ def render(rows: list[dict], gflops: list[float], meta: dict) -> str:
         "`return_all_layers`); Det^0 = the encoder's top-K proposals (query selection, before any decoder layer).",
         "- Each row is one training run from scratch; few-shot rows train on a fixed random subset "
         f"({meta['fewshot_note']}).",
-        "- AP = COCO mAP50-95 (%) on the val split (faster-coco-eval); AP50 below. GFLOPs = 2 x MACs "
+        "- AP = COCO mAP50-95 (%) on the val split (hmpe's COCOEvaluator); AP50 below. GFLOPs = 2 x MACs "
         f"(FlopCounterMode) at {meta['flops_imgsz']}x{meta['flops_imgsz']}, batch 1, for the model run up to layer k.",
         "",
         "## AP (mAP50-95, %)",

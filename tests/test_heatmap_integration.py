@@ -35,7 +35,7 @@ MAP_NAMES = ["H_class", "H_bbox", "H_mixed", "Mask", "|PE'|"]
 def tiny_heat_cfg(**heat) -> dict:
     cfg = tiny_model_cfg()
     cfg["name"] = "tiny-heat"
-    cfg["heatmap"] = {"tau": 0.05, **heat}  # the shipped defaults (alpha: design, bbox_heat: quality, ...)
+    cfg["heatmap"] = {"tau": 0.05, **heat}  # the module's defaults (alpha: gradcam++, bbox_heat: quality, ...)
     return cfg
 
 

@@ -19,6 +19,16 @@ from hmpe.utils.config import load_model_config
 NC = 5
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: the least CPU time for these small models, and on a shared 2-core machine
+    2-thread parallel regions stall whenever the other core is taken (many times slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def hmpe_tiny_cfg(**over) -> dict:
     """tiny_model_cfg + heatmap embedding + MOHFE on every level + HIDQ (plain convs: fast)."""
     cfg = tiny_model_cfg()
@@ -276,14 +286,9 @@ def test_tiny_hmpe_overfits(tmp_path):
     from hmpe.engine.trainer import Trainer
 
     cfg = tiny_train_cfg(tmp_path, data=tiny_data(num_train=2, num_val=2), batch=2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # least CPU for the work; 2-thread regions stall when a core is taken
-    try:
-        t0, j0 = os.times(), _busy_jiffies()
-        metrics = Trainer(cfg, hmpe_tiny_cfg()).fit()
-        t1, j1 = os.times(), _busy_jiffies()
-    finally:
-        torch.set_num_threads(threads)
+    t0, j0 = os.times(), _busy_jiffies()
+    metrics = Trainer(cfg, hmpe_tiny_cfg()).fit()
+    t1, j1 = os.times(), _busy_jiffies()
     cpu = (t1.user - t0.user) + (t1.system - t0.system)
     assert metrics["mAP50"] >= 0.9, metrics
     others = None
@@ -304,11 +309,7 @@ def test_decoder_depth_smoke(tmp_path):
     import decoder_depth
 
     out = tmp_path / "decoder_depth.md"
-    threads = torch.get_num_threads()
-    try:
-        assert decoder_depth.main(["--smoke", "--threads", "1", "--out", str(out), "--project", str(tmp_path / "runs")]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert decoder_depth.main(["--smoke", "--threads", "1", "--out", str(out), "--project", str(tmp_path / "runs")]) == 0
     text = out.read_text()
     for s in ("Det^0", "Det^1", "Det^2", "GFLOPs", "few-shot 0.5", "| 1 epoch |", "| 2 epochs |"):
         assert s in text, s

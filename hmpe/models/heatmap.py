@@ -15,9 +15,10 @@ Interpretations (every one is also in ``docs/method.md``):
 - ``y^c = sum_l sum_ij sigmoid(s_c(i,j))`` is summed over *all* levels of the image, so the channel
   weights ``beta_k^c`` are one vector per image and class (the probe's channels mean the same thing on
   every level, its weights are shared), and the raw maps of the levels share one scale.
-- ``alpha = d2 + d3`` (eq. 1) exactly as DESIGN writes it (``alpha="design"``, default). Classic
-  Grad-CAM++ (Chattopadhay et al.) uses ``alpha = d2 / (2 d2 + sum_ab A_ab d3)`` with the exponential
-  trick ``d2 = g^2, d3 = g^3`` (``alpha="gradcam++"``). With the exact derivatives of a sigmoid, the
+- ``alpha = d2 + d3`` (eq. 1) exactly as DESIGN writes it is ``alpha="design"``. Classic Grad-CAM++
+  (Chattopadhay et al.) uses ``alpha = d2 / (2 d2 + sum_ab A_ab d3)`` with the exponential trick
+  ``d2 = g^2, d3 = g^3`` (``alpha="gradcam++"``, the module's default: in trained detectors the design
+  alpha left H_bbox identically zero on 11-21 of 32 held-out images). With the exact derivatives of a sigmoid, the
   design alpha is negative where ``sigmoid(s) > 0.5`` (for ``|w_k| < ~1``); once the probe is confident
   those locations dominate eq. 2, every beta_k <= 0 and the map is identically zero (seen for H_bbox on
   6-11 of 32 images after a short training run; see docs/method.md).
@@ -312,11 +313,16 @@ def gradcampp_sigmoid_linear(feats: Sequence[Tensor], logits: Sequence[Tensor], 
             a3 = a3 + (d1 * d3).sum((2, 3))
         beta = w.clamp(min=0) * (w * w * a2[..., None] + w * w * w * a3[..., None])  # [B,T,K] eqs. 1-2
     else:
-        S = sum(f.sum((2, 3)) for f in feats)[:, None, :, None]  # [B,1,K,1]; A = F >= 0
+        # ReLU(g) = s1 ReLU(w_k) (s1 > 0); with u = S_k ReLU(g): g / (2 + S_k g) = (u / (2 + u)) / S_k, so one
+        # [B,T,K,HW] buffer, divided in place (3-4x faster than the literal form). S_k = 0 means F_k = 0
+        # everywhere, so beta_k does not matter there (eq. 3 multiplies it by F_k): it is set to 0.
+        S = sum(f.sum((2, 3)) for f in feats)  # [B,K]; A = F >= 0
+        c = (S[:, None, :] * w.clamp(min=0))[..., None]  # [B,T,K,1]
         beta = 0
         for s in logits:
-            g = (sigmoid_derivatives(s)[1].flatten(2)[:, :, None, :] * w[..., None]).clamp(min=0)  # [B,T,K,HW]
-            beta = beta + (g / (2 + S * g)).sum(-1)  # [B,T,K]
+            u = sigmoid_derivatives(s)[1].flatten(2)[:, :, None, :] * c  # [B,T,K,HW] = S_k ReLU(g)
+            beta = beta + u.div_(u + 2).sum(-1)  # [B,T,K]
+        beta = beta / torch.where(S > 0, S, torch.ones_like(S))[:, None, :]
     return [torch.einsum("btk,bkhw->bthw", beta, f).clamp(min=0) for f in feats]  # eq. 3
 
 
@@ -545,7 +551,8 @@ class HeatmapEmbedding(nn.Module):
     - ``fuse_levels``: how the per-level maps become "three upsampled masks" (:func:`fuse_levels`):
       ``"down"`` (default: finer maps max-pooled into every coarser level), ``"max"`` (every map
       resized to every level, max) or ``"none"``.
-    - ``alpha``: ``"design"`` (eq. 1 as DESIGN writes it, default) or ``"gradcam++"`` (classic).
+    - ``alpha``: ``"gradcam++"`` (classic Grad-CAM++, default) or ``"design"`` (eq. 1 as DESIGN writes it;
+      goes dark once the probe is confident, see docs/method.md).
     """
 
     def __init__(
@@ -566,7 +573,7 @@ class HeatmapEmbedding(nn.Module):
         radius: float = 1.5,
         scale_ranges: Sequence[tuple[float, float]] | None = None,
         huber_beta: float = 1.0,
-        alpha: str = "design",
+        alpha: str = "gradcam++",
         loss_weights: dict[str, float] | None = None,
     ):
         super().__init__()

@@ -38,8 +38,14 @@ def parse_row_spec(spec: str) -> tuple[str, dict]:
     from hmpe.utils.config import parse_overrides
 
     model, _, rest = spec.partition(":")
+    items = [i.strip() for i in split_top_level(rest) if i.strip()]
+    return model.strip(), parse_overrides(items)
+
+
+def split_top_level(text: str) -> list[str]:
+    """Split on commas that are not inside ``[...]`` or ``{...}`` (YAML lists and mappings)."""
     items, depth, cur = [], 0, ""
-    for ch in rest:
+    for ch in text:
         depth += ch in "[{"
         depth -= ch in "]}"
         if ch == "," and depth == 0:
@@ -47,9 +53,8 @@ def parse_row_spec(spec: str) -> tuple[str, dict]:
             cur = ""
         else:
             cur += ch
-    if cur.strip():
-        items.append(cur)
-    return model.strip(), parse_overrides([i.strip() for i in items if i.strip()])
+    items.append(cur)
+    return items
 
 
 def load_hmpe_model_config(model: str, overrides: dict | None = None) -> dict:

@@ -70,7 +70,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, SkipRow, default_datasets_env, fmt, header, load_avg,  # noqa: E402
+from _common import (RESULTS, SkipRow, default_datasets_env, fmt, header, load_avg, split_top_level,  # noqa: E402
                      load_hmpe_model_config, md_table, no_network, parse_row_spec, set_offline_env)
 
 set_offline_env()  # before torch / ultralytics / transformers are imported anywhere below
@@ -292,18 +292,8 @@ def _call(b: Built, x):
 
 def _split_models(text: str) -> list[str]:
     """Comma-separated rows; commas inside ``[...]``/``{...}`` or after ``:`` within a row stay."""
-    rows, depth, cur = [], 0, ""
-    for ch in text:
-        depth += ch in "[{"
-        depth -= ch in "]}"
-        if ch == "," and depth == 0:
-            # a comma followed by key=value continues an override list of the current row
-            rows.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    rows.append(cur)
-    merged: list[str] = []
+    rows = split_top_level(text)
+    merged: list[str] = []  # a piece that is key=value continues the override list of the row before
     for r in (r.strip() for r in rows if r.strip()):
         if merged and ":" in merged[-1] and "=" in r.split(":")[0]:
             merged[-1] += "," + r

@@ -41,8 +41,9 @@ Part B (``--train``): a same-budget training comparison on NWPU VHR-10 (train sp
               calibrated by timing one epoch first (the calibration epoch is not counted).
               Trained on a YOLO-format copy written by ``hmpe data convert`` into the work folder.
     dfine-n   a short loop over the HF model and its built-in loss (``outputs.loss``), with hmpe's
-              data pipeline and optimiser recipe (AdamW, warm-up + cosine, grad clip, EMA), epochs
-              sized after the first one to fit the minutes, like hmpe's trainer.
+              data pipeline and optimiser recipe (AdamW, warm-up + cosine, grad clip, EMA; the
+              training keys of ``--hmpe-args`` -- lr, warmup_iters, augment / mosaic -- apply to it
+              too), epochs sized after the first one to fit the minutes, like hmpe's trainer.
   All three are scored by hmpe's COCOEvaluator on the same val samples (faster-coco-eval: P, R at
   the best-F1 confidence, mAP50, mAP50-95, AP_small/medium/large); hmpe-n and D-FINE-N see the val
   images through hmpe's eval transform (square resize), YOLO11n through its own letterbox predictor,
@@ -526,15 +527,20 @@ def train_dfine(args, data, workdir: Path) -> dict:
 
     from hmpe.data.dataset import build_dataset, collate_fn
     from hmpe.data.formats import load_data_config
-    from hmpe.data.transforms import build_transforms
+    from hmpe.data.transforms import Mosaic, build_transforms
     from hmpe.engine.optim import ModelEMA, lr_factor
     from hmpe.engine.trainer import seed_everything
-    from hmpe.utils.config import default_train_config
+    from hmpe.utils.config import default_train_config, parse_overrides, split_overrides
 
     d = default_train_config()
+    d.update(split_overrides(parse_overrides(args.hmpe_args))[1])  # the same recipe as hmpe-n's row
     seed_everything(args.seed)
     data_cfg = load_data_config(data)
-    train_set = build_dataset(data_cfg, "train", transforms=build_transforms(not args.smoke, args.imgsz))
+    aug = d.get("augment", True) and not args.smoke
+    aug_cfg = dict(aug) if isinstance(aug, dict) else {}
+    mosaic = Mosaic(args.imgsz, p=aug_cfg.get("mosaic_p", 0.5)) if aug and aug_cfg.get("mosaic") else None
+    tr_t = build_transforms(bool(aug), args.imgsz, {k: v for k, v in aug_cfg.items() if k != "multi_scale"} or None)
+    train_set = build_dataset(data_cfg, "train", transforms=tr_t, mosaic=mosaic)
     nc = len(train_set.names)
     gen = torch.Generator()
     loader = DataLoader(train_set, batch_size=args.batch, shuffle=True, num_workers=args.workers,

@@ -129,3 +129,41 @@ def test_peers_train_smoke(tmp_path, one_thread):
         assert {"precision", "recall", "mAP50", "mAP50_95", "AP_small"} <= set(r["metrics"]), name
     md = Path(out["markdown"]).read_text()
     assert f"| {hmpe_row} |" in md
+
+
+def test_compare_runs(tmp_path, one_thread):
+    """Two finished runs side by side: metrics read back from results.csv, decoder timed on captured inputs."""
+    from conftest import tiny_data, tiny_model_cfg, tiny_train_cfg
+
+    from hmpe.engine.trainer import Trainer
+
+    compare = _load("compare_runs")
+    runs = []
+    for name, layers in (("six", 2), ("three", 1)):
+        cfg = tiny_train_cfg(tmp_path, name=name, epochs=1, imgsz=64, data=tiny_data(imgsz=64), val_interval=1)
+        trainer = Trainer(cfg, tiny_model_cfg(num_layers=layers))
+        trainer.fit()
+        runs.append(trainer.run_dir)
+
+    # the decoder fed the captured inputs gives the model's own outputs
+    model, _ = compare.load_run_model(runs[0])
+    x = torch.rand(1, 3, 64, 64)
+    args, kwargs = compare.capture_decoder_call(model, x)
+    with torch.no_grad():
+        assert torch.equal(model.decoder(*args, **kwargs)["pred_logits"], model(x)["pred_logits"])
+
+    assert compare.ratio_to_first([[1.0, 2.0, 4.0], [0.5, 1.0, 3.0]]) == [1.0, 0.5]
+    out = tmp_path / "compare.md"
+    assert compare.main([str(r) for r in runs] + ["--imgsz", "64", "--rounds", "2", "--runs-per-round", "1",
+                                                 "--out", str(out)]) == 0
+    md = out.read_text()
+    assert "| six |" in md and "| three |" in md and "command:" in md and "CPU:" in md
+    rows = compare.compare(runs, imgsz=64, rounds=2, runs=1, warmup=0)
+    assert rows[0]["decoder_latency_ratio"] == 1.0 and rows[0]["latency_ratio"] == 1.0
+    assert [r["decoder_layers"] for r in rows] == [2, 1]
+    assert rows[1]["decoder_params"] < rows[0]["decoder_params"] < rows[0]["params"]
+    assert rows[1]["decoder_gflops"] < rows[0]["decoder_gflops"] < rows[0]["gflops"]
+    for r, run in zip(rows, runs):
+        assert r["epochs"] == 1
+        assert r["mAP50"] == compare.final_metrics(run / "results.csv")["mAP50"]
+        assert 0.0 <= r["mAP50_95"] <= r["mAP50"] <= 1.0

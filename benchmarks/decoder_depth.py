@@ -6,6 +6,7 @@ Usage::
         [--epochs 25,50,100 | --budget-minutes 15,30,60] [--fractions 0.1] [--imgsz 512] [--batch 8]
         [--flops-imgsz 640] [--set key=value ...] [--out benchmarks/results/decoder_depth.md]
     python benchmarks/decoder_depth.py --smoke --out /tmp/decoder_depth.md      # seconds, synthetic data
+    python benchmarks/decoder_depth.py --from-run runs/train/exp [--out ...]   # Det^k of a finished run
 
 What it does:
   * the model (a preset or a model YAML) is built with ``decoder.num_layers = L`` (``--layers``) and
@@ -23,6 +24,9 @@ What it does:
   * GFLOPs of Det^k (2 x MACs, ``torch.utils.flop_counter.FlopCounterMode``, batch 1, at
     ``--flops-imgsz``): the whole model run with ``decoder.eval_idx = k - 1`` (the decoder stops after
     layer k in eval mode); Det^0 stops at the query selection.
+
+``--from-run RUN_DIR`` skips training: the run's ``weights/last.pt`` (EMA weights, its own model config,
+data, image size) is scored at every layer on its val split, as one row labelled with the run's epochs.
 
 Writes a markdown report (AP = COCO mAP50-95 and AP50 per k, GFLOPs per k, run settings) to ``--out``
 (default ``benchmarks/results/decoder_depth.md``) and prints it. Training runs go to ``--project``.
@@ -86,6 +90,42 @@ class SubsetTrainer(Trainer):
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
+def run_context(run_dir: Path, workers: int = 0):
+    """(model with EMA weights, model config, train config, trainer-like namespace) of a finished run.
+
+    The namespace carries what :func:`evaluate_layers` reads from a Trainer: the val split through the
+    run's evaluation transform, its loader, class names, ``max_dets``, device and class count."""
+    from types import SimpleNamespace
+
+    from hmpe.data.dataset import build_dataset
+    from hmpe.data.transforms import build_transforms
+    from hmpe.engine.checkpoint import load_checkpoint
+    from hmpe.models.detector import build_model
+
+    path = Path(run_dir) / "weights" / "last.pt"
+    if not path.is_file():
+        raise SystemExit(f"{path}: missing (is {run_dir} a `hmpe train` run folder?)")
+    ckpt = load_checkpoint(path)
+    tc, model_cfg, names = ckpt["train_cfg"], ckpt["model_cfg"], ckpt["names"]
+    model = build_model(model_cfg, len(names))
+    model.load_state_dict((ckpt.get("ema") or {}).get("module") or ckpt["model"])
+    aug = tc.get("augment")
+    keep = {"keep_ratio": aug["keep_ratio"]} if isinstance(aug, dict) and "keep_ratio" in aug else None
+    val_set = build_dataset(tc["data"], "val", transforms=build_transforms(False, tc["imgsz"], keep))
+    loader = DataLoader(val_set, batch_size=tc["batch"], shuffle=False, num_workers=workers, collate_fn=collate_fn)
+    ctx = SimpleNamespace(val_set=val_set, val_loader=loader, names=names, cfg={"max_dets": tc["max_dets"]},
+                          device=torch.device("cpu"), num_classes=len(names),
+                          num_train_images=len(build_dataset(tc["data"], "train")), epochs=ckpt["epochs"])
+    return model.eval(), model_cfg, tc, ctx
+
+
+def run_minutes(run_dir: Path) -> float:
+    import csv
+
+    with open(Path(run_dir) / "results.csv", newline="") as f:
+        return sum(float(r["time_s"]) for r in csv.DictReader(f)) / 60
+
+
 class _Stop(Exception):
     pass
 
@@ -217,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="extra overrides, training (ema=false) or dotted model keys (hidq.score=heat*cls)")
     ap.add_argument("--project", default=str(ROOT / "runs" / "decoder_depth"))
     ap.add_argument("--out", default=str(DEFAULT_OUT))
+    ap.add_argument("--from-run", default=None, metavar="RUN_DIR",
+                    help="no training: score every layer of this finished run (its last.pt, EMA weights)")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny synthetic data and model (64 px, 2 layers, 1 and 2 epochs, fraction 0.5): seconds")
     args = ap.parse_args(argv)
@@ -225,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    if args.from_run:
+        return from_run(Path(args.from_run), args, started_load)
     overrides = parse_overrides(args.set)
     model_over, train_over = split_overrides(overrides)
     if args.smoke:
@@ -306,6 +350,36 @@ def main(argv: list[str] | None = None) -> int:
         "flops_imgsz": flops_imgsz,
         "fewshot_note": (", ".join(f"{f:g} of the train split" for f in fractions) +
                          (f", seed {args.seed}, trained for the longest length" if fractions else "")) or "none",
+    }
+    text = render(rows, gflops, meta)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text)
+    print(f"written to {out}")
+    return 0
+
+
+def from_run(run_dir: Path, args, started_load: str) -> int:
+    model, model_cfg, tc, ctx = run_context(run_dir, workers=0)
+    metrics = evaluate_layers(model, ctx, model_cfg)
+    gflops = gflops_per_layer(model, args.flops_imgsz)
+    hd = model_cfg.get("hidden_dim", 256)
+    parts = [k for k in ("heatmap", "mohfe", "hidq") if (model_cfg.get(k) or {}) and
+             (model_cfg.get(k) or {}).get("enabled", True) is not False]
+    strip = (model_cfg.get("backbone") or {}).get("strip_conv")
+    epochs = ctx.epochs
+    rows = [{"label": f"{tc.get('time_limit') or '?'} min ({epochs} epochs)", "num_train": ctx.num_train_images,
+             "metrics": metrics, "epochs": epochs, "minutes": run_minutes(run_dir), "run_dir": str(run_dir)}]
+    meta = {
+        "device": "cpu", "threads": torch.get_num_threads(), "load": started_load, "model": tc.get("model"),
+        "model_desc": f"hidden {hd}, backbone {(model_cfg.get('backbone') or {}).get('name', 'B0')}"
+                      f"{' + ' + strip['kind'] if isinstance(strip, dict) else ''}, HMPE parts: "
+                      f"{', '.join(parts) or 'none'}; scored from the finished run `{run_dir}`",
+        "data": tc["data"] if isinstance(tc["data"], str) else "synthetic", "num_train": ctx.num_train_images,
+        "num_val": len(ctx.val_set), "imgsz": tc["imgsz"], "batch": tc["batch"], "lr": tc["lr"],
+        "ema": bool(tc.get("ema")), "augment": tc.get("augment"), "seed": tc.get("seed"),
+        "flops_imgsz": args.flops_imgsz, "fewshot_note": "none",
     }
     text = render(rows, gflops, meta)
     out = Path(args.out)

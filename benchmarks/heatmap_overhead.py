@@ -33,17 +33,9 @@ from pathlib import Path
 
 import torch
 
+from hmpe.engine.bench import environment
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_avg() -> str:
@@ -125,7 +117,7 @@ def main(argv: list[str] | None = None) -> str:
         "# Heatmap-path forward overhead",
         "",
         f"- date: {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}",
-        f"- CPU: {cpu_name()} ({os.cpu_count()} logical CPUs), torch.set_num_threads(n) for n in {threads}",
+        f"- CPU: {environment()['cpu']} ({os.cpu_count()} logical CPUs), torch.set_num_threads(n) for n in {threads}",
         f"- torch {torch.__version__}, Python {platform.python_version()}",
         f"- command: `{cmd}`",
         f"- model A: `{args.model}` (overrides: {over}), heatmap config `{cfg_a.get('heatmap')}`; "

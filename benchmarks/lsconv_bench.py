@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from hmpe.engine.bench import environment
 from hmpe.models.lsconv import DSConv, LSConv, SnakeConv, StripBlock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,23 +195,13 @@ def backbone_rows(threads: list[int], imgsz: int = 640, rounds: int = 5) -> list
     return rows
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def render(results: dict[str, list[dict]], bb: list[dict] | None, args: argparse.Namespace) -> str:
     threads = args.threads
     lines = [
         "# LSConv benchmark",
         "",
         f"- date: {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}",
-        f"- CPU: {cpu_model()} ({os.cpu_count()} logical CPUs), torch.set_num_threads(n) for n in {threads}",
+        f"- CPU: {environment()['cpu']} ({os.cpu_count()} logical CPUs), torch.set_num_threads(n) for n in {threads}",
         f"- torch {torch.__version__}, Python {platform.python_version()}",
         f"- command: `python {' '.join(sys.argv)}`",
         f"- load average before / after the run: {args.load_before} / {_loadavg()} (the machine is shared:",

@@ -316,3 +316,17 @@ def test_decoder_depth_smoke(tmp_path):
     gflops = next(line for line in text.splitlines() if line.startswith("| GFLOPs |"))
     values = [float(v) for v in gflops.strip("| ").split("|")[1:]]
     assert len(values) == 3 and values[0] < values[1] < values[2]  # each decoder layer costs something
+
+    # --from-run: the same per-layer scoring of a finished run, no training; Det^L is the run's own validation
+    import csv
+
+    run = tmp_path / "runs" / "train" / "L2-2ep-f1"
+    again = tmp_path / "from_run.md"
+    assert decoder_depth.main(["--from-run", str(run), "--flops-imgsz", "64", "--out", str(again)]) == 0
+    row = next(line for line in again.read_text().split("## AP (mAP50-95, %)")[1].splitlines()
+               if line.startswith("| ") and "epochs)" in line)
+    det_l = float(row.strip("| ").split("|")[-2])
+    with open(run / "results.csv", newline="") as f:
+        final = [r for r in csv.DictReader(f) if r["val/mAP50_95"]][-1]
+    assert abs(det_l - 100 * float(final["val/mAP50_95"])) < 0.051  # the table prints % with one decimal
+    assert gflops in again.read_text()  # same model config, same per-layer GFLOPs

@@ -171,6 +171,14 @@ def header(title: str, extra: list[str] | None = None, started_load: str | None 
     return "\n".join(lines) + "\n"
 
 
+def train_minutes(results_csv: Path) -> float:
+    """Minutes a `hmpe train` run spent in its epochs (the ``time_s`` column of its results.csv)."""
+    import csv
+
+    with open(results_csv, newline="") as f:
+        return sum(float(r["time_s"]) for r in csv.DictReader(f)) / 60
+
+
 def md_table(columns: list[str], rows: list[list], align: str | None = None) -> str:
     align = align or "l" + "r" * (len(columns) - 1)
     sep = ["---" if a == "l" else "---:" for a in align]

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, fmt, header, load_avg, md_table  # noqa: E402
+from _common import RESULTS, fmt, header, load_avg, md_table, train_minutes  # noqa: E402
 
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
@@ -46,23 +46,20 @@ def final_metrics(results_csv: Path) -> dict:
     last = validated[-1]
     out = {k: float(last[f"val/{k}"]) for k in METRICS if last.get(f"val/{k}") not in (None, "")}
     out["epochs"] = int(last["epoch"])
-    out["train_minutes"] = sum(float(r["time_s"]) for r in rows) / 60
+    out["train_minutes"] = train_minutes(results_csv)
     out["best_mAP50_95"] = max(float(r["val/mAP50_95"]) for r in validated)
     return out
 
 
 def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, dict]:
-    from hmpe.engine.checkpoint import load_checkpoint
-    from hmpe.models.detector import build_model
+    """(model in eval mode with the run's EMA weights, checkpoint) from ``run_dir/weights/last.pt``."""
+    from hmpe.api import load_for_inference
 
     path = run_dir / "weights" / "last.pt"
     if not path.is_file():
         raise SystemExit(f"{path}: missing (the run saves it after every epoch)")
-    ckpt = load_checkpoint(path)
-    model = build_model(ckpt["model_cfg"], len(ckpt["names"]))
-    state = (ckpt.get("ema") or {}).get("module") or ckpt["model"]
-    model.load_state_dict(state)
-    return model.eval(), ckpt
+    model, _, ckpt = load_for_inference(path, torch.device("cpu"))
+    return model, ckpt
 
 
 @torch.no_grad()
@@ -82,9 +79,9 @@ def capture_decoder_call(model: torch.nn.Module, x: torch.Tensor) -> tuple[tuple
 
 
 @torch.no_grad()
-def decoder_gflops(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, float]:
-    """(whole model, decoder alone) GFLOPs for one forward of ``x`` (FlopCounterMode, 2 x MACs)."""
-    args, kwargs = capture_decoder_call(model, x)
+def decoder_gflops(model: torch.nn.Module, x: torch.Tensor, args: tuple, kwargs: dict) -> tuple[float, float]:
+    """(whole model, decoder alone) GFLOPs for one forward of ``x`` (FlopCounterMode, 2 x MACs); ``args``,
+    ``kwargs``: the decoder's inputs for ``x`` (:func:`capture_decoder_call`)."""
     with FlopCounterMode(display=False) as fc:
         model(x)
     total = fc.get_total_flops() / 1e9
@@ -129,8 +126,8 @@ def compare(run_dirs: list[Path], imgsz: int = 640, rounds: int = 7, runs: int =
                "params": count_params(model), "decoder_params": count_params(model.decoder),
                "decoder_layers": model.decoder.num_layers,
                "train_imgsz": ckpt["train_cfg"].get("imgsz")}
-        row["gflops"], row["decoder_gflops"] = decoder_gflops(model, x)
         args, kwargs = capture_decoder_call(model, x)
+        row["gflops"], row["decoder_gflops"] = decoder_gflops(model, x, args, kwargs)
         full_fns.append(lambda m=model: m(x))
         dec_fns.append(lambda m=model, a=args, k=kwargs: m.decoder(*a, **k))
         rows.append(row)

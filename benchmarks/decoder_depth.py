@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import default_datasets_env, header, load_avg  # noqa: E402
+from _common import default_datasets_env, header, load_avg, train_minutes  # noqa: E402
 
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
@@ -97,33 +97,22 @@ def run_context(run_dir: Path, workers: int = 0):
     run's evaluation transform, its loader, class names, ``max_dets``, device and class count."""
     from types import SimpleNamespace
 
+    from hmpe.api import load_for_inference
     from hmpe.data.dataset import build_dataset
-    from hmpe.data.transforms import build_transforms
-    from hmpe.engine.checkpoint import load_checkpoint
-    from hmpe.models.detector import build_model
+    from hmpe.data.transforms import build_pipeline
 
     path = Path(run_dir) / "weights" / "last.pt"
     if not path.is_file():
         raise SystemExit(f"{path}: missing (is {run_dir} a `hmpe train` run folder?)")
-    ckpt = load_checkpoint(path)
-    tc, model_cfg, names = ckpt["train_cfg"], ckpt["model_cfg"], ckpt["names"]
-    model = build_model(model_cfg, len(names))
-    model.load_state_dict((ckpt.get("ema") or {}).get("module") or ckpt["model"])
-    aug = tc.get("augment")
-    keep = {"keep_ratio": aug["keep_ratio"]} if isinstance(aug, dict) and "keep_ratio" in aug else None
-    val_set = build_dataset(tc["data"], "val", transforms=build_transforms(False, tc["imgsz"], keep))
+    model, _, ckpt = load_for_inference(path, torch.device("cpu"))
+    tc, names = ckpt["train_cfg"], ckpt["names"]
+    _, eval_t, _ = build_pipeline(tc.get("augment", True), tc["imgsz"])
+    val_set = build_dataset(tc["data"], "val", transforms=eval_t)
     loader = DataLoader(val_set, batch_size=tc["batch"], shuffle=False, num_workers=workers, collate_fn=collate_fn)
     ctx = SimpleNamespace(val_set=val_set, val_loader=loader, names=names, cfg={"max_dets": tc["max_dets"]},
                           device=torch.device("cpu"), num_classes=len(names),
                           num_train_images=len(build_dataset(tc["data"], "train")), epochs=ckpt["epochs"])
-    return model.eval(), model_cfg, tc, ctx
-
-
-def run_minutes(run_dir: Path) -> float:
-    import csv
-
-    with open(Path(run_dir) / "results.csv", newline="") as f:
-        return sum(float(r["time_s"]) for r in csv.DictReader(f)) / 60
+    return model, ckpt["model_cfg"], tc, ctx
 
 
 class _Stop(Exception):
@@ -230,6 +219,25 @@ def render(rows: list[dict], gflops: list[float], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def describe_model(model_cfg: dict) -> str:
+    """'hidden D, backbone B0 + lsconv, HMPE parts: heatmap, mohfe, hidq' for the report."""
+    parts = [k for k in ("heatmap", "mohfe", "hidq") if (model_cfg.get(k) or {}) and
+             (model_cfg.get(k) or {}).get("enabled", True) is not False]
+    strip = (model_cfg.get("backbone") or {}).get("strip_conv")
+    return (f"hidden {model_cfg.get('hidden_dim', 256)}, backbone "
+            f"{(model_cfg.get('backbone') or {}).get('name', 'B0')}"
+            f"{' + ' + strip['kind'] if isinstance(strip, dict) else ''}, HMPE parts: {', '.join(parts) or 'none'}")
+
+
+def write_report(text: str, out: str | Path) -> int:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text)
+    print(f"written to {out}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- main
 def _floats(text: str | None) -> list[float]:
     return [float(t) for t in text.split(",") if t.strip()] if text else []
@@ -333,16 +341,9 @@ def main(argv: list[str] | None = None) -> int:
                      "epochs": trainer.epochs, "minutes": minutes, "run_dir": str(trainer.run_dir)})
         print(f"[decoder_depth] {label}: AP per k " + ", ".join(_fmt(m["mAP50_95"]) for m in metrics), flush=True)
 
-    hd = model_cfg.get("hidden_dim", 256)
-    parts = [k for k in ("heatmap", "mohfe", "hidq") if (model_cfg.get(k) or {}) and
-             (model_cfg.get(k) or {}).get("enabled", True) is not False]
-    strip = (model_cfg.get("backbone") or {}).get("strip_conv")
     meta = {
         "device": str(trainer.device), "threads": torch.get_num_threads(), "load": started_load,
-        "model": model_name,
-        "model_desc": f"hidden {hd}, backbone {(model_cfg.get('backbone') or {}).get('name', 'B0')}"
-                      f"{' + ' + strip['kind'] if isinstance(strip, dict) else ''}, HMPE parts: "
-                      f"{', '.join(parts) or 'none'}",
+        "model": model_name, "model_desc": describe_model(model_cfg),
         "data": data if isinstance(data, str) else "synthetic (smoke)",
         "num_train": len(trainer.train_set) if not fractions else rows[0]["num_train"],
         "num_val": len(trainer.val_set), "imgsz": imgsz, "batch": batch, "lr": trainer.cfg["lr"],
@@ -351,43 +352,26 @@ def main(argv: list[str] | None = None) -> int:
         "fewshot_note": (", ".join(f"{f:g} of the train split" for f in fractions) +
                          (f", seed {args.seed}, trained for the longest length" if fractions else "")) or "none",
     }
-    text = render(rows, gflops, meta)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(text)
-    print(f"written to {out}")
-    return 0
+    return write_report(render(rows, gflops, meta), args.out)
 
 
 def from_run(run_dir: Path, args, started_load: str) -> int:
     model, model_cfg, tc, ctx = run_context(run_dir, workers=0)
     metrics = evaluate_layers(model, ctx, model_cfg)
     gflops = gflops_per_layer(model, args.flops_imgsz)
-    hd = model_cfg.get("hidden_dim", 256)
-    parts = [k for k in ("heatmap", "mohfe", "hidq") if (model_cfg.get(k) or {}) and
-             (model_cfg.get(k) or {}).get("enabled", True) is not False]
-    strip = (model_cfg.get("backbone") or {}).get("strip_conv")
     epochs = ctx.epochs
     rows = [{"label": f"{tc.get('time_limit') or '?'} min ({epochs} epochs)", "num_train": ctx.num_train_images,
-             "metrics": metrics, "epochs": epochs, "minutes": run_minutes(run_dir), "run_dir": str(run_dir)}]
+             "metrics": metrics, "epochs": epochs, "minutes": train_minutes(run_dir / "results.csv"),
+             "run_dir": str(run_dir)}]
     meta = {
         "device": "cpu", "threads": torch.get_num_threads(), "load": started_load, "model": tc.get("model"),
-        "model_desc": f"hidden {hd}, backbone {(model_cfg.get('backbone') or {}).get('name', 'B0')}"
-                      f"{' + ' + strip['kind'] if isinstance(strip, dict) else ''}, HMPE parts: "
-                      f"{', '.join(parts) or 'none'}; scored from the finished run `{run_dir}`",
+        "model_desc": f"{describe_model(model_cfg)}; scored from the finished run `{run_dir}`",
         "data": tc["data"] if isinstance(tc["data"], str) else "synthetic", "num_train": ctx.num_train_images,
         "num_val": len(ctx.val_set), "imgsz": tc["imgsz"], "batch": tc["batch"], "lr": tc["lr"],
         "ema": bool(tc.get("ema")), "augment": tc.get("augment"), "seed": tc.get("seed"),
         "flops_imgsz": args.flops_imgsz, "fewshot_note": "none",
     }
-    text = render(rows, gflops, meta)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(text)
-    print(f"written to {out}")
-    return 0
+    return write_report(render(rows, gflops, meta), args.out)
 
 
 if __name__ == "__main__":

@@ -527,7 +527,7 @@ def train_dfine(args, data, workdir: Path) -> dict:
 
     from hmpe.data.dataset import build_dataset, collate_fn
     from hmpe.data.formats import load_data_config
-    from hmpe.data.transforms import Mosaic, build_transforms
+    from hmpe.data.transforms import build_pipeline
     from hmpe.engine.optim import ModelEMA, lr_factor
     from hmpe.engine.trainer import seed_everything
     from hmpe.utils.config import default_train_config, parse_overrides, split_overrides
@@ -536,10 +536,7 @@ def train_dfine(args, data, workdir: Path) -> dict:
     d.update(split_overrides(parse_overrides(args.hmpe_args))[1])  # the same recipe as hmpe-n's row
     seed_everything(args.seed)
     data_cfg = load_data_config(data)
-    aug = d.get("augment", True) and not args.smoke
-    aug_cfg = dict(aug) if isinstance(aug, dict) else {}
-    mosaic = Mosaic(args.imgsz, p=aug_cfg.get("mosaic_p", 0.5)) if aug and aug_cfg.get("mosaic") else None
-    tr_t = build_transforms(bool(aug), args.imgsz, {k: v for k, v in aug_cfg.items() if k != "multi_scale"} or None)
+    tr_t, _, mosaic = build_pipeline(False if args.smoke else d.get("augment", True), args.imgsz)
     train_set = build_dataset(data_cfg, "train", transforms=tr_t, mosaic=mosaic)
     nc = len(train_set.names)
     gen = torch.Generator()

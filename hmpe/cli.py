@@ -27,6 +27,19 @@ def _split_source(argv: list[str]) -> tuple[str | None, list[str]]:
     return (positional[0] if positional else None), rest
 
 
+def _source_and_weights(argv: list[str], usage: str) -> tuple[str, str, dict]:
+    """``SOURCE weights=PATH key=value ...`` -> (source, weights, the other arguments); ``usage`` on error."""
+    from hmpe.utils.config import parse_overrides
+
+    source, rest = _split_source(argv)
+    args = parse_overrides(rest)
+    source = source or args.pop("source", None)
+    weights = args.pop("weights", None)
+    if not source or not weights:
+        raise SystemExit(usage)
+    return source, weights, args
+
+
 def cmd_train(argv: list[str]) -> int:
     from hmpe.api import make_train_config
     from hmpe.engine.trainer import train
@@ -52,14 +65,9 @@ def cmd_val(argv: list[str]) -> int:
 
 def cmd_predict(argv: list[str]) -> int:
     from hmpe.api import Detector
-    from hmpe.utils.config import parse_overrides
 
-    source, rest = _split_source(argv)
-    args = parse_overrides(rest)
-    source = source or args.pop("source", None)
-    weights = args.pop("weights", None)
-    if not source or not weights:
-        raise SystemExit("hmpe predict: usage: hmpe predict SOURCE weights=PATH [conf=0.25 imgsz=...]")
+    source, weights, args = _source_and_weights(
+        argv, "hmpe predict: usage: hmpe predict SOURCE weights=PATH [conf=0.25 imgsz=...]")
     det = Detector(weights=weights, device=args.pop("device", "auto"))
     results = det.predict(source, save=args.pop("save", True), **args)
     n = sum(len(r.scores) for r in results)
@@ -70,15 +78,9 @@ def cmd_predict(argv: list[str]) -> int:
 def cmd_heatmap(argv: list[str]) -> int:
     """One heatmap figure (input + boxes, H_class, H_bbox, H_mixed, Mask, |PE'|) per image of SOURCE."""
     from hmpe.api import Detector
-    from hmpe.utils.config import parse_overrides
 
-    source, rest = _split_source(argv)
-    args = parse_overrides(rest)
-    source = source or args.pop("source", None)
-    weights = args.pop("weights", None)
-    if not source or not weights:
-        raise SystemExit("hmpe heatmap: usage: hmpe heatmap SOURCE weights=PATH [conf=0.25 imgsz=... "
-                         "level=0|1|2|max out=DIR]")
+    source, weights, args = _source_and_weights(
+        argv, "hmpe heatmap: usage: hmpe heatmap SOURCE weights=PATH [conf=0.25 imgsz=... level=0|1|2|max out=DIR]")
     unknown = sorted(set(args) - {"device", "conf", "imgsz", "level", "out", "project", "name", "dpi", "save"})
     if unknown:
         raise ValueError(f"unknown argument(s) {', '.join(unknown)}; expected conf, imgsz, level, out, project, "

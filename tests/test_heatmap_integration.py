@@ -9,9 +9,7 @@ cores); the other tests reuse it and its checkpoint.
 
 from __future__ import annotations
 
-import gc
 import os
-import warnings
 
 import numpy as np
 import pytest
@@ -24,7 +22,7 @@ from hmpe.data.synthetic import SyntheticDataset
 from hmpe.engine.trainer import Trainer
 from hmpe.models.detector import build_model
 from hmpe.utils.config import apply_overrides, load_model_config
-from test_heatmap import _colourbar_count
+from test_heatmap import _colourbar_count, _live_objects
 
 NUM_TRAIN, EPOCHS = 32, 10  # batch 4: 80 steps over 32 distinct images (8 images x 40 epochs: 3.0-5.0x)
 NUM_VAL = 16  # held-out images (the val stream of the synthetic data, not the training images)
@@ -145,15 +143,6 @@ def test_heatmap_cli_refuses_model_without_heatmap_path(trained, tmp_path, capsy
     err = capsys.readouterr().err
     assert "no heatmap path" in err and "rtdetr-n-heat" in err, err
     assert cli_main(["heatmap", str(img), f"weights={trained.weights_dir / 'last.pt'}", "level=7"]) == 1
-
-
-def _live_objects() -> tuple[int, int]:
-    """(live torch tensors, all gc-tracked objects)."""
-    gc.collect()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # isinstance on deprecated torch module attributes warns
-        objs = gc.get_objects()
-        return sum(1 for o in objs if isinstance(o, torch.Tensor)), len(objs)
 
 
 def _rss_mb() -> float:

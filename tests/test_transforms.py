@@ -236,3 +236,15 @@ def test_mosaic():
         assert len(t2["boxes"]) + t2[NUM_DROPPED_KEY] == n_in
     with pytest.raises(ValueError):
         mosaic(items[:3])
+
+
+def test_build_pipeline_reads_the_augment_value():
+    """The trainer, peers.py's D-FINE loop and decoder_depth --from-run share one reading of `augment`."""
+    from hmpe.data.transforms import Mosaic, build_pipeline
+
+    _, _, mosaic = build_pipeline({"mosaic": True, "mosaic_p": 0.3}, 64)
+    assert isinstance(mosaic, Mosaic) and mosaic.p == 0.3
+    assert build_pipeline(True, 64)[2] is None and build_pipeline(False, 64)[2] is None
+    assert build_pipeline({"mosaic": True}, 64)[2] is not None
+    with pytest.raises(ValueError):
+        build_pipeline({"no_such_switch": 1}, 64)  # unknown keys still raise

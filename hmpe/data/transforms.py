@@ -63,6 +63,7 @@ __all__ = [
     "Letterbox",
     "Mosaic",
     "MultiScaleCollate",
+    "build_pipeline",
     "build_transforms",
     "default_multi_scale_sizes",
     "letterbox_orig_size",
@@ -484,3 +485,18 @@ class Mosaic:
         out[NUM_DROPPED_KEY] = dropped
         out["mosaic"] = True
         return sanitize_boxes(tv_tensors.Image(canvas), out, self.min_size)
+
+
+def build_pipeline(augment: bool | dict, imgsz: int) -> tuple[DetectionTransform, DetectionTransform, Mosaic | None]:
+    """(train transform, eval transform, mosaic or None) from a training config's ``augment`` value.
+
+    ``augment``: ``false`` (train on the eval pipeline), ``true`` (the RT-DETR recipe) or a dict of
+    :func:`build_transforms` switches plus ``mosaic`` / ``mosaic_p``; its ``keep_ratio`` also sets the
+    eval transform. ``multi_scale`` acts per batch and is left to the caller (:func:`multi_scale_sizes`).
+    """
+    opts = dict(augment) if isinstance(augment, dict) else {}
+    keep_ratio = {"keep_ratio": opts["keep_ratio"]} if "keep_ratio" in opts else None
+    train = build_transforms(bool(augment), imgsz,
+                             {k: v for k, v in opts.items() if k != "multi_scale"} if augment else keep_ratio)
+    mosaic = Mosaic(imgsz, p=opts.get("mosaic_p", 0.5)) if augment and opts.get("mosaic") else None
+    return train, build_transforms(False, imgsz, keep_ratio), mosaic

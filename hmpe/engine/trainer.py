@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from hmpe.data.dataset import build_dataset, collate_fn
 from hmpe.data.formats import load_data_config
-from hmpe.data.transforms import NUM_DROPPED_KEY, Mosaic, build_transforms, multi_scale_sizes, resize_batch
+from hmpe.data.transforms import NUM_DROPPED_KEY, build_pipeline, multi_scale_sizes, resize_batch
 from hmpe.engine.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from hmpe.engine.evaluator import COCOEvaluator
 from hmpe.engine.optim import ModelEMA, build_param_groups, lr_factor
@@ -138,13 +138,8 @@ class Trainer:
         if cfg.get("multi_scale"):
             aug_cfg["multi_scale"] = cfg["multi_scale"]
         self.multi_scale = multi_scale_sizes(aug_cfg, cfg["imgsz"])
-        keep_ratio = {"keep_ratio": aug_cfg["keep_ratio"]} if "keep_ratio" in aug_cfg else None
-        # augment=false trains on the evaluation pipeline (resize only)
-        tr_t = build_transforms(bool(aug), cfg["imgsz"], {k: v for k, v in aug_cfg.items() if k != "multi_scale"}
-                                if aug else keep_ratio)
-        va_t = build_transforms(False, cfg["imgsz"], keep_ratio)
-        mosaic = (Mosaic(cfg["imgsz"], p=aug_cfg.get("mosaic_p", 0.5))
-                  if aug and aug_cfg.get("mosaic") else None)  # DEIM-style dense augmentation
+        # augment=false trains on the evaluation pipeline (resize only); mosaic: DEIM-style dense augmentation
+        tr_t, va_t, mosaic = build_pipeline(aug, cfg["imgsz"])
         self.train_set = build_dataset(self.data_cfg, "train", transforms=tr_t, skip_bad=cfg.get("skip_bad", False),
                                        mosaic=mosaic)
         self.val_set = build_dataset(self.data_cfg, "val", transforms=va_t, skip_bad=cfg.get("skip_bad", False))

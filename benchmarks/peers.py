@@ -574,7 +574,7 @@ def train_dfine(args, data, workdir: Path) -> dict:
             opt.step()
             opt.zero_grad(set_to_none=True)
             ema.update(model)
-            losses.append(float(loss))
+            losses.append(loss.item())
             it += 1
         log.append({"epoch": epoch + 1, "loss": statistics.fmean(losses) if losses else float("nan"),
                     "time_s": time.time() - t0})

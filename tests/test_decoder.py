@@ -291,6 +291,27 @@ def test_query_selector_topk_skips_invalid_anchors():
     assert boxes.requires_grad and logits.requires_grad
 
 
+def test_query_selector_boxes_on_selected_tokens_match_the_dense_head():
+    # the box MLP runs on the K selected tokens only; values and gradients must be the dense head's
+    torch.manual_seed(0)
+    sel = ScoreQuerySelector(D, C, num_queries=6)
+    torch.nn.init.normal_(sel.head.enc_bbox_head.layers[-1].weight, std=0.1)  # zero-init would hide a mix-up
+    anchors, valid = generate_anchors([(8, 8), (4, 4)])
+    memory = torch.randn(2, 80, D, requires_grad=True)
+    content, ref, logits, boxes = sel(memory, anchors, valid, None)
+    out_mem, dense_logits, dense_coord = sel.head(memory, anchors, valid)
+    score = dense_logits.max(-1).values.masked_fill(~valid[..., 0], float("-inf"))
+    index = score.topk(6, dim=1).indices  # [B,K]
+    gather = lambda x: x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # noqa: E731
+    torch.testing.assert_close(ref, gather(dense_coord))
+    torch.testing.assert_close(boxes, gather(dense_coord).sigmoid())
+    torch.testing.assert_close(logits, gather(dense_logits))
+    torch.testing.assert_close(content, gather(out_mem))
+    g_sel = torch.autograd.grad(boxes.sum() + logits.sum(), memory)[0]
+    g_dense = torch.autograd.grad(gather(dense_coord).sigmoid().sum() + gather(dense_logits).sum(), memory)[0]
+    torch.testing.assert_close(g_sel, g_dense)
+
+
 # --------------------------------------------------------------------------- post-processing
 def test_postprocess_topk_constructed_case():
     C_, Q = 3, 4

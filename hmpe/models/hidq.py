@@ -63,7 +63,8 @@ class HeatmapQuerySelector(QuerySelector):
     With ``score="heat"`` the encoder output head runs on the K selected tokens only (it is a per-token
     head, so the values are those of the dense head at those tokens): the selection needs no dense
     class scores, which takes the encoder head's N-token cost out of the decoder. ``"heat*cls"`` needs
-    the dense class logits and runs the head on all N tokens.
+    the dense class logits: the projection and class head run on all N tokens, the box MLP (the larger
+    part) on the K selected ones.
 
     Parameters: ``head`` (the encoder output head, same names as the baseline selector's),
     ``mix_proj`` (``W_m``, Linear D -> D) and ``query_proj`` (``W'_Q``, Linear D -> D).
@@ -112,17 +113,19 @@ class HeatmapQuerySelector(QuerySelector):
             score = self.token_scores(heat, valid_mask, probe_logits=extra.get("probe_logits"))
             index = torch.topk(score, K, dim=1).indices  # [B,K]
             # the per-token encoder head on the selected tokens only
-            _, topk_logits, ref_unact = self.head(
-                _gather_tokens(memory, index), _gather_tokens(anchors.expand(B, -1, -1), index),
-                _gather_tokens(valid_mask.expand(B, -1, -1), index))
-            topk_boxes, ref_unact = ref_unact.sigmoid(), ref_unact.detach()
+            selected = self.head.project(_gather_tokens(memory, index),
+                                         _gather_tokens(valid_mask.expand(B, -1, -1), index))  # [B,K,D]
+            topk_logits = self.head.classify(selected)
         else:
-            _, logits, coord_unact = self.head(memory, anchors, valid_mask)
+            selected_all = self.head.project(memory, valid_mask)  # [B,N,D]
+            logits = self.head.classify(selected_all)  # [B,N,C]: heat*cls needs the dense class scores
             score = self.token_scores(heat, valid_mask, logits=logits)
             index = torch.topk(score, K, dim=1).indices  # [B,K]
-            ref_unact = _gather_tokens(coord_unact, index)
-            topk_boxes, ref_unact = ref_unact.sigmoid(), ref_unact.detach()
+            selected = _gather_tokens(selected_all, index)
             topk_logits = _gather_tokens(logits, index)
+        # boxes only for the K selected tokens (the head is per token)
+        ref_unact = self.head.regress(selected, _gather_tokens(anchors.expand(B, -1, -1), index))
+        topk_boxes, ref_unact = ref_unact.sigmoid(), ref_unact.detach()
         mem = _gather_tokens(memory, index)  # [B,K,D]
         if self.detach_memory:
             mem = mem.detach()

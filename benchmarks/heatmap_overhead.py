@@ -35,14 +35,10 @@ import torch
 
 from hmpe.engine.bench import environment
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import load_avg  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_avg() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 def build(model: str, overrides: dict, heatmap: bool, nc: int):

@@ -38,6 +38,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from hmpe.engine.bench import environment
 from hmpe.models.lsconv import DSConv, LSConv, SnakeConv, StripBlock
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import load_avg  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # HGNetv2-B0 (public config): stage3 in 256 / mid 64 / out 512 at stride 16, stage4 in 512 / mid 128 /
@@ -204,7 +207,7 @@ def render(results: dict[str, list[dict]], bb: list[dict] | None, args: argparse
         f"- CPU: {environment()['cpu']} ({os.cpu_count()} logical CPUs), torch.set_num_threads(n) for n in {threads}",
         f"- torch {torch.__version__}, Python {platform.python_version()}",
         f"- command: `python {' '.join(sys.argv)}`",
-        f"- load average before / after the run: {args.load_before} / {_loadavg()} (the machine is shared:",
+        f"- load average before / after the run: {args.load_before} / {load_avg()} (the machine is shared:",
         "  absolute times are noisy, the interleaved ratios are the figure to read; with 2 threads on a",
         "  loaded 2-core box every parallel region waits for a descheduled thread, so the 1-thread ratios",
         "  are the steadier ones)",
@@ -266,13 +269,6 @@ def render(results: dict[str, list[dict]], bb: list[dict] | None, args: argparse
     return "\n".join(lines)
 
 
-def _loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=15)
@@ -282,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lsconv.md"))
     args = ap.parse_args(argv)
     args.threads = [int(t) for t in str(args.threads).split(",")]
-    args.load_before = _loadavg()
+    args.load_before = load_avg()
     torch.set_num_threads(args.threads[0])
     check_flop_convention()
     gc.disable()  # no collector pauses inside the timed loops (nothing cyclic is created)

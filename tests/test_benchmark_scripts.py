@@ -167,3 +167,21 @@ def test_compare_runs(tmp_path, one_thread):
         assert r["epochs"] == 1
         assert r["mAP50"] == compare.final_metrics(run / "results.csv")["mAP50"]
         assert 0.0 <= r["mAP50_95"] <= r["mAP50"] <= 1.0
+
+
+def test_flops_by_module(one_thread, capsys):
+    from hmpe.engine.bench import count_gflops
+    from hmpe.models.detector import build_model
+    from hmpe.utils.config import load_model_config
+
+    fbm = _load("flops_by_module")
+    model = build_model(load_model_config("hmpe-n"), 10)
+    total, parts = fbm.flops_by_module(model, 64)
+    assert total == pytest.approx(count_gflops(model, torch.randn(1, 3, 64, 64)))  # the bench convention
+    top = {k: v for k, v in parts.items() if "." not in k}
+    assert {"backbone", "heatmap", "mohfe", "decoder"} <= set(top) and "encoder" not in top
+    assert 0 < sum(top.values()) < total  # the encoder's parts are the rest
+    assert parts["decoder.decoder"] < parts["decoder"]
+    fbm.main(["hmpe-n", "--imgsz", "64", "--depth", "1", "--min-share", "0"])
+    out = capsys.readouterr().out
+    assert "GFLOPs at 64x64" in out and "  decoder " in out and "the encoder" in out

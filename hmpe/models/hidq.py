@@ -112,21 +112,19 @@ class HeatmapQuerySelector(QuerySelector):
         if self.score == "heat":
             score = self.token_scores(heat, valid_mask, probe_logits=extra.get("probe_logits"))
             index = torch.topk(score, K, dim=1).indices  # [B,K]
+            mem = _gather_tokens(memory, index)  # [B,K,D]
             # the per-token encoder head on the selected tokens only
-            selected = self.head.project(_gather_tokens(memory, index),
-                                         _gather_tokens(valid_mask.expand(B, -1, -1), index))  # [B,K,D]
+            selected = self.head.project(mem, _gather_tokens(valid_mask.expand(B, -1, -1), index))  # [B,K,D]
             topk_logits = self.head.classify(selected)
         else:
-            selected_all = self.head.project(memory, valid_mask)  # [B,N,D]
-            logits = self.head.classify(selected_all)  # [B,N,C]: heat*cls needs the dense class scores
+            projected = self.head.project(memory, valid_mask)  # [B,N,D]
+            logits = self.head.classify(projected)  # [B,N,C]: heat*cls needs the dense class scores
             score = self.token_scores(heat, valid_mask, logits=logits)
             index = torch.topk(score, K, dim=1).indices  # [B,K]
-            selected = _gather_tokens(selected_all, index)
+            selected = _gather_tokens(projected, index)
             topk_logits = _gather_tokens(logits, index)
-        # boxes only for the K selected tokens (the head is per token)
-        ref_unact = self.head.regress(selected, _gather_tokens(anchors.expand(B, -1, -1), index))
-        topk_boxes, ref_unact = ref_unact.sigmoid(), ref_unact.detach()
-        mem = _gather_tokens(memory, index)  # [B,K,D]
+            mem = _gather_tokens(memory, index)  # [B,K,D]
+        ref_unact, topk_boxes = self.boxes_at(selected, anchors, index)  # the box MLP on the K tokens only
         if self.detach_memory:
             mem = mem.detach()
         h = heat.gather(1, index).unsqueeze(-1).to(mem.dtype)  # [B,K,1], differentiable w.r.t. the gate

@@ -100,5 +100,11 @@ def test_config_splits_and_errors():
     assert not all(np.array_equal(a.boxes, b.boxes) for a, b in zip(train, val))
     with pytest.raises(DataError, match="synthetic.yaml: no 'num_test'"):
         load_dataset(cfg, "test")
-    with pytest.raises(DataError, match="classes are fixed"):
+    with pytest.raises(DataError, match="names must be"):
         load_dataset(cfg | {"names": ["a", "b"]}, "train")
+    # `classes: N` draws the first N shapes only (a dataset with other classes, for fine-tuning)
+    three, names3 = load_dataset(cfg | {"classes": 3, "names": None}, "train")
+    assert names3 == list(SYNTHETIC_NAMES[:3])
+    assert all(int(lab) < 3 for s in three for lab in s.labels) and any(len(s.labels) for s in three)
+    with pytest.raises(DataError, match=r"names must be \['circle', 'square'\]"):
+        load_dataset(cfg | {"classes": 2}, "train")

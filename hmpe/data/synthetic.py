@@ -40,9 +40,9 @@ class SyntheticDataset:
         min_size, max_size: object size range in pixels (log-uniform, so small objects dominate).
         max_objects: objects per positive image are uniform in 1..max_objects.
         negative_fraction: probability that an image has no object at all.
+        classes: draw only the first ``classes`` shapes (1..5; ``names`` follows), e.g. a dataset with
+            other classes than a checkpoint's to fine-tune on. 5 draws the same images as before it existed.
     """
-
-    names = SYNTHETIC_NAMES
 
     def __init__(
         self,
@@ -55,6 +55,7 @@ class SyntheticDataset:
         max_size: float = 48.0,
         max_objects: int = 12,
         negative_fraction: float = 0.1,
+        classes: int = len(SYNTHETIC_NAMES),
     ):
         self.height, self.width = (imgsz, imgsz) if isinstance(imgsz, int) else (int(imgsz[0]), int(imgsz[1]))
         if num_images < 0 or seed < 0 or stream < 0:
@@ -68,12 +69,15 @@ class SyntheticDataset:
         self.max_size = float(min(max_size, min(self.height, self.width) - 4))
         self.max_objects = int(max_objects)
         self.negative_fraction = float(negative_fraction)
+        if not 1 <= int(classes) <= len(SYNTHETIC_NAMES):
+            raise ValueError(f"classes must be 1..{len(SYNTHETIC_NAMES)}, got {classes}")
+        self.names = SYNTHETIC_NAMES[: int(classes)]
         self.samples = [self._sample(i) for i in range(self.num_images)]
 
     @classmethod
     def from_config(cls, cfg: dict, split: str) -> SyntheticDataset:
         """Build a split from a ``format: synthetic`` dataset config (keys ``num_<split>``, ``imgsz``,
-        ``seed`` and optionally ``min_size``, ``max_size``, ``max_objects``, ``negative_fraction``)."""
+        ``seed`` and optionally ``min_size``, ``max_size``, ``max_objects``, ``negative_fraction``, ``classes``)."""
         from hmpe.data.formats import DataError  # lazy: formats imports this module lazily too
 
         source = cfg.get("_source", "<synthetic config>")
@@ -81,11 +85,14 @@ class SyntheticDataset:
             raise DataError(source, f"synthetic splits are {list(SPLIT_STREAMS)}, got '{split}'")
         if cfg.get(f"num_{split}") is None:
             raise DataError(source, f"no 'num_{split}': the number of synthetic {split} images")
-        names = cfg.get("names")
-        if names is not None and list(names) != list(SYNTHETIC_NAMES):
-            raise DataError(source, f"synthetic classes are fixed to {list(SYNTHETIC_NAMES)}, got names {names}")
+        names, classes = cfg.get("names"), int(cfg.get("classes", len(SYNTHETIC_NAMES)))
+        if names is not None and list(names) != list(SYNTHETIC_NAMES[:classes]):
+            raise DataError(source, f"synthetic classes are the first `classes` of {list(SYNTHETIC_NAMES)}: "
+                                    f"with classes={classes} names must be {list(SYNTHETIC_NAMES[:classes])}, "
+                                    f"got {names}")
         imgsz = cfg.get("imgsz", 320)
-        options = {k: cfg[k] for k in ("min_size", "max_size", "max_objects", "negative_fraction") if k in cfg}
+        options = {k: cfg[k] for k in ("min_size", "max_size", "max_objects", "negative_fraction", "classes")
+                   if k in cfg}
         # overfit: every split draws the train images (to check a model can memorise a few images)
         stream = SPLIT_STREAMS["train"] if cfg.get("overfit") else SPLIT_STREAMS[split]
         return cls(int(cfg[f"num_{split}"]), imgsz if isinstance(imgsz, int) else tuple(imgsz),
@@ -129,7 +136,7 @@ class SyntheticDataset:
         count = int(rng.integers(1, self.max_objects + 1))
         shapes: list[dict[str, Any]] = []
         for _ in range(count):
-            label = int(rng.integers(len(SYNTHETIC_NAMES)))
+            label = int(rng.integers(len(self.names)))
             size = math.exp(rng.uniform(math.log(self.min_size), math.log(self.max_size)))
             aspect = math.exp(rng.uniform(-0.3, 0.3))
             w = float(np.clip(size * math.sqrt(aspect), self.min_size, self.max_size))

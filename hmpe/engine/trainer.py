@@ -7,6 +7,7 @@ denoising noise whether the run got there straight or through a checkpoint.
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import random
@@ -26,6 +27,7 @@ from hmpe.data.transforms import NUM_DROPPED_KEY, build_pipeline, multi_scale_si
 from hmpe.engine.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from hmpe.engine.evaluator import COCOEvaluator
 from hmpe.engine.optim import ModelEMA, build_param_groups, lr_factor
+from hmpe.engine.transfer import load_start_weights
 from hmpe.models.detector import build_criterion, build_model, build_postprocessor
 from hmpe.utils import dist as du
 from hmpe.utils.config import apply_overrides, load_model_config
@@ -161,9 +163,9 @@ class Trainer:
         self.model = build_model(self.model_cfg, self.num_classes).to(self.device)
         self.criterion = build_criterion(self.model_cfg, self.num_classes).to(self.device)
         self.postprocessor = build_postprocessor(self.model_cfg, self.num_classes)
-        if cfg.get("weights") and self.resume_ckpt is None:
-            self._load_initial_weights(cfg["weights"])
-        pretrained = bool((self.model_cfg.get("backbone") or {}).get("weights"))
+        pretrained = load_start_weights(self.model, self.model_cfg, cfg, self.names,
+                                        self.log if self.resume_ckpt is None else None)
+        # RT-DETR / RT-DETRv2 train a pretrained backbone at 0.1 x lr; from scratch it gets the full lr
         lr_bb = cfg.get("lr_backbone") or (cfg["lr"] * 0.1 if pretrained else cfg["lr"])
         self.optimizer = torch.optim.AdamW(
             build_param_groups(self.model, cfg["lr"], lr_bb, cfg["weight_decay"]), lr=cfg["lr"])
@@ -447,15 +449,6 @@ class Trainer:
         self.metrics = ckpt.get("metrics") or {}
         set_rng_state(ckpt["rng"])
 
-    def _load_initial_weights(self, path: str) -> None:
-        ckpt = load_checkpoint(path)
-        state = (ckpt.get("ema") or {}).get("module") or ckpt["model"]
-        own = self.model.state_dict()
-        fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        self.model.load_state_dict(fits, strict=False)
-        self.log(f"weights {path}: loaded {len(fits)}/{len(own)} tensors "
-                 f"({len(state) - len(fits)} in the file did not fit this model)")
-
     def log(self, msg: str) -> None:
         if du.is_main_process():
             tqdm.write(msg)
@@ -513,9 +506,9 @@ def train(cfg: dict, model_cfg_overrides: dict | None = None) -> tuple[Trainer, 
     model_cfg = None
     if not cfg.get("resume"):
         model_cfg = load_model_config(cfg["model"])
-        if cfg.get("weights"):
-            ck = load_checkpoint(cfg["weights"])
-            model_cfg = ck["model_cfg"]
+        if cfg.get("weights"):  # fine-tuning: the checkpoint's architecture, its weights loaded by the Trainer
+            model_cfg = copy.deepcopy(load_checkpoint(cfg["weights"])["model_cfg"])
+            (model_cfg.get("backbone") or {}).pop("pretrained", None)  # superseded by the checkpoint's weights
         model_cfg = apply_overrides(model_cfg, model_cfg_overrides or {})
     trainer = Trainer(cfg, model_cfg)
     metrics = trainer.fit()

@@ -1,4 +1,4 @@
-"""HGNetv2 backbone (B0..B2) with an optional strip-convolution (LSConv) hook.
+"""HGNetv2 backbone (B0..B6) with an optional strip-convolution (LSConv) hook.
 
 Architecture follows the public PP-HGNetV2 definitions as used by D-FINE / DEIM: a stem that reaches
 stride 4, then four stages of HG blocks (stage 1 keeps stride 4, stages 2-4 each halve the map with a
@@ -6,14 +6,15 @@ depthwise stride-2 conv). A HG block runs ``layer_num`` convs in sequence, conca
 with every intermediate output and aggregates them with a squeeze (1x1 -> out/2) + excitation
 (1x1 -> out) pair; every block after the first in a stage is residual.
 
-Module names mirror the public implementation (``stem.stem1.conv``, ``stages.2.blocks.1.layers.0.conv1``,
-``...aggregation.0``, ``lab.scale``) so that a locally stored public state dict loads strictly.
-Nothing is ever downloaded: ``weights`` is a path to a local file.
+The graph and the module names are timm's ``hgnetv2_b0`` ... ``hgnetv2_b6`` (``stem.stem1.conv``,
+``stages.2.blocks.1.layers.0.conv1``, ``...aggregation.0``, ``lab.scale``), which D-FINE / DEIM's
+``PPHGNetV2_B*`` files share, so ImageNet weights keep the function they were trained as; stage outputs are
+tested equal to timm's. Loading such a file (and RT-DETRv2's key layout) is :mod:`hmpe.models.pretrained`;
+nothing is ever downloaded.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 
 import torch
@@ -23,6 +24,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 __all__ = [
     "ARCH_CONFIGS",
+    "PUBLIC_USE_LAB",
     "ConvBNAct",
     "HGNetv2",
     "HG_Block",
@@ -61,7 +63,46 @@ ARCH_CONFIGS: dict[str, dict] = {
             (768, 256, 1536, 1, True, True, 5, 4),
         ),
     },
+    "B3": {
+        "stem": (3, 24, 32),
+        "stages": (
+            (32, 32, 128, 1, False, False, 3, 5),
+            (128, 64, 512, 1, True, False, 3, 5),
+            (512, 128, 1024, 3, True, True, 5, 5),
+            (1024, 256, 2048, 1, True, True, 5, 5),
+        ),
+    },
+    "B4": {  # RT-DETRv2's PPHGNetV2 "L"
+        "stem": (3, 32, 48),
+        "stages": (
+            (48, 48, 128, 1, False, False, 3, 6),
+            (128, 96, 512, 1, True, False, 3, 6),
+            (512, 192, 1024, 3, True, True, 5, 6),
+            (1024, 384, 2048, 1, True, True, 5, 6),
+        ),
+    },
+    "B5": {  # "X"
+        "stem": (3, 32, 64),
+        "stages": (
+            (64, 64, 128, 1, False, False, 3, 6),
+            (128, 128, 512, 2, True, False, 3, 6),
+            (512, 256, 1024, 5, True, True, 5, 6),
+            (1024, 512, 2048, 2, True, True, 5, 6),
+        ),
+    },
+    "B6": {  # "H"
+        "stem": (3, 48, 96),
+        "stages": (
+            (96, 96, 192, 2, False, False, 3, 6),
+            (192, 192, 512, 3, True, False, 3, 6),
+            (512, 384, 1024, 6, True, True, 5, 6),
+            (1024, 768, 2048, 3, True, True, 5, 6),
+        ),
+    },
 }
+# The public ImageNet weights of B0-B3 were trained with the learnable affine blocks (timm builds them with
+# use_lab=True), those of B4-B6 without; a file's lab tensors only mean something in a model that has them.
+PUBLIC_USE_LAB = {"B0": True, "B1": True, "B2": True, "B3": True, "B4": False, "B5": False, "B6": False}
 
 _STAGE_STRIDES = (4, 8, 16, 32)
 _STRIP_KEYS = {"kind", "stages", "kernel_size"}
@@ -245,16 +286,19 @@ class HGNetv2(nn.Module):
     """HGNetv2 backbone returning the feature maps of the stages in ``return_idx``.
 
     Args:
-        name: "B0", "B1" or "B2".
+        name: "B0" ... "B6" (timm's ``hgnetv2_b0`` ... ``hgnetv2_b6``; B4/B5/B6 are RT-DETRv2's L/X/H).
         return_idx: 0-based stage indices to return; (1, 2, 3) gives S3, S4, S5 (strides 8, 16, 32).
-        use_lab: learnable affine after each activation (the public B0/B1 ImageNet weights use it).
+        use_lab: learnable affine after each activation; the public B0-B3 ImageNet weights have it
+            (``PUBLIC_USE_LAB``), so the B0/B1 presets set it. The default stays False so that a model
+            config written without the key keeps meaning the graph it was trained with.
         freeze_at: -1 freezes nothing; 0 freezes the stem; k >= 1 freezes the stem and stages 1..k.
-        freeze_norm: replace every BatchNorm2d by a FrozenBatchNorm2d (after loading ``weights``).
+        freeze_norm: replace every BatchNorm2d by a FrozenBatchNorm2d (statistics and affine fixed).
+            Both freezes apply to the HGNetv2 layers only: strip-conv blocks are new layers and always train.
         strip_conv: ``{kind: lsconv|dsconv|none, stages: [3, 4], kernel_size: 9}``; in the last HG block
             of each listed stage (1-based, as in the paper) the last of its ``layers`` (mid -> mid) is
             replaced by ``strip_factory(kind, mid_channels, kernel_size)``. None or kind "none": baseline.
-        weights: path to a local state dict (strict). A file saved from the plain backbone also loads
-            into a strip-conv backbone: it is loaded before the replacement, which then starts fresh.
+            ``strip_prefixes`` lists the state-dict prefixes of the replaced layers (a pretrained file's
+            tensors there have no counterpart; :mod:`hmpe.models.pretrained` reports them).
         strip_factory: builder for the strip block; defaults to ``hmpe.models.lsconv.build_strip_block``
             (imported only when a strip conv is requested).
     """
@@ -267,7 +311,6 @@ class HGNetv2(nn.Module):
         freeze_at: int = -1,
         freeze_norm: bool = False,
         strip_conv: dict | None = None,
-        weights: str | os.PathLike | None = None,
         strip_factory: Callable[[str, int, int], nn.Module] | None = None,
     ) -> None:
         super().__init__()
@@ -278,6 +321,7 @@ class HGNetv2(nn.Module):
         if not return_idx or any(i < 0 or i > 3 for i in return_idx) or sorted(set(return_idx)) != return_idx:
             raise ValueError(f"return_idx must be increasing stage indices in 0..3, got {return_idx}")
         self.name = name
+        self.use_lab = bool(use_lab)
         self.return_idx = return_idx
         self.stage_configs = cfg["stages"]
 
@@ -291,18 +335,6 @@ class HGNetv2(nn.Module):
         self.out_channels = [cfg["stages"][i][2] for i in return_idx]
         self.out_strides = [_STAGE_STRIDES[i] for i in return_idx]
 
-        strip = self._parse_strip_conv(strip_conv)
-        self.strip_conv = strip  # normalised config (None = baseline), kept for reporting
-        if weights is not None:
-            state = self._read_weights(weights)
-            if strip is not None and self._fits(state):
-                self._load(state, weights)  # plain-backbone file: load, then replace layers fresh
-                state = None
-        if strip is not None:
-            self._apply_strip_conv(strip, strip_factory or _default_strip_factory)
-        if weights is not None and state is not None:
-            self._load(state, weights)
-
         if freeze_at >= 0:
             frozen = [self.stem] + [self.stages[i] for i in range(min(freeze_at, len(self.stages)))]
             for m in frozen:
@@ -310,6 +342,11 @@ class HGNetv2(nn.Module):
                     p.requires_grad_(False)
         if freeze_norm:
             _freeze_bn(self)
+        strip = self._parse_strip_conv(strip_conv)
+        self.strip_conv = strip  # normalised config (None = baseline), kept for reporting
+        self.strip_prefixes: list[str] = []
+        if strip is not None:  # after the freezes: the new layers start fresh and train
+            self._apply_strip_conv(strip, strip_factory or _default_strip_factory)
 
     # -- strip conv -------------------------------------------------------------------------------
     @staticmethod
@@ -336,57 +373,8 @@ class HGNetv2(nn.Module):
                 raise ValueError(f"strip_conv: stage {s} has no mid->mid layer to replace")
             block = self.stages[s - 1].blocks[-1]
             block.layers[-1] = factory(strip["kind"], c_mid, strip["kernel_size"])
-
-    # -- weights ----------------------------------------------------------------------------------
-    @staticmethod
-    def _read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"HGNetv2 weights file not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        # Accept the usual checkpoint wrappers around a state dict.
-        for key in ("model", "state_dict"):
-            if isinstance(state, dict) and isinstance(state.get(key), dict):
-                state = state[key]
-        if not isinstance(state, dict):
-            raise ValueError(f"HGNetv2 weights file {path} does not hold a state dict")
-        return state
-
-    def _key_diff(self, state: dict[str, Tensor]) -> tuple[list[str], list[str], list[str]]:
-        own = self.state_dict()
-        # BatchNorm's step counter is optional in a state dict (FrozenBatchNorm2d has none).
-        missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-        dropped = tuple(f"stages.{i}." for i in range(len(self.stages), len(self.stage_configs)))
-        unexpected = [k for k in state if k not in own and not (dropped and k.startswith(dropped))]
-        shape = [
-            f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-            for k in own
-            if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-        ]
-        return missing, unexpected, shape
-
-    def _fits(self, state: dict[str, Tensor]) -> bool:
-        return not any(self._key_diff(state))
-
-    def _load(self, state: dict[str, Tensor], path: str | os.PathLike) -> None:
-        missing, unexpected, shape = self._key_diff(state)
-        if missing or unexpected or shape:
-
-            def fmt(items: list[str]) -> str:
-                head = ", ".join(items[:20])
-                return head + (f", ... ({len(items) - 20} more)" if len(items) > 20 else "")
-
-            lines = [f"HGNetv2-{self.name} weights file {path} does not fit the model (strict load)."]
-            if missing:
-                lines.append(f"  missing keys ({len(missing)}): {fmt(missing)}")
-            if unexpected:
-                lines.append(f"  unexpected keys ({len(unexpected)}): {fmt(unexpected)}")
-            if shape:
-                lines.append(f"  shape mismatches ({len(shape)}): {fmt(shape)}")
-            if any(".lab." in k for k in missing + unexpected):
-                lines.append("  hint: 'lab' keys differ - set use_lab to match the file")
-            raise RuntimeError("\n".join(lines))
-        # Strictness was checked above; strict=False only tolerates num_batches_tracked / dropped stages.
-        self.load_state_dict(state, strict=False)
+            last_block = len(self.stages[s - 1].blocks) - 1
+            self.strip_prefixes.append(f"stages.{s - 1}.blocks.{last_block}.layers.{layer_num - 1}.")
 
     # -- forward ----------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> list[Tensor]:

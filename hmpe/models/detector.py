@@ -70,10 +70,17 @@ class DetectionModel(nn.Module):
 
 
 def build_model(cfg: dict, num_classes: int) -> DetectionModel:
-    """Build a DetectionModel from a model config (see hmpe/configs/models/*.yaml)."""
+    """Build a DetectionModel from a model config (see hmpe/configs/models/*.yaml).
+
+    ``backbone.pretrained`` (a weights file) is not read here: the trainer loads it into a fresh run
+    (:func:`hmpe.models.pretrained.load_pretrained_backbone`); a model rebuilt from a checkpoint takes its
+    weights from the checkpoint, so the file need not exist any more.
+    """
     cfg = copy.deepcopy(cfg)
     hidden = cfg.get("hidden_dim", 256)
-    backbone = HGNetv2(**(cfg.get("backbone") or {}))
+    bb_cfg = dict(cfg.get("backbone") or {})
+    bb_cfg.pop("pretrained", None)
+    backbone = HGNetv2(**bb_cfg)
     enc_cfg = dict(cfg.get("encoder") or {})
     heat_cfg = dict(cfg.get("heatmap") or {})
     heatmap, mask_pe = None, heat_cfg.pop("mask_pe", True)

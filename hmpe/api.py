@@ -5,6 +5,8 @@
     det.train(data="synthetic", epochs=5)
     metrics = det.val()
     results = det.predict("images/", conf=0.3)
+    det.save_pretrained("shared/")            # config.json + model.safetensors (no pickle)
+    Detector.from_pretrained("shared/").predict("images/")
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hmpe.engine.checkpoint import load_checkpoint
+from hmpe.engine.checkpoint import PRETRAINED_CONFIG, load_checkpoint, save_pretrained
 from hmpe.utils.config import apply_overrides, default_train_config, load_model_config, split_overrides
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -65,7 +67,8 @@ def resolve_source(source: str | Path | list) -> list[Path]:
 
 
 def load_for_inference(weights: str | Path, device: torch.device):
-    """Checkpoint -> (model in eval mode with EMA weights when present, postprocessor, ckpt)."""
+    """Checkpoint (``.pt`` or pretrained folder) -> (model in eval mode with EMA weights when present,
+    postprocessor, ckpt)."""
     from hmpe.models.detector import build_model, build_postprocessor
 
     ckpt = load_checkpoint(weights)
@@ -83,10 +86,12 @@ def resize_for_model(img: Image.Image, imgsz: int) -> torch.Tensor:
 
 
 class Detector:
-    """A detector: a preset / model YAML to train, or a checkpoint to evaluate and predict with."""
+    """A detector: a preset / model YAML to train, or a checkpoint (a ``.pt`` or a :meth:`save_pretrained`
+    folder) to evaluate and predict with."""
 
-    def __init__(self, model: str = "rtdetr-n", weights: str | None = None, device: str = "auto", **overrides):
-        if str(model).endswith(".pt"):
+    def __init__(self, model: str | None = "rtdetr-n", weights: str | None = None, device: str = "auto",
+                 **overrides):
+        if model is not None and (str(model).endswith(".pt") or (Path(str(model)) / PRETRAINED_CONFIG).is_file()):
             model, weights = None, model
         self.model_name = model
         self.weights = str(weights) if weights else None
@@ -118,6 +123,21 @@ class Detector:
         self._model = None
         self.metrics = metrics
         return metrics
+
+    # ------------------------------------------------------------------ shareable weights
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str = "auto") -> Detector:
+        """A folder written by :meth:`save_pretrained` (``config.json`` + ``model.safetensors``; no pickle)."""
+        return cls(model=None, weights=str(path), device=device)
+
+    def save_pretrained(self, out_dir: str | Path) -> Path:
+        """Write ``out_dir/config.json`` (model config, class names, training config) and
+        ``out_dir/model.safetensors`` (the weights inference uses) - :func:`hmpe.engine.checkpoint.save_pretrained`."""
+        if not self.weights:
+            raise ValueError("no weights: train first, or pass a checkpoint (Detector('best.pt'))")
+        path = save_pretrained(load_checkpoint(self.weights), out_dir)
+        print(f"saved {path / PRETRAINED_CONFIG} and the safetensors weights to {path}")
+        return path
 
     # ------------------------------------------------------------------ shared
     def _ensure_model(self):
@@ -181,11 +201,16 @@ class Detector:
     def export(self, format: str = "onnx", imgsz: int | None = None, opset: int = 17, gather_sampling: bool = False,
                out: str | Path | None = None, check: bool = True, image: str | Path | None = None) -> Path:
         """Export the checkpoint (post-processed outputs, dynamic batch; see :mod:`hmpe.engine.export`) and,
-        with ``check``, compare onnxruntime with PyTorch (raises ``ExportParityError`` on a mismatch)."""
-        if str(format).lower() != "onnx":
-            raise ValueError(f"format={format!r}: only onnx is supported")
+        with ``check``, compare onnxruntime with PyTorch (raises ``ExportParityError`` on a mismatch).
+        ``format="safetensors"``: :meth:`save_pretrained` into ``out`` (default: ``<weights stem>_pretrained/``
+        beside the checkpoint); the ONNX options do not apply."""
+        if str(format).lower() not in ("onnx", "safetensors"):
+            raise ValueError(f"format={format!r}: onnx or safetensors")
         if not self.weights:
             raise ValueError("no weights: train first, or pass a checkpoint (Detector('best.pt'))")
+        if str(format).lower() == "safetensors":
+            src = Path(self.weights)
+            return self.save_pretrained(out or src.with_name(f"{src.stem}_pretrained"))
         from hmpe.engine.export import export_onnx
 
         return export_onnx(self.weights, imgsz=imgsz, opset=opset, gather_sampling=gather_sampling, out=out,

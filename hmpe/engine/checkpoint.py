@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, RNG state capture, and loading with clear errors."""
+"""Checkpoints: atomic writes, RNG state capture, loading with clear errors, and safetensors folders."""
 
 from __future__ import annotations
 
@@ -48,7 +48,10 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """A ``.pt`` written by ``hmpe train``, or a :func:`save_pretrained` folder (read without pickle)."""
     path = Path(path)
+    if path.is_dir():
+        return load_pretrained_dir(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path}: no such file")
     try:
@@ -58,3 +61,55 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise RuntimeError(f"checkpoint {path}: not an hmpe checkpoint (no 'model' entry)")
     return ckpt
+
+
+# -- shareable weights: a folder of config.json + model.safetensors, read without pickle ------------------
+PRETRAINED_CONFIG = "config.json"
+PRETRAINED_WEIGHTS = "model.safetensors"
+PRETRAINED_FORMAT = "hmpe-pretrained"
+
+
+def save_pretrained(ckpt: dict, out_dir: str | Path) -> Path:
+    """A checkpoint -> ``out_dir/config.json`` (model config, class names, training config, hmpe version)
+    and ``out_dir/model.safetensors`` (the EMA weights when the checkpoint has them: the ones inference uses).
+
+    Any safetensors reader gets the tensors; :func:`load_checkpoint` reads the folder back as a checkpoint
+    (no optimizer, no RNG state), so ``Detector(folder)``, ``weights=folder`` and ``hmpe val/predict/export``
+    take it like a ``.pt``.
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = (ckpt.get("ema") or {}).get("module") or ckpt["model"]
+    # clone: safetensors refuses tensors that share storage (tied weights); the copy is one model's size
+    save_file({k: v.detach().cpu().clone().contiguous() for k, v in state.items()}, str(out / PRETRAINED_WEIGHTS),
+              metadata={"format": "pt"})
+    config = {"format": PRETRAINED_FORMAT, "hmpe_version": ckpt.get("hmpe_version"), "names": list(ckpt["names"]),
+              "model_cfg": ckpt["model_cfg"], "train_cfg": ckpt.get("train_cfg") or {}}
+    (out / PRETRAINED_CONFIG).write_text(json.dumps(config, indent=1, default=str), encoding="utf-8")
+    return out
+
+
+def load_pretrained_dir(path: str | Path) -> dict:
+    """A :func:`save_pretrained` folder -> a checkpoint dict (``model``, ``model_cfg``, ``names``, ``train_cfg``)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    cfg_file, weights = path / PRETRAINED_CONFIG, path / PRETRAINED_WEIGHTS
+    if not cfg_file.is_file() or not weights.is_file():
+        raise FileNotFoundError(f"{path}: not an hmpe pretrained folder (needs {PRETRAINED_CONFIG} and "
+                                f"{PRETRAINED_WEIGHTS}; write one with `hmpe export weights=CKPT format=safetensors`)")
+    try:
+        config = json.loads(cfg_file.read_text(encoding="utf-8"))
+        state = load_file(str(weights))
+    except Exception as e:
+        raise RuntimeError(f"{path}: cannot be read ({type(e).__name__}: {e})") from e
+    if config.get("format") != PRETRAINED_FORMAT:
+        raise RuntimeError(f"{cfg_file}: not an hmpe config.json (format {config.get('format')!r})")
+    return {"model": state, "ema": None, "model_cfg": config["model_cfg"], "names": config["names"],
+            "train_cfg": config.get("train_cfg") or {}, "hmpe_version": config.get("hmpe_version")}

@@ -119,3 +119,26 @@ def test_cli_wrong_variant_exits_nonzero(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1
     assert "stem.stem1.conv.weight" in err[0] and "(24, 3, 3, 3)" in err[0] and "(16, 3, 3, 3)" in err[0]
+
+
+def test_trainer_recipe_with_pretrained_backbone(tmp_path, capsys):
+    """backbone.pretrained in the model config: loaded once by the trainer, backbone at 0.1 x lr, freezes."""
+    from torch import nn
+
+    from conftest import tiny_model_cfg, tiny_train_cfg
+    from hmpe.engine.trainer import Trainer
+
+    ref = _timm_hgnet("b0")
+    path = tmp_path / "hgnetv2_b0.pth"
+    torch.save(ref.state_dict(), path)
+    cfg = tiny_model_cfg()
+    cfg["backbone"] = {"name": "B0", "use_lab": True, "pretrained": str(path), "freeze_at": 0, "freeze_norm": True}
+    trainer = Trainer(tiny_train_cfg(tmp_path, epochs=1, imgsz=64, lr=1e-3), cfg)
+    assert "270 tensors loaded" in capsys.readouterr().out
+    bb = trainer.model.backbone
+    torch.testing.assert_close(bb.stages[1].blocks[0].layers[0].conv.weight, ref.stages[1].blocks[0].layers[0].conv.weight)
+    torch.testing.assert_close(bb.stem.stem1.bn.running_var, ref.stem.stem1.bn.running_var)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in bb.modules())
+    assert not any(p.requires_grad for p in bb.stem.parameters())
+    lrs = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
+    assert lrs["backbone"] == pytest.approx(1e-4) and lrs["head"] == pytest.approx(1e-3)

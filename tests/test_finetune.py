@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 import yaml
 
-from conftest import tiny_data, tiny_model_cfg, tiny_train_cfg
+from conftest import tiny_data, tiny_model_cfg
 from hmpe.engine.checkpoint import load_checkpoint
-from hmpe.engine.trainer import Trainer
 from hmpe.engine.transfer import transfer_weights
 from hmpe.models.detector import build_model
+from test_export import make_checkpoint
 
 
 def _heat_cfg() -> dict:
@@ -22,9 +22,7 @@ def _heat_cfg() -> dict:
 def test_finetune_to_other_classes_end_to_end(tmp_path, capsys):
     from hmpe.cli import main
 
-    Trainer(tiny_train_cfg(tmp_path, epochs=1, imgsz=64, data=tiny_data(imgsz=64), name="src",
-                           heatmaps_per_epoch=0), _heat_cfg()).fit()
-    ckpt_path = tmp_path / "runs" / "train" / "src" / "weights" / "last.pt"
+    ckpt_path = make_checkpoint(tmp_path / "src.pt", _heat_cfg(), imgsz=64)  # laid out like the trainer's
     ckpt = load_checkpoint(ckpt_path)
 
     # the transfer itself: every name-and-shape match kept, the class-dependent tensors fresh

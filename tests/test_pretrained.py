@@ -8,12 +8,11 @@ BatchNorm statistics and the learnable-affine scalars are randomised too, so tha
 from __future__ import annotations
 
 import pytest
+import timm  # a dev dependency (pyproject.toml): the reference implementation, so never skipped
 import torch
 
 from hmpe.models.backbone import HGNetv2
 from hmpe.models.pretrained import load_pretrained_backbone
-
-timm = pytest.importorskip("timm")
 
 
 def _timm_hgnet(variant: str, seed: int = 0):

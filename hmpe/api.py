@@ -205,7 +205,7 @@ class Detector:
         ``format="safetensors"``: :meth:`save_pretrained` into ``out`` (default: ``<weights stem>_pretrained/``
         beside the checkpoint); the ONNX options do not apply."""
         if str(format).lower() not in ("onnx", "safetensors"):
-            raise ValueError(f"format={format!r}: onnx or safetensors")
+            raise ValueError(f"format={format!r}: only onnx and safetensors are supported")
         if not self.weights:
             raise ValueError("no weights: train first, or pass a checkpoint (Detector('best.pt'))")
         if str(format).lower() == "safetensors":

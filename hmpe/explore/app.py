@@ -41,15 +41,31 @@ def _jpeg(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def render_overlays(maps: dict, size: tuple[int, int]) -> dict:
-    """Figure maps -> per map a PNG data URL of the map upsampled to the displayed image ``size`` (H, W) as in
-    ``hmpe heatmap`` (bilinear; Mask and |PE'| nearest) and coloured like its bar, with the bar's range."""
+def render_overlay(name: str, m: np.ndarray, size: tuple[int, int]) -> dict:
+    """One figure map -> a data URL coloured like its bar, with the bar's range. As in ``hmpe heatmap``: the
+    heatmaps upsampled bilinearly to the displayed image ``size`` (H, W) (JPEG); Mask and |PE'| are per cell,
+    so they go at grid size (PNG) and the page scales them up with nearest-neighbour (``pixelated``)."""
+    lo, hi = map_range(m)
+    if any(k in name.lower() for k in NEAREST_KEYS):
+        data, kind = _png(colourise(m, lo, hi)), "png"
+    else:
+        data, kind = _jpeg(colourise(upsample_map(m, size), lo, hi)), "jpeg"
+    return {"png": f"data:image/{kind};base64,{base64.b64encode(data).decode()}", "lo": lo, "hi": hi,
+            "grid": list(m.shape)}
+
+
+def render_overlays(maps: dict, size: tuple[int, int], cache: dict | None = None, keys: dict | None = None) -> dict:
+    """``render_overlay`` of every map; a map with an entry in ``keys`` is taken from / stored in ``cache`` under
+    that key (H_class and H_bbox do not change with the threshold, H_mixed only with the gate)."""
     out = {}
     for name, m in maps.items():
-        lo, hi = map_range(m)
-        up = upsample_map(m, size, nearest=any(k in name.lower() for k in NEAREST_KEYS))
-        data = base64.b64encode(_png(colourise(up, lo, hi))).decode()
-        out[name] = {"png": f"data:image/png;base64,{data}", "lo": lo, "hi": hi, "grid": list(m.shape)}
+        key = (keys or {}).get(name)
+        if cache is not None and key is not None and key in cache:
+            out[name] = cache[key]
+            continue
+        out[name] = render_overlay(name, m, size)
+        if cache is not None and key is not None:
+            cache[key] = out[name]
     return out
 
 
@@ -96,9 +112,11 @@ def build_app(session: ExploreSession, allowed_hosts: list[str] | None = None):
         level = q.get("level", "0")
         level = "max" if level == "max" else _number(q, "level", 0, int)
         e = session.entry(i)
-        fmaps, stats = session.maps(i, _number(q, "tau", session.info()["tau"]), _number(q, "gate", None),
-                                    level, _number(q, "cls", None, int), _number(q, "conf", session.conf))
-        overlays = render_overlays(fmaps, e["display"].shape[:2])
+        gate, cls = _number(q, "gate", None), _number(q, "cls", None, int)
+        fmaps, stats = session.maps(i, _number(q, "tau", session.info()["tau"]), gate, level, cls,
+                                    _number(q, "conf", session.conf))
+        keys = {"H_class": ("H_class", level, cls), "H_bbox": ("H_bbox", level), "H_mixed": ("H_mixed", level, gate)}
+        overlays = render_overlays(fmaps, e["display"].shape[:2], e.setdefault("overlays", {}), keys)
         return JSONResponse({"maps": overlays, "stats": stats, "server_ms": round((time.perf_counter() - t0) * 1e3, 1)})
 
     def image(request):

@@ -34,6 +34,7 @@ Interpretations (every one is also in ``docs/method.md``):
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -481,7 +482,9 @@ def masked_position_encoding(pe: Tensor, mask: Tensor) -> Tensor:
     return (pe if pe.dim() == 3 else pe[None]) * m
 
 
+@functools.lru_cache(maxsize=8)  # a constant per grid: figures and the explorer ask for it again and again
 def _position_encoding(mode: str, h: int, w: int, dim: int, temperature: float, device, dtype) -> Tensor:
+    """The (shared, cached) encoding of one grid; callers must not modify it in place."""
     from hmpe.models.position import sincos_2d, sincos_2d_additive
 
     if mode == "rtdetr":

@@ -6,6 +6,7 @@ state), so rendering many images keeps memory flat.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -130,11 +131,15 @@ def map_range(m: np.ndarray) -> tuple[float, float]:
 
 def colourise(m: np.ndarray, lo: float, hi: float, cmap: str = "jet") -> np.ndarray:
     """A [H,W] map -> HxWx3 uint8 through ``cmap`` over [lo,hi] (256 levels, the colours of the figure's bars)."""
+    idx = np.clip((np.asarray(m, dtype=np.float32) - lo) * (255.0 / (hi - lo)), 0, 255)
+    return _lut(cmap)[np.rint(idx, out=idx).astype(np.uint8)]
+
+
+@functools.lru_cache(maxsize=4)
+def _lut(cmap: str) -> np.ndarray:
     from matplotlib import colormaps
 
-    lut = (colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
-    idx = np.clip((np.asarray(m, dtype=np.float32) - lo) / (hi - lo) * 255.0, 0, 255).round().astype(np.uint8)
-    return lut[idx]
+    return (colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
 
 
 def _to_np(t: torch.Tensor) -> np.ndarray:
@@ -173,11 +178,11 @@ def heatmap_maps(out, index: int = 0, level: int | str = 0, pe_magnitude: bool =
         "Mask": pick(out.mask, nearest=True),
     }
     if pe_magnitude:
-        mags = []
-        for l in range(L):
+        mags = {}
+        for l in levels:  # only the levels shown: the encoding of a grid is not free
             h, w = out.mask[l].shape[-2:]
             pe = out.masked_pe(l)[index]  # [h*w, D]
-            mags.append(pe.float().norm(dim=-1).reshape(1, 1, h, w))
+            mags[l] = pe.float().norm(dim=-1).reshape(1, 1, h, w)
         maps["|PE'|"] = pick(mags, nearest=True, i=0)  # per cell, like the mask
     return maps
 

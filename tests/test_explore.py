@@ -133,13 +133,14 @@ def test_explore_dataset_api_matches_and_refuses_other_files(ckpt, tmp_path):
     (root / "data.yaml").write_text(f"path: {root}\nformat: yolo\nval: images/val\nnames: {SYNTHETIC_NAMES}\n")
     (root / "notes.txt").write_text("not an image")
     (tmp_path / "secret.png").write_bytes(paths[0].read_bytes())  # a real image outside the source
+    (root / "images" / "val" / "link.png").symlink_to(tmp_path / "secret.png")  # a link leading out of it
 
     server = det.explore(str(root / "data.yaml"), port=0, block=False, conf=0.0, floor=0.0, scan=True)
     try:
         url = server.url
         info = json.loads(_get(url + "api/info")[1])
-        assert info["has_gt"] and info["images"] == ["syn0.png", "syn1.png"]
-        s = json.loads(_get(url + "api/detections/0")[1])
+        assert info["has_gt"] and info["images"] == ["link.png", "syn0.png", "syn1.png"]
+        s = json.loads(_get(url + "api/detections/1")[1])
         assert len(s["gts"]) == 3 and {d["status"] for d in s["detections"]} <= {"tp", "fp", "ignored"}
         # misses at several confidences = an independent COCO matching of the detections above each
         scores = sorted({d["score"] for d in s["detections"]})
@@ -151,20 +152,21 @@ def test_explore_dataset_api_matches_and_refuses_other_files(ckpt, tmp_path):
                 if keep.any() and len(g):
                     found += int(coco_match_image(pred.boxes[keep], pred.scores[keep], g, np.zeros(len(g), bool),
                                                   0.5, max_det=100)[1].sum())
-            assert server.session.misses(0, conf) == 3 - found, conf
-        assert server.session.misses(0, 0.0) <= 2  # the first box is its own detection: found
+            assert server.session.misses(1, conf) == 3 - found, conf
+        assert server.session.misses(1, 0.0) <= 2  # the first box is its own detection: found
         # mask statistics of the page = the library's, against the ground-truth cells
         for tau in (0.05, 0.5):
-            got = json.loads(_get(url + f"api/maps/0?tau={tau}&level=0")[1])
+            got = json.loads(_get(url + f"api/maps/1?tau={tau}&level=0")[1])
             assert set(got["maps"]) == {"H_class", "H_bbox", "H_mixed", "Mask", "|PE'|"}
             ref = _library_stats(ckpt, paths[0], tau, 0.0, boxes=np.array([b for _, b in gts]))
             assert got["stats"] == pytest.approx(ref), tau
-        assert _get(url + "api/maps/0?level=max&cls=2&gate=0.3")[0] == 200
-        assert _get(url + "api/maps/0?level=7")[0] == 400
+        assert _get(url + "api/maps/1?level=max&cls=2&gate=0.3")[0] == 200
+        assert _get(url + "api/maps/1?level=7")[0] == 400
         assert _get(url + "api/maps/9")[0] == 404
+        assert _get(url + "api/detections/0")[0] == 403  # the link's forward is refused as well
         # only the source's images can be read, by their name in the source
         assert _get(url + "image/syn1.png")[0] == 200
-        for bad in ["image/notes.txt", "image/..%2Fsecret.png", "image/%2Fetc%2Fpasswd", "image/../secret.png",
+        for bad in ["image/link.png", "image/notes.txt", "image/..%2Fsecret.png", "image/%2Fetc%2Fpasswd", "image/../secret.png",
                     f"image/{tmp_path / 'secret.png'}", "image/..%2F..%2F..%2Fsecret.png", "image/..%2Fdata.yaml"]:
             status, body = _get(url + bad)
             assert status in (403, 404), (bad, status)
@@ -174,8 +176,9 @@ def test_explore_dataset_api_matches_and_refuses_other_files(ckpt, tmp_path):
             server.session.resolve(str(tmp_path / "secret.png"))
         server._threads[-1].join(timeout=30)  # the background scan: every image ranked by its misses
         rank = json.loads(_get(url + "api/ranking?conf=0")[1])
-        assert rank["scanned"] == 2 and rank["images"][0] == {"index": 0, "name": "syn0.png",
-                                                              "misses": server.session.misses(0, 0.0)}
+        assert rank["scanned"] == 3 and {"index": 1, "name": "syn0.png", "misses": server.session.misses(1, 0.0)} \
+            in rank["images"]
+        assert [r["misses"] for r in rank["images"]] == sorted((r["misses"] for r in rank["images"]), reverse=True)
     finally:
         server.stop()
 

@@ -160,6 +160,7 @@ class ExploreServer:
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self.server.run, daemon=True, name="hmpe-explore")]
         if scan and session.has_gt:  # the ranking by misses needs every image run once
+            session.scanning = True
             self._threads.append(threading.Thread(target=session.scan, args=(self._stop,), daemon=True,
                                                   name="hmpe-explore-scan"))
 

@@ -56,16 +56,23 @@ def load_source(source: str | Path, split: str = "val") -> tuple[Path, list[Sour
         from hmpe.data.formats import load_dataset
 
         samples, names = load_dataset(source, split)
-        paths = [Path(s.path).resolve() for s in samples if s.path]
+        paths = [_absolute(s.path) for s in samples if s.path]
         if not paths:
             raise ValueError(f"source {source}: split {split!r} has no image files (generated data cannot be explored)")
         root = _common_root(paths)
-        images = [SourceImage(str(Path(s.path).resolve().relative_to(root)), Path(s.path).resolve(), s.boxes,
-                              s.labels, s.ignore) for s in samples if s.path]
+        images = [SourceImage(str(p.relative_to(root)), p, s.boxes, s.labels, s.ignore)
+                  for p, s in zip(paths, [s for s in samples if s.path])]
         return root, images, list(names)
-    paths = [p.resolve() for p in resolve_source(source)]
+    paths = [_absolute(p) for p in resolve_source(source)]
     root = _common_root(paths)
     return root, [SourceImage(str(p.relative_to(root)), p) for p in paths], None
+
+
+def _absolute(path) -> Path:
+    """Absolute and normalised, symlinks kept: a link leading out of the source is caught by ``resolve``."""
+    import os
+
+    return Path(os.path.abspath(path))
 
 
 def _common_root(paths: list[Path]) -> Path:
@@ -95,6 +102,7 @@ class ExploreSession:
             raise ValueError(f"source {source}: classes {data_names} differ from the checkpoint's {self.names}")
         self.has_gt = data_names is not None
         self.by_name = {im.name: i for i, im in enumerate(self.images)}
+        self.scanning = False  # set by the server when a background scan runs every image once
         self.conf, self.floor, self.max_side = float(conf), float(floor), int(max_side)
         self.imgsz = imgsz or detector._ckpt.get("train_cfg", {}).get("imgsz", 640)
         self.cache_size = max(1, int(cache))
@@ -112,7 +120,7 @@ class ExploreSession:
         if i is None:
             raise PermissionError(f"{name!r} is not one of the {len(self.images)} images of the source {self.root}")
         path = self.images[i].path
-        if not path.resolve().is_relative_to(self.root):  # a symlink in the source pointing out of it
+        if not path.resolve().is_relative_to(self.root.resolve()):  # a symlink in the source pointing out of it
             raise PermissionError(f"{name!r} resolves outside the source {self.root}")
         return path
 
@@ -122,7 +130,7 @@ class ExploreSession:
                 "conf": self.conf, "floor": self.floor, "tau": float(heat.mask_filter.tau),
                 "gate": [round(float(v), 4) for v in torch.sigmoid(heat.gate.detach()).tolist()],
                 "strides": list(heat.strides), "levels": heat.num_levels, "imgsz": self.imgsz,
-                "topk": int(heat.topk_classes), "root": str(self.root),
+                "topk": int(heat.topk_classes), "root": str(self.root), "scan": self.scanning,
                 "colours": ["#%02x%02x%02x" % class_colour(c) for c in range(len(self.names))]}
 
     # ------------------------------------------------------------------ one forward per image

@@ -117,13 +117,16 @@ def _library_stats(ckpt: Path, image: Path, tau: float, conf: float, boxes=None)
 
 
 # ---------------------------------------------------------------------------------------------- API
-def test_explore_dataset_api_matches_and_refuses_other_files(ckpt, tmp_path):
-    root = tmp_path / "data"
+@pytest.fixture(scope="module")
+def dataset_server(ckpt, tmp_path_factory):
+    """A YOLO dataset of 2 synthetic images (+ a symlink leading out of it) served with ground truth for image
+    syn0 made from the model's own detections: one found, one of another class, one nobody finds."""
+    tmp = tmp_path_factory.mktemp("explore_data")
+    root = tmp / "data"
     paths = _images(root / "images" / "val")
     det = Detector(str(ckpt), device="cpu")
     pred = det.predict(paths[0], conf=0.0)[0]
     W, H = pred.width, pred.height
-    # ground truth made from the model's own detections: one found, one of another class, one nobody finds
     gts = [(int(pred.labels[0]), pred.boxes[0]), ((int(pred.labels[1]) + 1) % 5, pred.boxes[1]),
            (int(pred.labels[0]), np.array([0, 0, W - 1, H - 1]))]
     (root / "labels" / "val").mkdir(parents=True)
@@ -132,55 +135,63 @@ def test_explore_dataset_api_matches_and_refuses_other_files(ckpt, tmp_path):
             f.write(f"{c} {(x1 + x2) / 2 / W} {(y1 + y2) / 2 / H} {(x2 - x1) / W} {(y2 - y1) / H}\n")
     (root / "data.yaml").write_text(f"path: {root}\nformat: yolo\nval: images/val\nnames: {SYNTHETIC_NAMES}\n")
     (root / "notes.txt").write_text("not an image")
-    (tmp_path / "secret.png").write_bytes(paths[0].read_bytes())  # a real image outside the source
-    (root / "images" / "val" / "link.png").symlink_to(tmp_path / "secret.png")  # a link leading out of it
-
+    (tmp / "secret.png").write_bytes(paths[0].read_bytes())  # a real image outside the source
+    (root / "images" / "val" / "link.png").symlink_to(tmp / "secret.png")  # a link leading out of it
     server = det.explore(str(root / "data.yaml"), port=0, block=False, conf=0.0, floor=0.0, scan=True)
-    try:
-        url = server.url
-        info = json.loads(_get(url + "api/info")[1])
-        assert info["has_gt"] and info["images"] == ["link.png", "syn0.png", "syn1.png"]
-        s = json.loads(_get(url + "api/detections/1")[1])
-        assert len(s["gts"]) == 3 and {d["status"] for d in s["detections"]} <= {"tp", "fp", "ignored"}
-        # misses at several confidences = an independent COCO matching of the detections above each
-        scores = sorted({d["score"] for d in s["detections"]})
-        for conf in [0.0, scores[len(scores) // 2], scores[-1], 1.1]:
-            found = 0
-            for c in range(5):
-                keep = (pred.labels == c) & (pred.scores >= conf)
-                g = np.array([b for cc, b in gts if cc == c]).reshape(-1, 4)
-                if keep.any() and len(g):
-                    found += int(coco_match_image(pred.boxes[keep], pred.scores[keep], g, np.zeros(len(g), bool),
-                                                  0.5, max_det=100)[1].sum())
-            assert server.session.misses(1, conf) == 3 - found, conf
-        assert server.session.misses(1, 0.0) <= 2  # the first box is its own detection: found
-        # mask statistics of the page = the library's, against the ground-truth cells
-        for tau in (0.05, 0.5):
-            got = json.loads(_get(url + f"api/maps/1?tau={tau}&level=0")[1])
-            assert set(got["maps"]) == {"H_class", "H_bbox", "H_mixed", "Mask", "|PE'|"}
-            ref = _library_stats(ckpt, paths[0], tau, 0.0, boxes=np.array([b for _, b in gts]))
-            assert got["stats"] == pytest.approx(ref), tau
-        assert _get(url + "api/maps/1?level=max&cls=2&gate=0.3")[0] == 200
-        assert _get(url + "api/maps/1?level=7")[0] == 400
-        assert _get(url + "api/maps/9")[0] == 404
-        assert _get(url + "api/detections/0")[0] == 403  # the link's forward is refused as well
-        # only the source's images can be read, by their name in the source
-        assert _get(url + "image/syn1.png")[0] == 200
-        for bad in ["image/link.png", "image/notes.txt", "image/..%2Fsecret.png", "image/%2Fetc%2Fpasswd", "image/../secret.png",
-                    f"image/{tmp_path / 'secret.png'}", "image/..%2F..%2F..%2Fsecret.png", "image/..%2Fdata.yaml"]:
-            status, body = _get(url + bad)
-            assert status in (403, 404), (bad, status)
-            assert b"PNG" not in body and b"JFIF" not in body
-        assert _get(url + "api/info", host="evil.example")[0] == 400  # DNS rebinding: foreign Host refused
+    yield server, paths, pred, gts, tmp
+    server.stop()
+
+
+def test_explore_dataset_matches_and_statistics(ckpt, dataset_server):
+    server, paths, pred, gts, _ = dataset_server
+    url = server.url
+    info = json.loads(_get(url + "api/info")[1])
+    assert info["has_gt"] and info["images"] == ["link.png", "syn0.png", "syn1.png"]
+    s = json.loads(_get(url + "api/detections/1")[1])
+    assert len(s["gts"]) == 3 and {d["status"] for d in s["detections"]} <= {"tp", "fp", "ignored"}
+    # misses at several confidences = an independent COCO matching of the detections above each
+    scores = sorted({d["score"] for d in s["detections"]})
+    for conf in [0.0, scores[len(scores) // 2], scores[-1], 1.1]:
+        found = 0
+        for c in range(5):
+            keep = (pred.labels == c) & (pred.scores >= conf)
+            g = np.array([b for cc, b in gts if cc == c]).reshape(-1, 4)
+            if keep.any() and len(g):
+                found += int(coco_match_image(pred.boxes[keep], pred.scores[keep], g, np.zeros(len(g), bool),
+                                              0.5, max_det=100)[1].sum())
+        assert server.session.misses(1, conf) == 3 - found, conf
+    assert server.session.misses(1, 0.0) <= 2  # the first box is its own detection: found
+    # mask statistics of the page = the library's, against the ground-truth cells
+    for tau in (0.05, 0.5):
+        got = json.loads(_get(url + f"api/maps/1?tau={tau}&level=0")[1])
+        assert set(got["maps"]) == {"H_class", "H_bbox", "H_mixed", "Mask", "|PE'|"}
+        ref = _library_stats(ckpt, paths[0], tau, 0.0, boxes=np.array([b for _, b in gts]))
+        assert got["stats"] == pytest.approx(ref), tau
+    assert _get(url + "api/maps/1?level=max&cls=2&gate=0.3")[0] == 200
+    assert _get(url + "api/maps/1?level=7")[0] == 400
+    assert _get(url + "api/maps/9")[0] == 404
+    server._threads[-1].join(timeout=30)  # the background scan: every image ranked by its misses
+    rank = json.loads(_get(url + "api/ranking?conf=0")[1])
+    assert rank["scanned"] == 3
+    assert {"index": 1, "name": "syn0.png", "misses": server.session.misses(1, 0.0)} in rank["images"]
+    assert [r["misses"] for r in rank["images"]] == sorted((r["misses"] for r in rank["images"]), reverse=True)
+
+
+def test_explore_refuses_other_files(dataset_server):
+    server, _, _, _, tmp = dataset_server
+    url = server.url
+    assert _get(url + "image/syn1.png")[0] == 200  # the source's images, by their name in the source
+    for bad in ["image/link.png", "image/notes.txt", "image/..%2Fsecret.png", "image/%2Fetc%2Fpasswd",
+                "image/../secret.png", f"image/{tmp / 'secret.png'}", "image/..%2F..%2F..%2Fsecret.png",
+                "image/..%2Fdata.yaml"]:
+        status, body = _get(url + bad)
+        assert status in (403, 404), (bad, status)
+        assert b"PNG" not in body and b"JFIF" not in body
+    assert _get(url + "api/detections/0")[0] == 403  # the link's forward is refused as well
+    assert _get(url + "api/info", host="evil.example")[0] == 400  # DNS rebinding: foreign Host refused
+    for name in (str(tmp / "secret.png"), "../secret.png", "link.png"):
         with pytest.raises(PermissionError):
-            server.session.resolve(str(tmp_path / "secret.png"))
-        server._threads[-1].join(timeout=30)  # the background scan: every image ranked by its misses
-        rank = json.loads(_get(url + "api/ranking?conf=0")[1])
-        assert rank["scanned"] == 3 and {"index": 1, "name": "syn0.png", "misses": server.session.misses(1, 0.0)} \
-            in rank["images"]
-        assert [r["misses"] for r in rank["images"]] == sorted((r["misses"] for r in rank["images"]), reverse=True)
-    finally:
-        server.stop()
+            server.session.resolve(name)
 
 
 def test_explore_cli_checks_keys(ckpt, capsys):

@@ -161,6 +161,9 @@ def test_explore_dataset_matches_and_statistics(ckpt, dataset_server):
                                               0.5, max_det=100)[1].sum())
         assert server.session.misses(1, conf) == 3 - found, conf
     assert server.session.misses(1, 0.0) <= 2  # the first box is its own detection: found
+    other = next(c for c in range(5) if c not in {g[0] for g in gts})  # a class without ground truth: all FP
+    fake = {"boxes": np.array([[0, 0, 10, 10]], np.float32), "scores": np.array([0.9]), "labels": np.array([other])}
+    assert server.session._summarise(1, fake, W=128, H=128)["detections"][0]["status"] == "fp"
     # mask statistics of the page = the library's, against the ground-truth cells
     for tau in (0.05, 0.5):
         got = json.loads(_get(url + f"api/maps/1?tau={tau}&level=0")[1])

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from hmpe.data.dataset import load_image
-from hmpe.explore.session import ExploreSession
+from hmpe.explore.session import ExploreSession, UnknownImage
 from hmpe.viz.heatmap import NEAREST_KEYS, colourise, fit_for_display, map_range, upsample_map
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -97,7 +97,7 @@ def build_app(session: ExploreSession, allowed_hosts: list[str] | None = None):
                 return fn(request)
             except PermissionError as err:
                 return JSONResponse({"error": str(err)}, status_code=403)
-            except (IndexError, KeyError) as err:
+            except UnknownImage as err:
                 return JSONResponse({"error": str(err)}, status_code=404)
             except ValueError as err:
                 return JSONResponse({"error": str(err)}, status_code=400)

@@ -30,6 +30,10 @@ from hmpe.viz.heatmap import fit_for_display, heatmap_maps
 MATCH_IOU = 0.5  # a detection is a true positive at IoU >= 0.5 with an unmatched box of its class (COCO's AP50)
 
 
+class UnknownImage(LookupError):
+    """An image index the source does not have (the page answers 404)."""
+
+
 @dataclass
 class SourceImage:
     """One image of the source; ``gt_*`` are None for a folder (no ground truth)."""
@@ -167,7 +171,7 @@ class ExploreSession:
             for c in np.unique(np.concatenate([dets["labels"], im.gt_labels])).tolist():
                 d_idx = np.nonzero(dets["labels"] == c)[0]
                 g_idx = np.nonzero(im.gt_labels == c)[0]
-                if not len(d_idx):
+                if not len(d_idx) or not len(g_idx):  # no detections, or no boxes of this class: all false
                     continue
                 order, tp, ign, g = coco_match_image(dets["boxes"][d_idx], dets["scores"][d_idx], im.gt_boxes[g_idx],
                                                      im.gt_ignore[g_idx], MATCH_IOU, max_det=len(d_idx), return_gt=True)
@@ -185,7 +189,7 @@ class ExploreSession:
     def entry(self, index: int) -> dict:
         """The cache entry of image ``index`` (the forward runs on the first request only)."""
         if not 0 <= int(index) < len(self.images):
-            raise IndexError(f"image index {index} outside 0..{len(self.images) - 1}")
+            raise UnknownImage(f"image index {index} outside 0..{len(self.images) - 1}")
         index = int(index)
         with self._cache_lock:
             if index in self._cache:

@@ -7,7 +7,7 @@ The image is resized so that its longer side is ``--side`` px and explored at ``
 are then on an 80 x 80 grid at stride 8 and the overlays are ``side`` px wide. The explorer runs in this
 process (torch with ``--threads`` threads), Debian's Chromium loads the page (headless, driven by
 playwright), and the mask-threshold slider is clicked to ``--moves`` positions, then the gate slider (learned
-gate off) to as many. One update = the page's own measure: from the slider's input event to the new mask,
+gate off) to as many; then the level and the class of H_class are chosen a few times. One update = the page's own measure: from the slider's input event to the new mask,
 |PE'| and H_mixed overlays decoded and the statistics written (``#update-ms``), which includes the
 server's part (re-mask, maps, upsampling, colouring, PNG encoding: ``server_ms``). The first forward of the
 image (model, post-processing, the maps) is timed once.
@@ -48,6 +48,16 @@ def _move(page, slider: str, frac: float) -> tuple[float, float]:
                            timeout=60_000)
     text = page.inner_text("#update-ms")  # "123 (server 45.6)"
     total, server = re.match(r"(\d+) \(server ([\d.]+)\)", text).groups()
+    return float(total), float(server)
+
+
+def _select(page, select: str, value: str) -> tuple[float, float]:
+    """Choose ``value`` in the ``select`` element; wait for the page's update; (page ms, server ms)."""
+    seq = int(page.evaluate("document.body.dataset.seq || 0"))
+    page.select_option(select, value)
+    page.wait_for_function(f"document.body.dataset.seq > {seq} && !document.querySelector('#status').textContent",
+                           timeout=60_000)
+    total, server = re.match(r"(\d+) \(server ([\d.]+)\)", page.inner_text("#update-ms")).groups()
     return float(total), float(server)
 
 
@@ -94,6 +104,8 @@ def main() -> int:
             page.click("#gate-learned")
             page.wait_for_function("!document.querySelector('#status').textContent")
             gate = [_move(page, "#gate", fr) for fr in fracs]
+            levels = [_select(page, "#level", v) for v in ["1", "2", "max", "0"]]  # all five maps re-rendered
+            classes = [_select(page, "#cls", str(c)) for c in range(4)]  # H_class of that class, then re-mask
             page.screenshot(path=str(tmp / "page.png"), full_page=True)
             ctx.close()
     finally:
@@ -101,7 +113,9 @@ def main() -> int:
     rows = [_summary("mask threshold: page update", [t for t, _ in tau]),
             _summary("mask threshold: server part", [s for _, s in tau]),
             _summary("gate: page update", [t for t, _ in gate]),
-            _summary("gate: server part", [s for _, s in gate])]
+            _summary("gate: server part", [s for _, s in gate]),
+            _summary("level (1, 2, max, 0): page update", [t for t, _ in levels]),
+            _summary("H_class of a chosen class (4 classes): page update", [t for t, _ in classes])]
     text = header("hmpe explore: slider update time", [
         f"image: {args.image} resized to {im.width}x{im.height}, imgsz {args.side}, weights {args.weights}",
         f"torch threads: {args.threads}; Chromium: {args.chromium} (headless, same machine)",

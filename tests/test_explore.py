@@ -252,3 +252,26 @@ def test_explore_page_in_chromium(ckpt, tmp_path):
         server.stop()
     assert shot.stat().st_size > 10_000
     print(f"screenshot: {shot}")
+
+
+def test_explore_slider_benchmark_smoke(ckpt, tmp_path, monkeypatch):
+    """benchmarks/explore_slider.py end to end (2 moves per slider, 128 px), so that it does not rot."""
+    if CHROMIUM is None:
+        pytest.skip("no Chromium on this machine (Debian: apt-get install chromium; .ci/run installs it)")
+    pytest.importorskip("playwright.sync_api", reason="playwright (pip) is not installed")
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))
+    import explore_slider
+
+    image = _images(tmp_path / "img", 1)[0]
+    out = tmp_path / "slider.md"
+    monkeypatch.setattr("sys.argv", ["explore_slider.py", "--weights", str(ckpt), "--image", str(image), "--side",
+                                     "128", "--threads", "1", "--moves", "2", "--chromium", CHROMIUM,
+                                     "--out", str(out)])
+    threads = torch.get_num_threads()
+    try:
+        assert explore_slider.main() == 0
+    finally:
+        torch.set_num_threads(threads)  # the script sets it for the whole process
+    text = out.read_text()
+    assert "| mask threshold: page update | 2 |" in text and "| gate: server part | 2 |" in text

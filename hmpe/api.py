@@ -336,6 +336,16 @@ class Detector:
             del outputs, maps
         return results
 
+    # ------------------------------------------------------------------ explore (interactive, in the browser)
+    def explore(self, source, port: int = 7860, host: str = "127.0.0.1", block: bool = True, **kwargs):
+        """Serve the heatmap explorer (:mod:`hmpe.explore`, extra ``hmpe[explore]``) for ``source`` (images,
+        or a dataset YAML / name: then with ground truth) on ``host:port``, loopback by default. ``block=False``
+        returns the running server (``.url``, ``.stop()``). Keys: ``split``, ``conf``, ``imgsz``, ``floor``,
+        ``cache``, ``scan``."""
+        from hmpe.explore import serve  # the explorer sits above this module: imported on use only
+
+        return serve(self, source, host=host, port=port, block=block, **kwargs)
+
 
 def make_train_config(args: dict) -> tuple[dict, dict]:
     """CLI overrides -> (training config, model overrides)."""

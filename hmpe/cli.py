@@ -7,6 +7,7 @@
     hmpe export weights=best.pt format=onnx [imgsz=... opset=17 gather_sampling=false out=best.onnx image=IMG]
     hmpe export weights=best.pt format=safetensors [out=DIR]   # config.json + model.safetensors, no pickle
     hmpe heatmap SOURCE weights=best.pt [conf=0.25 imgsz=... level=0|1|2|max out=DIR]  # heatmap-path models
+    hmpe explore weights=best.pt source=DIR|DATA.yaml [port=7860 host=127.0.0.1 split=val conf=0.25]  # browser
     hmpe bench model=rtdetr-n imgsz=640 batch=1 [device=cpu threads=2 warmup=3 runs=20 save=out.json]
                                                 # imgsz=[512,640] batch=[1,4]: one report per pair; imgsz=512x640: HxW
     hmpe data stats DATA | hmpe data convert DATA --to coco|yolo OUT
@@ -92,6 +93,24 @@ def cmd_heatmap(argv: list[str]) -> int:
     return 0
 
 
+EXPLORE_KEYS = ("port", "host", "split", "conf", "imgsz", "device", "floor", "cache", "scan")
+
+
+def cmd_explore(argv: list[str]) -> int:
+    """The interactive heatmap explorer (hmpe.explore) until Ctrl-C."""
+    from hmpe.api import Detector
+
+    source, weights, args = _source_and_weights(
+        argv, "hmpe explore: usage: hmpe explore weights=PATH source=DIR|DATA.yaml [port=7860 host=127.0.0.1 "
+              "split=val conf=0.25]")
+    unknown = sorted(set(args) - set(EXPLORE_KEYS))
+    if unknown:
+        raise ValueError(f"unknown argument(s) {', '.join(unknown)}; expected {', '.join(EXPLORE_KEYS)}")
+    det = Detector(weights=weights, device=args.pop("device", "cpu"))
+    det.explore(source, **args)
+    return 0
+
+
 def cmd_export(argv: list[str]) -> int:
     """ONNX export with post-processed outputs and an onnxruntime parity check (hmpe.engine.export), or a
     safetensors folder that ``weights=DIR`` / ``Detector.from_pretrained(DIR)`` read back."""
@@ -169,6 +188,7 @@ COMMANDS = {
     "predict": cmd_predict,
     "export": cmd_export,
     "heatmap": cmd_heatmap,
+    "explore": cmd_explore,
     "bench": cmd_bench,
     "data": cmd_data,
     "cfg": cmd_cfg,

@@ -120,11 +120,15 @@ def coco_match_image(
     gt_ignore: np.ndarray,
     iou_thr: float = 0.5,
     max_det: int = 100,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return_gt: bool = False,
+) -> tuple[np.ndarray, ...]:
     """Match one image's detections of one class to its ground truth, as ``COCOeval.evaluateImg``.
 
     Returns ``(order, tp, ignored)``: ``order`` indexes the kept detections (score-descending,
-    stable, at most ``max_det``), ``tp``/``ignored`` are booleans aligned with ``order``.
+    stable, at most ``max_det``), ``tp``/``ignored`` are booleans aligned with ``order``; with
+    ``return_gt`` also ``gt_index`` aligned with ``order``: the matched ground-truth box (-1: none).
+    Each detection's match depends only on the higher-scored ones, so the matches of the detections
+    above any score threshold are a prefix of these.
     Kept deliberately line-for-line with COCOeval's loop so that our precision/recall use the same
     matches as its mAP (checked against pycocotools' ``evalImgs`` in the tests).
     """
@@ -136,6 +140,7 @@ def coco_match_image(
     tp = np.zeros(len(order), dtype=bool)
     ignored = np.zeros(len(order), dtype=bool)
     g_taken = np.zeros(len(g_order), dtype=bool)
+    gt_index = np.full(len(order), -1, dtype=np.int64)
     for d in range(len(order)):
         best, m = min(iou_thr, 1 - 1e-10), -1
         for g in range(len(g_order)):
@@ -151,7 +156,8 @@ def coco_match_image(
         ignored[d] = g_ign[m]
         tp[d] = not g_ign[m]
         g_taken[m] = True
-    return order, tp, ignored
+        gt_index[d] = g_order[m]
+    return (order, tp, ignored, gt_index) if return_gt else (order, tp, ignored)
 
 
 def best_f1_point(

@@ -34,6 +34,7 @@ Interpretations (every one is also in ``docs/method.md``):
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -41,6 +42,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as Fn
 from torch import Tensor, nn
+
+from hmpe.models.mask_stats import mix_and_mask, threshold_mask
 
 __all__ = [
     "ProbeHead",
@@ -460,7 +463,7 @@ class MaskFilter(nn.Module):
         self.tau = float(tau)
 
     def forward(self, h: Tensor) -> Tensor:
-        return (h.detach() > self.tau).to(h.dtype)
+        return threshold_mask(h, self.tau)
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}"
@@ -479,7 +482,9 @@ def masked_position_encoding(pe: Tensor, mask: Tensor) -> Tensor:
     return (pe if pe.dim() == 3 else pe[None]) * m
 
 
+@functools.lru_cache(maxsize=8)  # a constant per grid: figures and the explorer ask for it again and again
 def _position_encoding(mode: str, h: int, w: int, dim: int, temperature: float, device, dtype) -> Tensor:
+    """The (shared, cached) encoding of one grid; callers must not modify it in place."""
     from hmpe.models.position import sincos_2d, sincos_2d_additive
 
     if mode == "rtdetr":
@@ -600,6 +605,12 @@ class HeatmapEmbedding(nn.Module):
         self.mask_filter = MaskFilter(tau)
 
     # -- heatmaps -------------------------------------------------------------------------------------
+    def class_heatmaps(self, fs: list[Tensor], cls: list[Tensor], classes: Tensor) -> list[Tensor]:
+        """H_class per level [B,1,H,W], normalised and fused, for the classes ``classes`` [B,T] (per-pixel max
+        over them): ``forward`` passes the top-T classes; the explorer passes one chosen class. fs / cls:
+        the probe's F and class logits per level (the first two outputs of :class:`ProbeHead`)."""
+        return fuse_levels(minmax_per_image(self._class_maps(fs, cls, classes)), self.fuse)
+
     def _class_maps(self, fs: list[Tensor], cls: list[Tensor], top: Tensor) -> list[Tensor]:
         """Raw H_class per level [B,1,H,W]: eqs. 1-3 for each of the top-T classes, per-pixel max."""
         w = self.probe.cls.weight.flatten(1).to(fs[0].dtype)  # [C,K]
@@ -693,7 +704,7 @@ class HeatmapEmbedding(nn.Module):
                 targets = [{"boxes": t["boxes"].detach().clone()} for t in targets]
             scores = torch.stack([torch.sigmoid(s).amax((2, 3)) for s in cls], 0).amax(0)  # [B,C]
             top = scores.topk(min(self.topk_classes, self.num_classes), dim=1).indices  # [B,T]
-            h_class = self._class_maps(fs, cls, top)
+            h_class = self.class_heatmaps(fs, cls, top)
             h_bbox = self._quality_maps(fs, qual)
             B = feats[0].shape[0]
             source = ["quality"] * B
@@ -702,14 +713,12 @@ class HeatmapEmbedding(nn.Module):
                 sel = has_pos[:, None, None, None]
                 h_bbox = [torch.where(sel, a, b) for a, b in zip(loss_maps, h_bbox)]
                 source = ["loss" if bool(p) else "quality" for p in has_pos]
-            h_class, h_bbox = minmax_per_image(h_class), minmax_per_image(h_bbox)
-            h_class, h_bbox = fuse_levels(h_class, self.fuse), fuse_levels(h_bbox, self.fuse)
+            h_bbox = fuse_levels(minmax_per_image(h_bbox), self.fuse)
             h_class = [h.to(feats[0].dtype) for h in h_class]
             h_bbox = [h.to(feats[0].dtype) for h in h_bbox]
 
         lam = torch.sigmoid(self.gate).to(feats[0].dtype)  # [L]
-        h_mixed = [lam[l] * hc + (1 - lam[l]) * hb for l, (hc, hb) in enumerate(zip(h_class, h_bbox))]  # eq. 4
-        mask = [self.mask_filter(h) for h in h_mixed]  # eq. 6
+        h_mixed, mask = mix_and_mask(h_class, h_bbox, lam, self.mask_filter.tau)  # eqs. 4 and 6
         return HeatmapOutput(
             h_class=h_class, h_bbox=h_bbox, h_mixed=h_mixed, mask=mask, probe=probe,
             class_scores=scores.to(feats[0].dtype), topk_classes=top, gate=lam, strides=self.strides,

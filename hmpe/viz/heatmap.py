@@ -6,6 +6,7 @@ state), so rendering many images keeps memory flat.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch.nn.functional as Fn
 from hmpe.viz.draw import class_colour
 
 __all__ = ["render_heatmap_figure", "heatmap_maps", "render_heatmap_output", "upsample_map", "detector_heatmaps",
-           "tensor_to_uint8", "fit_for_display"]
+           "tensor_to_uint8", "fit_for_display", "map_range", "colourise"]
 
 # Per-cell maps are upsampled with nearest neighbour (the mask, and |PE'| = Mask * |PE|, which bilinear
 # interpolation would smear into rings around cold cells); the heatmaps bilinear.
@@ -103,13 +104,7 @@ def render_heatmap_figure(
     for ax, (name, m) in zip(axes[1:], maps.items()):
         m = np.asarray(m, dtype=np.float32)
         up = upsample_map(m, (H, W), nearest=any(k in name.lower() for k in NEAREST_KEYS))
-        if ranges and name in ranges:
-            lo, hi = ranges[name]
-        elif m.size and m.min() >= 0.0 and m.max() <= 1.0:
-            lo, hi = 0.0, 1.0
-        else:
-            lo, hi = float(m.min(initial=0.0)), float(m.max(initial=1.0))
-            hi = hi if hi > lo else lo + 1.0
+        lo, hi = ranges[name] if ranges and name in ranges else map_range(m)
         norm = Normalize(vmin=lo, vmax=hi)
         cax = panel(ax, name)
         ax.imshow(up, cmap=cmap, norm=norm, alpha=alpha, interpolation="nearest")
@@ -123,6 +118,28 @@ def render_heatmap_figure(
         Path(out_png).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out_png, dpi=dpi)
     return rgb
+
+
+def map_range(m: np.ndarray) -> tuple[float, float]:
+    """A map's colour range: [0,1] when it lies in [0,1] (heatmaps, the mask), else [min,max]."""
+    m = np.asarray(m, dtype=np.float32)
+    if m.size and m.min() >= 0.0 and m.max() <= 1.0:
+        return 0.0, 1.0
+    lo, hi = float(m.min(initial=0.0)), float(m.max(initial=1.0))
+    return lo, (hi if hi > lo else lo + 1.0)
+
+
+def colourise(m: np.ndarray, lo: float, hi: float, cmap: str = "jet") -> np.ndarray:
+    """A [H,W] map -> HxWx3 uint8 through ``cmap`` over [lo,hi] (256 levels, the colours of the figure's bars)."""
+    idx = np.clip((np.asarray(m, dtype=np.float32) - lo) * (255.0 / (hi - lo)), 0, 255)
+    return _lut(cmap)[np.rint(idx, out=idx).astype(np.uint8)]
+
+
+@functools.lru_cache(maxsize=4)
+def _lut(cmap: str) -> np.ndarray:
+    from matplotlib import colormaps
+
+    return (colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
 
 
 def _to_np(t: torch.Tensor) -> np.ndarray:
@@ -161,11 +178,11 @@ def heatmap_maps(out, index: int = 0, level: int | str = 0, pe_magnitude: bool =
         "Mask": pick(out.mask, nearest=True),
     }
     if pe_magnitude:
-        mags = []
-        for l in range(L):
+        mags = {}
+        for l in levels:  # only the levels shown: the encoding of a grid is not free
             h, w = out.mask[l].shape[-2:]
             pe = out.masked_pe(l)[index]  # [h*w, D]
-            mags.append(pe.float().norm(dim=-1).reshape(1, 1, h, w))
+            mags[l] = pe.float().norm(dim=-1).reshape(1, 1, h, w)
         maps["|PE'|"] = pick(mags, nearest=True, i=0)  # per cell, like the mask
     return maps
 

@@ -1,0 +1,100 @@
+"""The mask of eqs. 4 and 6 recomputed from cached maps, and what it keeps and drops.
+
+``HeatmapEmbedding`` mixes and thresholds with :func:`mix_and_mask` (one implementation); the explorer
+(``hmpe explore``) calls the same function on the maps it cached for an image when the threshold or the
+gate slider moves, so nothing before eq. 4 (backbone, probe, Grad-CAM++) runs again.
+
+Statistics of a mask against the objects of an image (:func:`object_cells`, :func:`mask_statistics`):
+- ``background_masked``: the fraction of background cells (no object) whose PE the mask zeroes --
+  what the mask is for (eq. 7 silences background positions);
+- ``objects_hot``: the fraction of object cells the mask keeps -- what it must not lose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["threshold_mask", "mix_and_mask", "remask", "object_cells", "mask_statistics"]
+
+
+def threshold_mask(h: Tensor, tau: float) -> Tensor:
+    """Eq. 6: ``Mask(i,j) = 1[H_mixed(i,j) > tau]`` (strict), same dtype as ``h``, never differentiated."""
+    return (h.detach() > float(tau)).to(h.dtype)
+
+
+def mix_and_mask(h_class: Sequence[Tensor], h_bbox: Sequence[Tensor], lam: Tensor | Sequence[float] | float,
+                 tau: float) -> tuple[list[Tensor], list[Tensor]]:
+    """Eq. 4 then eq. 6 per level: ``H_mixed = lam_l H_class + (1 - lam_l) H_bbox``, ``Mask = 1[H_mixed > tau]``.
+
+    h_class, h_bbox: per level maps of one shape each (``[B,1,H_l,W_l]``); lam: one gate value per level
+    (``lambda_l = sigmoid(p_l)``, a tensor keeps its gradient) or one float for every level.
+    Returns (h_mixed per level, mask per level).
+    """
+    n = len(h_class)
+    if isinstance(lam, (int, float)):
+        lam = [float(lam)] * n
+    if len(lam) != n:
+        raise ValueError(f"{len(lam)} gate values for {n} levels")
+    mixed = [lam[l] * hc + (1 - lam[l]) * hb for l, (hc, hb) in enumerate(zip(h_class, h_bbox))]
+    return mixed, [threshold_mask(h, tau) for h in mixed]
+
+
+def remask(out, tau: float, lam: Sequence[float] | float | None = None):
+    """A :class:`~hmpe.models.heatmap.HeatmapOutput` with ``h_mixed`` and ``mask`` recomputed for another
+    threshold ``tau`` and, when given, other gate values ``lam`` (default: the output's own ``gate``).
+    ``h_class`` / ``h_bbox`` and everything else are shared with ``out``, so this costs two element-wise ops."""
+    lam = out.gate if lam is None else lam
+    if isinstance(lam, (int, float)):
+        lam = [float(lam)] * out.num_levels
+    lam_t = torch.as_tensor(lam, dtype=out.h_class[0].dtype, device=out.h_class[0].device).reshape(-1)
+    mixed, mask = mix_and_mask(out.h_class, out.h_bbox, lam_t, tau)
+    return dataclasses.replace(out, h_mixed=mixed, mask=mask, gate=lam_t)
+
+
+def object_cells(boxes_xyxy, image_wh: tuple[float, float], grid_hw: tuple[int, int]) -> np.ndarray:
+    """Cells of an ``h x w`` grid laid over a ``W x H`` image that belong to an object: the cells whose centre
+    lies inside a box, and each box's centre cell (a box smaller than a cell still owns one, as in the probe's
+    dense assignment). boxes: [N,4] xyxy in image pixels. Returns a bool [h,w] array."""
+    h, w = int(grid_hw[0]), int(grid_hw[1])
+    W, H = float(image_wh[0]), float(image_wh[1])
+    cells = np.zeros((h, w), dtype=bool)
+    boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    if not len(boxes):
+        return cells
+    sx, sy = w / W, h / H
+    cx = (np.arange(w) + 0.5)  # cell centres in grid units
+    cy = (np.arange(h) + 0.5)
+    for x1, y1, x2, y2 in boxes * np.array([sx, sy, sx, sy]):
+        rows = (cy > y1) & (cy < y2)
+        cols = (cx > x1) & (cx < x2)
+        cells |= rows[:, None] & cols[None, :]
+        ci = min(max(int((y1 + y2) / 2), 0), h - 1)
+        cj = min(max(int((x1 + x2) / 2), 0), w - 1)
+        cells[ci, cj] = True
+    return cells
+
+
+def mask_statistics(mask, objects: np.ndarray) -> dict:
+    """What a mask keeps and drops: ``background_masked`` (fraction of non-object cells with Mask = 0),
+    ``objects_hot`` (fraction of object cells with Mask = 1), ``hot`` (fraction of all cells with Mask = 1),
+    and the cell counts. A fraction is None when it has no cells to count (no objects, or no background).
+
+    mask: [h,w] (any array or tensor, hot where > 0.5); objects: bool [h,w] (:func:`object_cells`)."""
+    m = np.asarray(mask.detach().cpu() if isinstance(mask, Tensor) else mask, dtype=np.float32)
+    m = m.reshape(m.shape[-2:]) > 0.5
+    objects = np.asarray(objects, dtype=bool)
+    if objects.shape != m.shape:
+        raise ValueError(f"mask {m.shape} and object cells {objects.shape} differ in shape")
+    n_obj = int(objects.sum())
+    n_bg = int(objects.size - n_obj)
+    return {
+        "background_masked": float((~m & ~objects).sum() / n_bg) if n_bg else None,
+        "objects_hot": float((m & objects).sum() / n_obj) if n_obj else None,
+        "hot": float(m.mean()) if m.size else None,
+        "cells": int(m.size), "object_cells": n_obj, "background_cells": n_bg,
+    }

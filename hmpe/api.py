@@ -140,7 +140,7 @@ class Detector:
         from torch.utils.data import DataLoader
 
         from hmpe.data.dataset import build_dataset, collate_fn
-        from hmpe.data.formats import load_data_config
+        from hmpe.data.formats import format_note, load_data_config
         from hmpe.data.transforms import build_transforms
         from hmpe.engine.evaluator import COCOEvaluator
         from hmpe.engine.trainer import evaluate, increment_run_dir
@@ -149,7 +149,9 @@ class Detector:
         tcfg = {**default_train_config(), **self._ckpt.get("train_cfg", {}), **kwargs}
         data = data or tcfg["data"]
         split = kwargs.get("split", "val")
-        ds = build_dataset(load_data_config(data), split, transforms=build_transforms(False, tcfg["imgsz"]),
+        data_cfg = load_data_config(data)
+        print(f"hmpe val: {data} [{split}] ({format_note(data_cfg)})")
+        ds = build_dataset(data_cfg, split, transforms=build_transforms(False, tcfg["imgsz"]),
                            skip_bad=tcfg.get("skip_bad", False))
         if list(ds.names) != self.names:
             raise ValueError(f"data {data}: classes {list(ds.names)} differ from the checkpoint's {self.names}")

@@ -19,6 +19,7 @@ import numpy as np
 from hmpe.data.formats import (
     SPLIT_KEYS,
     DataError,
+    format_note,
     load_data_config,
     load_dataset,
     place_images,
@@ -89,7 +90,7 @@ def data_stats(data: str | os.PathLike | dict, splits: Sequence[str] | None = No
         counts["skipped"] = len(samples.skipped)
         per_split[split] = counts | {"skipped_reasons": [str(e) for e in samples.skipped]}
         total = _add_counts(total, counts)
-    return {"names": names, "source": cfg["_source"], "splits": per_split, "total": total}
+    return {"names": names, "source": f"{cfg['_source']} ({format_note(cfg)})", "splits": per_split, "total": total}
 
 
 def format_stats(stats: dict) -> str:

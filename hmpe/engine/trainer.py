@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from hmpe.data.dataset import build_dataset, collate_fn
-from hmpe.data.formats import load_data_config
+from hmpe.data.formats import format_note, load_data_config
 from hmpe.data.transforms import NUM_DROPPED_KEY, build_pipeline, multi_scale_sizes, resize_batch
 from hmpe.engine.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from hmpe.engine.evaluator import COCOEvaluator
@@ -197,7 +197,7 @@ class Trainer:
     def fit(self) -> dict:
         cfg = self.cfg
         self.log(f"hmpe train: {self.model_cfg.get('name', 'model')} on {cfg['data']} "
-                 f"({len(self.train_set)} train / {len(self.val_set)} val images, {self.num_classes} classes), "
+                 f"({format_note(self.data_cfg)}; {len(self.train_set)} train / {len(self.val_set)} val images, {self.num_classes} classes), "
                  f"device {self.device}, run folder {self.run_dir}")
         t_start = time.time()
         epoch = self.start_epoch

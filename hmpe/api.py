@@ -141,15 +141,16 @@ class Detector:
 
         from hmpe.data.dataset import build_dataset, collate_fn
         from hmpe.data.formats import format_note, load_data_config
+        from hmpe.engine.checkpoint import checkpoint_data_config
         from hmpe.data.transforms import build_transforms
         from hmpe.engine.evaluator import COCOEvaluator
         from hmpe.engine.trainer import evaluate, increment_run_dir
 
         model = self._ensure_model()
         tcfg = {**default_train_config(), **self._ckpt.get("train_cfg", {}), **kwargs}
-        data = data or tcfg["data"]
         split = kwargs.get("split", "val")
-        data_cfg = load_data_config(data)
+        data_cfg = load_data_config(data) if data else checkpoint_data_config(self._ckpt, self.weights)
+        data = data or data_cfg["_source"]
         print(f"hmpe val: {data} [{split}] ({format_note(data_cfg)})")
         ds = build_dataset(data_cfg, split, transforms=build_transforms(False, tcfg["imgsz"]),
                            skip_bad=tcfg.get("skip_bad", False))

@@ -63,3 +63,27 @@ def test_ultralytics_yaml_trains_and_validates_unchanged(tmp_path):
     det = Detector(weights=str(tmp_path / "runs" / "train" / "t" / "weights" / "best.pt"), device="cpu")
     val = det.val(data=str(yaml_path), project=str(tmp_path / "runs"))
     assert set(val) >= {"mAP50", "mAP50_95"}
+
+
+def test_checkpoint_finds_its_dataset_from_any_folder(tmp_path, monkeypatch):
+    import shutil
+
+    from hmpe.api import Detector
+    from hmpe.engine.trainer import Trainer
+
+    work = tmp_path / "work"
+    data_convert(tiny_data(num_train=2, num_val=2, imgsz=64), "yolo", work / "ds")
+    monkeypatch.chdir(work)  # the dataset path is typed relative to here
+    cfg = tiny_train_cfg(tmp_path, data="ds/data.yaml", epochs=1, imgsz=64, batch=2, val_interval=1)
+    Trainer(cfg, tiny_model_cfg()).fit()
+    weights = tmp_path / "runs" / "train" / "t" / "weights" / "best.pt"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert "mAP50" in Detector(weights=str(weights), device="cpu").val(project=str(tmp_path / "runs"))
+    shutil.move(work / "ds", tmp_path / "moved")
+    with pytest.raises(DataError, match=r"best.pt: the dataset it was trained on .* is no longer at .*pass data="):
+        Detector(weights=str(weights), device="cpu").val(project=str(tmp_path / "runs"))
+    moved = Detector(weights=str(weights), device="cpu").val(data=str(tmp_path / "moved" / "data.yaml"),
+                                                            project=str(tmp_path / "runs"))
+    assert "mAP50" in moved

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from hmpe.data.formats import DataError, load_data_config
+
 
 def rng_state() -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
@@ -58,3 +60,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise RuntimeError(f"checkpoint {path}: not an hmpe checkpoint (no 'model' entry)")
     return ckpt
+
+
+def checkpoint_data_config(ckpt: dict, where: str | Path | None = None) -> dict:
+    """The dataset a checkpoint was trained on, loaded (see :func:`hmpe.data.formats.load_data_config`).
+
+    Checkpoints store the dataset resolved (absolute ``path``, ``format``, ``names``), so this works
+    from any working directory. A dataset that has moved since is a :class:`DataError` naming the
+    checkpoint and the missing folder and saying to pass ``data=``. Checkpoints from before the
+    resolved copy was stored fall back to the ``data`` value as it was typed.
+    """
+    saved = ckpt.get("data_cfg")
+    if saved is None:
+        return load_data_config(ckpt.get("train_cfg", {}).get("data", "synthetic"))
+    cfg = load_data_config(saved)
+    if cfg["format"] != "synthetic" and not Path(cfg["path"]).is_dir():
+        raise DataError(where or "checkpoint", f"the dataset it was trained on ({cfg['_source']}) is no longer at "
+                                               f"{cfg['path']}; pass data=PATH/TO/data.yaml to use another copy")
+    return cfg

@@ -132,7 +132,8 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
 
         # ---- data
-        self.data_cfg = load_data_config(cfg["data"])
+        saved_data = self.resume_ckpt.get("data_cfg") if self.resume_ckpt is not None else None
+        self.data_cfg = load_data_config(saved_data or cfg["data"])
         aug = cfg.get("augment", True)
         aug_cfg = dict(aug) if isinstance(aug, dict) else {}
         if cfg.get("multi_scale"):
@@ -415,6 +416,8 @@ class Trainer:
             "model_cfg": self.model_cfg,
             "train_cfg": {k: v for k, v in self.cfg.items() if not k.startswith("_")},
             "names": self.names,
+            # resolved (absolute path, format, names), so that val/resume work from any folder
+            "data_cfg": dict(self.data_cfg),
             "rng": rng_state(),
             "hmpe_version": __import__("hmpe").__version__,
         }

@@ -197,9 +197,14 @@ class Trainer:
     # ------------------------------------------------------------------ training loop
     def fit(self) -> dict:
         cfg = self.cfg
-        self.log(f"hmpe train: {self.model_cfg.get('name', 'model')} on {cfg['data']} "
-                 f"({format_note(self.data_cfg)}; {len(self.train_set)} train / {len(self.val_set)} val images, {self.num_classes} classes), "
+        self.log(f"hmpe train: {self.model_cfg.get('name', 'model')} on {cfg['data']} ({format_note(self.data_cfg)}; "
+                 f"{len(self.train_set)} train / {len(self.val_set)} val images, {self.num_classes} classes), "
                  f"device {self.device}, run folder {self.run_dir}")
+        if self.resume_ckpt is not None and self.start_epoch >= self.epochs:
+            self.log(f"nothing to resume: {self.run_dir} already completed all {self.epochs} epochs; "
+                     f"pass epochs=N (N > {self.epochs}) with resume= to train on")
+            self.metrics = dict(self.resume_ckpt.get("metrics") or {})
+            return self.metrics
         t_start = time.time()
         epoch = self.start_epoch
         while epoch < self.epochs:

@@ -264,8 +264,8 @@ class Detector:
                 save: bool = True, out: str | Path | None = None, project: str = "runs", name: str | None = None,
                 dpi: int = 100) -> list[dict]:
         """Heatmap figures (the paper's Figures 1 and 6): one PNG per image of ``source`` with the input and
-        its predicted boxes (score >= ``conf``), then ``H_class``, ``H_bbox``, ``H_mixed``, ``Mask`` and the
-        masked-PE magnitude ``|PE'|``, each upsampled to the image and with a colour bar.
+        its predicted boxes (score >= ``conf``), then ``H_class``, ``H_bbox``, ``H_mixed``, ``Mask`` (a legend and
+        the masked fraction) and one channel of the masked PE, each upsampled to the image (see hmpe.viz.heatmap).
 
         level: 0 (stride 8, default), 1, 2, or ``"max"`` (per-pixel max over the levels). Figures go to
         ``out`` or ``<project>/heatmap/<name>`` (exp, exp2, ...). Returns one dict per image: ``path``,

@@ -76,7 +76,7 @@ def cmd_predict(argv: list[str]) -> int:
 
 
 def cmd_heatmap(argv: list[str]) -> int:
-    """One heatmap figure (input + boxes, H_class, H_bbox, H_mixed, Mask, |PE'|) per image of SOURCE."""
+    """One heatmap figure (input + boxes, H_class, H_bbox, H_mixed, Mask, PE') per image of SOURCE."""
     from hmpe.api import Detector
 
     source, weights, args = _source_and_weights(

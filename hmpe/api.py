@@ -160,16 +160,19 @@ class Detector:
         from torch.utils.data import DataLoader
 
         from hmpe.data.dataset import build_dataset, collate_fn
-        from hmpe.data.formats import load_data_config
+        from hmpe.data.formats import format_note, load_data_config
+        from hmpe.engine.checkpoint import checkpoint_data_config
         from hmpe.data.transforms import build_transforms
         from hmpe.engine.evaluator import COCOEvaluator
         from hmpe.engine.trainer import evaluate, increment_run_dir
 
         model = self._ensure_model()
         tcfg = {**default_train_config(), **self._ckpt.get("train_cfg", {}), **kwargs}
-        data = data or tcfg["data"]
         split = kwargs.get("split", "val")
-        ds = build_dataset(load_data_config(data), split, transforms=build_transforms(False, tcfg["imgsz"]),
+        data_cfg = load_data_config(data) if data else checkpoint_data_config(self._ckpt, self.weights)
+        data = data or data_cfg["_source"]
+        print(f"hmpe val: {data} [{split}] ({format_note(data_cfg)})")
+        ds = build_dataset(data_cfg, split, transforms=build_transforms(False, tcfg["imgsz"]),
                            skip_bad=tcfg.get("skip_bad", False))
         if list(ds.names) != self.names:
             raise ValueError(f"data {data}: classes {list(ds.names)} differ from the checkpoint's {self.names}")
@@ -286,8 +289,8 @@ class Detector:
                 save: bool = True, out: str | Path | None = None, project: str = "runs", name: str | None = None,
                 dpi: int = 100) -> list[dict]:
         """Heatmap figures (the paper's Figures 1 and 6): one PNG per image of ``source`` with the input and
-        its predicted boxes (score >= ``conf``), then ``H_class``, ``H_bbox``, ``H_mixed``, ``Mask`` and the
-        masked-PE magnitude ``|PE'|``, each upsampled to the image and with a colour bar.
+        its predicted boxes (score >= ``conf``), then ``H_class``, ``H_bbox``, ``H_mixed``, ``Mask`` (a legend and
+        the masked fraction) and one channel of the masked PE, each upsampled to the image (see hmpe.viz.heatmap).
 
         level: 0 (stride 8, default), 1, 2, or ``"max"`` (per-pixel max over the levels). Figures go to
         ``out`` or ``<project>/heatmap/<name>`` (exp, exp2, ...). Returns one dict per image: ``path``,

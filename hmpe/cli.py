@@ -78,7 +78,7 @@ def cmd_predict(argv: list[str]) -> int:
 
 
 def cmd_heatmap(argv: list[str]) -> int:
-    """One heatmap figure (input + boxes, H_class, H_bbox, H_mixed, Mask, |PE'|) per image of SOURCE."""
+    """One heatmap figure (input + boxes, H_class, H_bbox, H_mixed, Mask, PE') per image of SOURCE."""
     from hmpe.api import Detector
 
     source, weights, args = _source_and_weights(
@@ -136,12 +136,21 @@ def cmd_export(argv: list[str]) -> int:
 
 
 def cmd_cfg(argv: list[str]) -> int:
+    """``hmpe cfg``: the training defaults as written (comments kept); ``hmpe cfg model=NAME``: that model."""
     import yaml
 
-    from hmpe.utils.config import default_train_config, model_presets
+    from hmpe.utils.config import CONFIG_DIR, load_model_config, model_presets, parse_overrides
 
-    print(yaml.safe_dump(default_train_config(), sort_keys=False))
-    print("model presets:", ", ".join(model_presets()))
+    args = parse_overrides(argv)
+    unknown = sorted(set(args) - {"model"})
+    if unknown:
+        raise ValueError(f"unknown argument(s) {', '.join(unknown)}; hmpe cfg takes only model=NAME_OR_YAML")
+    if "model" in args:
+        print(f"# model config {args['model']} (as build_model receives it; dotted keys override it)")
+        print(yaml.safe_dump(load_model_config(args["model"]), sort_keys=False))
+    else:
+        print((CONFIG_DIR / "default.yaml").read_text(encoding="utf-8"))
+    print("model presets:", ", ".join(model_presets()), "(hmpe cfg model=NAME shows one)")
     return 0
 
 
@@ -199,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
+        return 0
+    if argv[0] in ("-V", "--version", "version"):
+        from hmpe import __version__
+
+        print(f"hmpe {__version__}")
         return 0
     task, rest = argv[0], argv[1:]
     if task not in COMMANDS:

@@ -159,3 +159,13 @@ def test_main_data_cli(tmp_path, capsys):
     assert "skipped in val:" in out and "002.txt:1" in out
     with pytest.raises(SystemExit):
         main_data(["convert", str(source_yaml), str(tmp_path / "x")])  # --to is required
+
+
+def test_main_data_takes_key_value_like_every_task(tmp_path, capsys):
+    source_yaml = make_nwpu(tmp_path / "src")
+    assert main_data(["convert", f"out={tmp_path / 'kv'}", str(source_yaml), "to=yolo", "splits=[train]"]) == 0
+    assert load_data_config(tmp_path / "kv" / "data.yaml")["format"] == "yolo"
+    assert not (tmp_path / "kv" / "labels" / "val").exists()  # only the split asked for
+    assert main_data(["stats", str(source_yaml), "skip_bad=true", "splits=[val]"]) == 0
+    out = capsys.readouterr().out
+    assert "val" in out and "train" not in out.split("\n")[1]

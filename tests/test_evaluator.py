@@ -13,7 +13,7 @@ from pycocotools.cocoeval import COCOeval
 
 from hmpe.data.types import Sample
 from hmpe.engine.evaluator import COCO_STAT_NAMES, COCOEvaluator, coco_match_image
-from hmpe.viz.plots import plot_results_csv
+from hmpe.viz.plots import plot_results_csv, results_figure
 
 NAMES = ["plane", "ship", "car"]
 
@@ -365,3 +365,14 @@ def test_plot_results_csv(tmp_path):
     )
     out = plot_results_csv(csv_path, tmp_path / "results.png")
     assert out.exists() and out.stat().st_size > 1000
+
+
+def test_results_figure_skips_undefined_metrics_and_uses_whole_epochs(tmp_path):
+    csv_path = tmp_path / "results.csv"
+    csv_path.write_text("epoch,val/mAP50,val/AP_large\n1,0.1,-1\n2,0.2,-1\n3,0.25,-1\n")
+    fig = results_figure(csv_path)
+    axes = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in axes] == ["val/mAP50"]  # AP_large is COCO's -1 "undefined" throughout
+    fig.canvas.draw()
+    ticks = [t for t in axes[0].get_xticks() if axes[0].get_xlim()[0] <= t <= axes[0].get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks

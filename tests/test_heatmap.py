@@ -24,7 +24,7 @@ from hmpe.models.heatmap import (
     probe_loss,
 )
 from hmpe.models.position import sincos_2d, sincos_2d_additive
-from hmpe.viz.heatmap import heatmap_maps, render_heatmap_figure, render_heatmap_output
+from hmpe.viz.heatmap import heatmap_maps, render_heatmap_figure, render_heatmap_output, visible_row_channel
 
 SIZES = [(8, 12), (4, 6), (2, 3)]  # a 64 x 96 input at strides 8, 16, 32
 
@@ -290,7 +290,7 @@ def test_memory_flat_over_many_calls():
 # --------------------------------------------------------------------------------------------------
 # heatbar figure
 # --------------------------------------------------------------------------------------------------
-def _colourbar_count(rgb: np.ndarray, cmap: str = "jet") -> int:
+def _colourbar_count(rgb: np.ndarray, cmap: str = "viridis") -> int:
     """Number of colour bars: vertical runs of pixels that go through the colour map from its top
     (max) to its bottom (min), counted per group of adjacent columns."""
     from matplotlib import colormaps
@@ -327,7 +327,7 @@ def test_heatmap_figure_aspect_and_colourbar(tmp_path):
     image[..., 0] = image[..., 2] = 255
     rng = np.random.default_rng(0)
     maps = {"H_class": rng.random((8, 15)), "H_bbox": rng.random((8, 15)), "H_mixed": rng.random((8, 15)),
-            "Mask": (rng.random((8, 15)) > 0.5).astype(np.float32), "|PE'|": rng.random((8, 15)) * 8}
+            "Mask": (rng.random((8, 15)) > 0.5).astype(np.float32), "PE' ch.3": rng.random((8, 15)) * 2 - 1}
     png = tmp_path / "fig.png"
     rgb = render_heatmap_figure(image, [[30, 15, 60, 40]], [1], ["a", "b"], maps, png)
     assert png.is_file() and rgb.dtype == np.uint8 and rgb.ndim == 3
@@ -335,7 +335,18 @@ def test_heatmap_figure_aspect_and_colourbar(tmp_path):
     ys, xs = np.nonzero(magenta)
     aspect = (xs.max() - xs.min() + 1) / (ys.max() - ys.min() + 1)
     assert abs(aspect - 2.0) < 0.05, aspect
-    assert _colourbar_count(rgb) == len(maps)
+    assert _colourbar_count(rgb) == len(maps) - 1  # the binary mask gets a two-entry legend, not a bar
+
+
+def test_heatmap_figure_mask_panel_states_masked_fraction(monkeypatch):
+    import hmpe.viz.heatmap as vh
+
+    mask = np.zeros((4, 4), np.float32)
+    mask[:1] = 1  # 12 of 16 cells masked
+    titles = []
+    monkeypatch.setattr(vh, "_mask_panel", lambda ax, legend_ax, up, cmap, alpha: titles.append(ax.get_title()))
+    vh.render_heatmap_figure(np.zeros((32, 32, 3), np.uint8), [], [], [], {"Mask": mask})
+    assert titles == ["Mask (75% masked)"] and vh.masked_fraction(mask) == 0.75
 
 
 def test_heatmap_output_figure(tmp_path):
@@ -344,11 +355,14 @@ def test_heatmap_output_figure(tmp_path):
         out = m(_feats())
     for level in (0, "max"):
         maps = heatmap_maps(out, index=1, level=level)
-        assert list(maps) == ["H_class", "H_bbox", "H_mixed", "Mask", "|PE'|"]
+        k = visible_row_channel(16, SIZES[0][0])
+        assert list(maps) == ["H_class", "H_bbox", "H_mixed", "Mask", f"PE' ch.{k}"]
         assert all(v.shape == SIZES[0] for v in maps.values())
-        mask = maps["Mask"]
-        np.testing.assert_allclose(maps["|PE'|"][mask == 0], 0)
-        np.testing.assert_allclose(maps["|PE'|"][mask == 1], np.sqrt(16 / 2), rtol=1e-5)  # |sin-cos| = sqrt(D/2)
+        mask, pe = out.mask[0][1, 0].numpy(), maps[f"PE' ch.{k}"]  # the PE panel is the finest level's
+        np.testing.assert_allclose(pe[mask == 0], 0)
+        rows = np.broadcast_to(np.arange(SIZES[0][0])[:, None], SIZES[0]).astype(np.float32)
+        wave = np.sin(rows * 10000.0 ** (-k / 4))  # channel k of sincos_2d: sin(row * w_k), F = 16 // 4
+        np.testing.assert_allclose(pe[mask == 1], wave[mask == 1], atol=1e-5)
     image = np.full((64, 96, 3), 128, np.uint8)
     rgb = render_heatmap_output(image, [[10, 10, 30, 30]], [0], ["a"] * 5, out, index=0,
                                 out_png=tmp_path / "o.png")

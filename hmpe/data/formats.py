@@ -41,6 +41,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from hmpe.data.detect_format import detect_format
 from hmpe.data.types import Sample
 
 LOG = logging.getLogger("hmpe.data")
@@ -233,15 +234,26 @@ def load_data_config(path_or_name: str | os.PathLike | dict, overrides: dict | N
     for key, value in (overrides or {}).items():
         cfg[key] = str(Path(value).expanduser().resolve()) if key == "path" else value
     cfg["_source"] = source
-    fmt = str(cfg.get("format", "")).lower()
+    fmt = str(cfg.get("format") or "").lower()
+    if fmt != "synthetic":
+        root = _expand_env(str(cfg.get("path") or "."), source)
+        cfg["path"] = str((base / Path(root).expanduser()).resolve())
+    if not fmt:
+        fmt, reason = detect_format(Path(cfg["path"]), cfg)
+        if fmt is None:
+            raise DataError(source, f"no `format` given and none recognised: {reason}; add format: "
+                                    f"{' | '.join(FORMATS[:-1])}")  # fmt: skip
+        cfg["_format_note"] = f"format {fmt}, detected from {reason}"
     if fmt not in FORMATS:
         raise DataError(source, f"format must be one of {FORMATS}, got {cfg.get('format')!r}")
     cfg["format"] = fmt
-    if fmt != "synthetic":
-        root = _expand_env(str(cfg.get("path", ".")), source)
-        cfg["path"] = str((base / Path(root).expanduser()).resolve())
     cfg["names"] = normalise_names(cfg.get("names"), source)
     return cfg
+
+
+def format_note(cfg: dict) -> str:
+    """``"format yolo, detected from ..."`` or ``"format nwpu"``: how the dataset is being read."""
+    return cfg.get("_format_note") or f"format {cfg['format']}"
 
 
 def _read_yaml(path: Path) -> dict:

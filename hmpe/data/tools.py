@@ -19,6 +19,7 @@ import numpy as np
 from hmpe.data.formats import (
     SPLIT_KEYS,
     DataError,
+    format_note,
     load_data_config,
     load_dataset,
     place_images,
@@ -89,7 +90,7 @@ def data_stats(data: str | os.PathLike | dict, splits: Sequence[str] | None = No
         counts["skipped"] = len(samples.skipped)
         per_split[split] = counts | {"skipped_reasons": [str(e) for e in samples.skipped]}
         total = _add_counts(total, counts)
-    return {"names": names, "source": cfg["_source"], "splits": per_split, "total": total}
+    return {"names": names, "source": f"{cfg['_source']} ({format_note(cfg)})", "splits": per_split, "total": total}
 
 
 def format_stats(stats: dict) -> str:
@@ -168,8 +169,40 @@ def _image_loader_for(cfg: dict, split: str):
     return SyntheticDataset.from_config(cfg, split).render_sample
 
 
+#: key=value spellings of the flags, so `hmpe data` takes the argument style of every other task.
+_DATA_KEYS = {"to": "--to", "out": None, "splits": "--splits", "skip_bad": "--skip-bad", "copy_images": "--copy-images"}
+
+
+def _flags_from_keys(argv: list[str]) -> list[str]:
+    """``convert DATA to=coco out=DIR splits=[train,val] skip_bad=true`` -> argparse's flag form.
+
+    Flags are passed through unchanged (they remain accepted as aliases). An unknown key is left as it
+    is, so argparse reports it with the usage line.
+    """
+    import yaml
+
+    passed, positional, flags = [], [], []  # generated flags go last: `--splits a b` must not swallow OUT
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key.startswith("-") or key not in _DATA_KEYS:
+            passed.append(arg)
+            continue
+        flag = _DATA_KEYS[key]
+        parsed = yaml.safe_load(value) if value else None
+        if flag is None:
+            positional.append(value)
+        elif isinstance(parsed, bool):
+            flags += [flag] if parsed else []
+        elif isinstance(parsed, list):
+            flags += [flag, *(str(v) for v in parsed)]
+        else:
+            flags += [flag, value]
+    return passed + positional + flags
+
+
 def main_data(argv: Sequence[str]) -> int:
-    """``hmpe data stats DATA [--skip-bad]`` / ``hmpe data convert DATA --to coco|yolo OUT``.
+    """``hmpe data stats DATA [skip_bad=true splits=[train]]`` / ``hmpe data convert DATA to=coco|yolo out=OUT``
+    (the flag forms ``--skip-bad``, ``--to coco OUT`` are aliases).
 
     Returns the process exit status: 0 on success, 1 on bad data (message on stderr naming the file).
     """
@@ -186,7 +219,7 @@ def main_data(argv: Sequence[str]) -> int:
     convert.add_argument("--splits", nargs="+", help="splits to convert (default: all defined)")
     convert.add_argument("--skip-bad", action="store_true", help="skip bad samples and count them")
     convert.add_argument("--copy-images", action="store_true", help="copy images instead of symlinking")
-    args = parser.parse_args(list(argv))
+    args = parser.parse_args(_flags_from_keys(list(argv)))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         if args.command == "stats":

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from hmpe.data.formats import DataError, load_data_config
+
 
 def rng_state() -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
@@ -88,7 +90,8 @@ def save_pretrained(ckpt: dict, out_dir: str | Path) -> Path:
     save_file({k: v.detach().cpu().clone().contiguous() for k, v in state.items()}, str(out / PRETRAINED_WEIGHTS),
               metadata={"format": "pt"})
     config = {"format": PRETRAINED_FORMAT, "hmpe_version": ckpt.get("hmpe_version"), "names": list(ckpt["names"]),
-              "model_cfg": ckpt["model_cfg"], "train_cfg": ckpt.get("train_cfg") or {}}
+              "model_cfg": ckpt["model_cfg"], "train_cfg": ckpt.get("train_cfg") or {},
+              "data_cfg": ckpt.get("data_cfg")}
     (out / PRETRAINED_CONFIG).write_text(json.dumps(config, indent=1, default=str), encoding="utf-8")
     return out
 
@@ -112,4 +115,23 @@ def load_pretrained_dir(path: str | Path) -> dict:
     if config.get("format") != PRETRAINED_FORMAT:
         raise RuntimeError(f"{cfg_file}: not an hmpe config.json (format {config.get('format')!r})")
     return {"model": state, "ema": None, "model_cfg": config["model_cfg"], "names": config["names"],
-            "train_cfg": config.get("train_cfg") or {}, "hmpe_version": config.get("hmpe_version")}
+            "train_cfg": config.get("train_cfg") or {}, "data_cfg": config.get("data_cfg"),
+            "hmpe_version": config.get("hmpe_version")}
+
+
+def checkpoint_data_config(ckpt: dict, where: str | Path | None = None) -> dict:
+    """The dataset a checkpoint was trained on, loaded (see :func:`hmpe.data.formats.load_data_config`).
+
+    Checkpoints store the dataset resolved (absolute ``path``, ``format``, ``names``), so this works
+    from any working directory. A dataset that has moved since is a :class:`DataError` naming the
+    checkpoint and the missing folder and saying to pass ``data=``. Checkpoints from before the
+    resolved copy was stored fall back to the ``data`` value as it was typed.
+    """
+    saved = ckpt.get("data_cfg")
+    if saved is None:
+        return load_data_config(ckpt.get("train_cfg", {}).get("data", "synthetic"))
+    cfg = load_data_config(saved)
+    if cfg["format"] != "synthetic" and not Path(cfg["path"]).is_dir():
+        raise DataError(where or "checkpoint", f"the dataset it was trained on ({cfg['_source']}) is no longer at "
+                                               f"{cfg['path']}; pass data=PATH/TO/data.yaml to use another copy")
+    return cfg

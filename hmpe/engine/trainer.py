@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from hmpe.data.dataset import build_dataset, collate_fn
-from hmpe.data.formats import load_data_config
+from hmpe.data.formats import format_note, load_data_config
 from hmpe.data.transforms import NUM_DROPPED_KEY, build_pipeline, multi_scale_sizes, resize_batch
 from hmpe.engine.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from hmpe.engine.evaluator import COCOEvaluator
@@ -134,7 +134,8 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
 
         # ---- data
-        self.data_cfg = load_data_config(cfg["data"])
+        saved_data = self.resume_ckpt.get("data_cfg") if self.resume_ckpt is not None else None
+        self.data_cfg = load_data_config(saved_data or cfg["data"])
         aug = cfg.get("augment", True)
         aug_cfg = dict(aug) if isinstance(aug, dict) else {}
         if cfg.get("multi_scale"):
@@ -198,9 +199,14 @@ class Trainer:
     # ------------------------------------------------------------------ training loop
     def fit(self) -> dict:
         cfg = self.cfg
-        self.log(f"hmpe train: {self.model_cfg.get('name', 'model')} on {cfg['data']} "
-                 f"({len(self.train_set)} train / {len(self.val_set)} val images, {self.num_classes} classes), "
+        self.log(f"hmpe train: {self.model_cfg.get('name', 'model')} on {cfg['data']} ({format_note(self.data_cfg)}; "
+                 f"{len(self.train_set)} train / {len(self.val_set)} val images, {self.num_classes} classes), "
                  f"device {self.device}, run folder {self.run_dir}")
+        if self.resume_ckpt is not None and self.start_epoch >= self.epochs:
+            self.log(f"nothing to resume: {self.run_dir} already completed all {self.epochs} epochs; "
+                     f"pass epochs=N (N > {self.epochs}) with resume= to train on")
+            self.metrics = dict(self.resume_ckpt.get("metrics") or {})
+            return self.metrics
         t_start = time.time()
         epoch = self.start_epoch
         while epoch < self.epochs:
@@ -417,6 +423,8 @@ class Trainer:
             "model_cfg": self.model_cfg,
             "train_cfg": {k: v for k, v in self.cfg.items() if not k.startswith("_")},
             "names": self.names,
+            # resolved (absolute path, format, names), so that val/resume work from any folder
+            "data_cfg": dict(self.data_cfg),
             "rng": rng_state(),
             "hmpe_version": __import__("hmpe").__version__,
         }

@@ -236,7 +236,7 @@ class ExploreSession:
             if not 0 <= int(cls) < len(self.names):
                 raise ValueError(f"cls={cls}: expected a class index 0..{len(self.names) - 1}")
             out = dataclasses.replace(out, h_class=self._class_map(e, int(cls)))
-        maps = heatmap_maps(out, 0, level)
+        maps = heatmap_maps(out, 0, level, pe="norm")
         conf = self.conf if conf is None else float(conf)
         objects = object_cells(self.object_boxes(index, conf), (e["width"], e["height"]), maps["Mask"].shape)
         return maps, mask_statistics(maps["Mask"], objects)

@@ -1,4 +1,4 @@
-"""Heatmap-embedding figures with a colour bar, the paper's "heatbar" (Figures 1 and 6; DESIGN sec. 7).
+"""Heatmap-embedding figures with a colour bar, the paper's "heatbar" (Figures 1 and 6).
 
 Headless: the figure is built on matplotlib's Agg canvas directly (no pyplot, no GUI, no global figure
 state), so rendering many images keeps memory flat.
@@ -17,12 +17,12 @@ import torch.nn.functional as Fn
 
 from hmpe.viz.draw import class_colour
 
-__all__ = ["render_heatmap_figure", "heatmap_maps", "render_heatmap_output", "upsample_map", "detector_heatmaps",
-           "tensor_to_uint8", "fit_for_display", "map_range", "colourise"]
+__all__ = ["render_heatmap_figure", "heatmap_maps", "masked_fraction", "visible_row_channel", "render_heatmap_output",
+           "upsample_map", "detector_heatmaps", "tensor_to_uint8", "fit_for_display", "map_range", "colourise"]
 
-# Per-cell maps are upsampled with nearest neighbour (the mask, and |PE'| = Mask * |PE|, which bilinear
+# Per-cell maps are upsampled with nearest neighbour (the mask and the masked PE, which bilinear
 # interpolation would smear into rings around cold cells); the heatmaps bilinear.
-NEAREST_KEYS = ("mask", "|pe")
+NEAREST_KEYS = ("mask", "pe'")
 
 
 def upsample_map(m: np.ndarray | torch.Tensor, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
@@ -45,7 +45,7 @@ def render_heatmap_figure(
     out_png: str | Path | None = None,
     *,
     ncols: int = 3,
-    cmap: str = "jet",
+    cmap: str = "viridis",
     alpha: float = 0.5,
     panel_width: float = 4.0,
     dpi: int = 100,
@@ -58,7 +58,9 @@ def render_heatmap_figure(
     names; maps: name -> [h,w] array (e.g. H_class, H_bbox, H_mixed, Mask, |PE'|) at any resolution.
     Colour range per map: ``ranges[name]`` if given, [0,1] when the map lies in [0,1], else [min,max].
     Panels keep the image's aspect ratio; each overlay panel has its own colour bar of the panel's
-    height. Writes ``out_png`` when given and returns the rendered figure as an RGB uint8 array.
+    height, except binary maps (a name containing "mask"), which get a two-entry legend (masked / kept)
+    and the fraction of masked cells in their title. The colour map defaults to viridis (perceptually
+    uniform, readable with colour-vision deficiency); box labels are clipped to the input panel. Writes ``out_png`` when given and returns the rendered figure as an RGB uint8 array.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable
@@ -99,11 +101,15 @@ def render_heatmap_figure(
         x1, y1, x2, y2 = (float(v) for v in b)
         axes[0].add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=col, linewidth=1.5))
         text = names[int(c)] if int(c) < len(names) else str(int(c))
-        axes[0].text(x1, y1, text, fontsize=7, color="black", va="bottom",
-                     bbox=dict(facecolor=col, edgecolor="none", pad=1.0))
+        above = y1 > 0.04 * H  # a label above a box at the top edge would cover the panel title
+        axes[0].text(x1, y1 if above else y1 + 1, text, fontsize=7, color="black", va="bottom" if above else "top",
+                     bbox=dict(facecolor=col, edgecolor="none", pad=1.0), clip_on=True)
     for ax, (name, m) in zip(axes[1:], maps.items()):
         m = np.asarray(m, dtype=np.float32)
         up = upsample_map(m, (H, W), nearest=any(k in name.lower() for k in NEAREST_KEYS))
+        if "mask" in name.lower():
+            _mask_panel(ax, panel(ax, f"{name} ({masked_fraction(m):.0%} masked)"), up, cmap, alpha)
+            continue
         lo, hi = ranges[name] if ranges and name in ranges else map_range(m)
         norm = Normalize(vmin=lo, vmax=hi)
         cax = panel(ax, name)
@@ -129,7 +135,7 @@ def map_range(m: np.ndarray) -> tuple[float, float]:
     return lo, (hi if hi > lo else lo + 1.0)
 
 
-def colourise(m: np.ndarray, lo: float, hi: float, cmap: str = "jet") -> np.ndarray:
+def colourise(m: np.ndarray, lo: float, hi: float, cmap: str = "viridis") -> np.ndarray:
     """A [H,W] map -> HxWx3 uint8 through ``cmap`` over [lo,hi] (256 levels, the colours of the figure's bars)."""
     idx = np.clip((np.asarray(m, dtype=np.float32) - lo) * (255.0 / (hi - lo)), 0, 255)
     return _lut(cmap)[np.rint(idx, out=idx).astype(np.uint8)]
@@ -142,20 +148,44 @@ def _lut(cmap: str) -> np.ndarray:
     return (colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
 
 
+def masked_fraction(mask: np.ndarray) -> float:
+    """Fraction of cells a binary mask sets to zero (eq. 6: those cells lose their position encoding)."""
+    mask = np.asarray(mask)
+    return float((mask < 0.5).mean()) if mask.size else 0.0
+
+
+def _mask_panel(ax, legend_ax, up: np.ndarray, cmap: str, alpha: float) -> None:
+    """A binary map: two colours of ``cmap`` and a legend naming them, not a continuous colour bar."""
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    cold, hot = colormaps[cmap](0.0), colormaps[cmap](1.0)
+    ax.imshow((up >= 0.5).astype(np.float32), cmap=ListedColormap([cold, hot]), vmin=0, vmax=1, alpha=alpha,
+              interpolation="nearest")
+    legend_ax.set_axis_off()
+    ax.legend(handles=[Patch(color=cold, label="masked (0)"), Patch(color=hot, label="kept (1)")],
+              loc="lower right", fontsize=6, framealpha=0.8)
+
+
 def _to_np(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy()
 
 
 @torch.no_grad()
-def heatmap_maps(out, index: int = 0, level: int | str = 0, pe_magnitude: bool = True) -> dict[str, np.ndarray]:
+def heatmap_maps(out, index: int = 0, level: int | str = 0, pe: str | None = "channel") -> dict[str, np.ndarray]:
     """Assemble the figure's maps for image ``index`` of a :class:`~hmpe.models.heatmap.HeatmapOutput`.
 
     level: an int shows that level's maps; the default 0 is the stride-8 level, the finest grid and the
     one where small objects live (its map is computed from stride-8 features, and larger objects show
     on it too). ``"max"`` shows the per-pixel max over the levels, each upsampled (bilinear; Mask
-    and |PE'| nearest) to the stride-8 grid -- sharper objects from S3, blurrier ones from S4/S5.
-    Returns ``{"H_class", "H_bbox", "H_mixed", "Mask", "|PE'|"}`` as [h,w] float arrays; ``|PE'|`` is the
-    L2 norm over channels of the masked position encoding (eq. 7) -- omitted with ``pe_magnitude=False``.
+    and PE' nearest) to the stride-8 grid -- sharper objects from S3, blurrier ones from S4/S5.
+    Returns ``{"H_class", "H_bbox", "H_mixed", "Mask", PE'}`` as [h,w] float arrays. The PE' map:
+    ``pe="channel"`` (the figures' default) gives ``"PE' ch.k"``, one channel of the masked position
+    encoding (eq. 7) at the finest level shown: the row wave whose period is about a third of the map
+    height, so the figure shows the position signal attention receives and where the mask removed it;
+    ``pe="norm"`` gives ``"|PE'|"``, the L2 norm over channels (for a binary mask, the mask times
+    ``sqrt(D/2)``: the explorer shows it per level); ``pe=None`` omits it.
     """
     L = out.num_levels
     levels = list(range(L)) if level == "max" else [int(level)]
@@ -177,14 +207,33 @@ def heatmap_maps(out, index: int = 0, level: int | str = 0, pe_magnitude: bool =
         "H_mixed": pick(out.h_mixed),
         "Mask": pick(out.mask, nearest=True),
     }
-    if pe_magnitude:
-        mags = {}
+    if pe:
+        pe_maps: dict[int, torch.Tensor] = {}
         for l in levels:  # only the levels shown: the encoding of a grid is not free
             h, w = out.mask[l].shape[-2:]
-            pe = out.masked_pe(l)[index]  # [h*w, D]
-            mags[l] = pe.float().norm(dim=-1).reshape(1, 1, h, w)
-        maps["|PE'|"] = pick(mags, nearest=True, i=0)  # per cell, like the mask
+            pe_maps[l] = out.masked_pe(l)[index].float()  # [h*w, D]
+        if pe == "norm":
+            mags = {l: v.norm(dim=-1).reshape(1, 1, *out.mask[l].shape[-2:]) for l, v in pe_maps.items()}
+            maps["|PE'|"] = pick(mags, nearest=True, i=0)  # per cell, like the mask
+        else:
+            l = levels[0]
+            h, w = out.mask[l].shape[-2:]
+            k = visible_row_channel(pe_maps[l].shape[-1], h, out.temperature, out.pe_mode)
+            maps[f"PE' ch.{k}"] = _to_np(pe_maps[l][:, k].reshape(h, w))
     return maps
+
+
+def visible_row_channel(dim: int, height: int, temperature: float = 10000.0, mode: str = "rtdetr") -> int:
+    """The row-wave channel of the position encoding whose period is closest to ``height / 3`` cells.
+
+    Channel f (f < F) has period ``2 pi T^(f/F)`` along the rows, with F = dim // 4 for
+    :func:`hmpe.models.position.sincos_2d` (``mode="rtdetr"``) and dim // 2 for
+    :func:`~hmpe.models.position.sincos_2d_additive` (``"paper"``).
+    """
+    n_freq = max(1, dim // 4 if mode == "rtdetr" else dim // 2)
+    target = max(height / 3.0, 2 * math.pi)
+    f = round(n_freq * math.log(target / (2 * math.pi)) / math.log(temperature))
+    return int(min(max(f, 0), n_freq - 1))
 
 
 def render_heatmap_output(image: np.ndarray, boxes, labels, names: Sequence[str], out, index: int = 0,

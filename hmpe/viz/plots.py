@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 __all__ = [
     "plot_pr_curve",
     "plot_metric_curve",
     "plot_confusion_matrix",
     "plot_results_csv",
+    "results_figure",
     "read_results_csv",
 ]
 
@@ -189,12 +191,19 @@ def read_results_csv(csv_path: str | Path) -> dict[str, np.ndarray]:
 
 
 def plot_results_csv(csv_path: str | Path, out_png: str | Path, x_column: str = "epoch") -> Path:
+    """Save :func:`results_figure` of ``csv_path`` to ``out_png``."""
+    return _save(results_figure(csv_path, x_column), out_png)
+
+
+def results_figure(csv_path: str | Path, x_column: str = "epoch") -> Figure:
     """Training curves: one subplot per column of ``csv_path`` against its ``epoch`` column.
 
-    Columns that hold no numbers at all (e.g. a text note) are skipped. When there is no
+    Columns that hold no numbers at all (e.g. a text note) or only COCO's -1 "undefined" are skipped. When there is no
     ``epoch`` column the row index is used.
     """
     data = read_results_csv(csv_path)
+    # COCO writes -1 for a metric it cannot define (AP_large with no large objects): not a value to plot
+    data = {k: np.where(v == -1.0, np.nan, v) for k, v in data.items()}
     x = data.pop(x_column, None)
     columns = [k for k, v in data.items() if k and np.isfinite(v).any()]
     if x is None:
@@ -207,7 +216,7 @@ def plot_results_csv(csv_path: str | Path, out_png: str | Path, x_column: str = 
         ax = fig.add_subplot()
         ax.text(0.5, 0.5, "no numeric columns", ha="center", va="center")
         ax.set_axis_off()
-        return _save(fig, out_png)
+        return fig
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, name in zip(axes, columns):
         y = data[name]
@@ -216,7 +225,8 @@ def plot_results_csv(csv_path: str | Path, out_png: str | Path, x_column: str = 
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(x_column if x_column else "row", fontsize=8)
         ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
     for ax in axes[len(columns) :]:
         ax.set_axis_off()
-    return _save(fig, out_png)
+    return fig

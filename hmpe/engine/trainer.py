@@ -60,10 +60,13 @@ def increment_run_dir(project: str | Path, task: str, name: str | None, exist_ok
 
 
 def amp_dtype(spec, device: torch.device):
-    """None (fp32), torch.bfloat16 or torch.float16. AMP only on CUDA; bf16 by default there."""
-    if device.type != "cuda" or spec in (False, None, "false", "off"):
+    """None (fp32), torch.bfloat16 or torch.float16. ``auto``: bf16 on CUDA, fp32 on the CPU; ``bf16`` and
+    ``fp16`` autocast on any device (the CPU through torch's CPU autocast, slow but the same code paths)."""
+    if spec in (False, None, "false", "off"):
         return None
-    if spec in ("auto", True, "bf16"):
+    if spec in ("auto", True):
+        return torch.bfloat16 if device.type == "cuda" else None
+    if spec == "bf16":
         return torch.bfloat16
     if spec == "fp16":
         return torch.float16
@@ -78,13 +81,21 @@ def to_device(targets: list[dict], device: torch.device) -> list[dict]:
     return [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
 
 
-def loss_groups(loss_dict: dict[str, torch.Tensor]) -> dict[str, float]:
+def loss_groups(loss_dict: dict[str, float]) -> dict[str, float]:
     """Sum weighted loss terms by kind (vfl, bbox, giou, probe...) across layers/encoder/denoising."""
     out: dict[str, float] = {}
     for k, v in loss_dict.items():
         kind = k.split("_aux")[0].split("_enc")[0].split("_dn")[0]
-        out[kind] = out.get(kind, 0.0) + float(v.detach())
+        out[kind] = out.get(kind, 0.0) + float(v)
     return out
+
+
+def losses_to_host(loss: torch.Tensor, loss_dict: dict[str, torch.Tensor]) -> tuple[float, dict[str, float]]:
+    """The total and every term as Python floats with ONE device-to-host copy (one sync per step on CUDA,
+    instead of one per term), for the finiteness check and the log."""
+    vals = torch.stack([loss.detach().float(), *(v.detach().float().reshape(()) for v in loss_dict.values())])
+    host = vals.cpu().tolist()
+    return host[0], dict(zip(loss_dict, host[1:]))
 
 
 @torch.no_grad()
@@ -247,7 +258,8 @@ class Trainer:
             loss_dict.update(outputs.get("aux_losses", {}))  # e.g. the heatmap probe's dense losses
             loss = sum(loss_dict.values())
 
-            if du.any_rank(not bool(torch.isfinite(loss)), self.device):  # DDP: every rank skips together
+            loss_value, host_losses = losses_to_host(loss, loss_dict)  # the step's only host sync
+            if du.any_rank(not math.isfinite(loss_value), self.device):  # DDP: every rank skips together
                 self._on_non_finite(images, targets, loss_dict)
                 self.iteration += 1
                 continue
@@ -263,9 +275,9 @@ class Trainer:
             self.iteration += 1
 
             n += 1
-            for k, v in loss_groups(loss_dict).items():
+            for k, v in loss_groups(host_losses).items():
                 sums[k] = sums.get(k, 0.0) + v
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            sums["loss"] = sums.get("loss", 0.0) + loss_value
             pbar.set_postfix(loss=f"{sums['loss'] / n:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
         stats = {k: v / max(1, n) for k, v in sums.items()}
         if du.is_dist():

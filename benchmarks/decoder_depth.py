@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="few-shot fractions of the train split, comma-separated; '' for none (default 0.1)")
     ap.add_argument("--imgsz", type=int, default=512)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=None, help="default: the training default (default.yaml)")
+    ap.add_argument("--lr", type=float, default=None, help="default: the training default (hmpe cfg)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")

@@ -20,6 +20,7 @@ from PIL import Image
 
 from hmpe.engine.checkpoint import load_checkpoint
 from hmpe.utils.config import apply_overrides, default_train_config, load_model_config, split_overrides
+from hmpe.utils.keys import check_task_args
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -102,6 +103,7 @@ class Detector:
     def train(self, data: str = "synthetic", **kwargs) -> dict:
         from hmpe.engine.trainer import train
 
+        check_task_args("train", {"data": data, **self.overrides, **kwargs})
         cfg = default_train_config()
         model_over, train_over = split_overrides({**self.overrides, **kwargs})
         cfg.update(train_over)
@@ -145,6 +147,7 @@ class Detector:
         from hmpe.engine.evaluator import COCOEvaluator
         from hmpe.engine.trainer import evaluate, increment_run_dir
 
+        check_task_args("val", {"data": data, **kwargs})
         model = self._ensure_model()
         tcfg = {**default_train_config(), **self._ckpt.get("train_cfg", {}), **kwargs}
         data = data or tcfg["data"]
@@ -314,6 +317,7 @@ class Detector:
 
 def make_train_config(args: dict) -> tuple[dict, dict]:
     """CLI overrides -> (training config, model overrides)."""
+    check_task_args("train", args)
     model_over, train_over = split_overrides(args)
     cfg = apply_overrides(default_train_config(), train_over)
     cfg["_explicit"] = tuple(train_over)

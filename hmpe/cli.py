@@ -81,10 +81,6 @@ def cmd_heatmap(argv: list[str]) -> int:
 
     source, weights, args = _source_and_weights(
         argv, "hmpe heatmap: usage: hmpe heatmap SOURCE weights=PATH [conf=0.25 imgsz=... level=0|1|2|max out=DIR]")
-    unknown = sorted(set(args) - {"device", "conf", "imgsz", "level", "out", "project", "name", "dpi", "save"})
-    if unknown:
-        raise ValueError(f"unknown argument(s) {', '.join(unknown)}; expected conf, imgsz, level, out, project, "
-                         f"name, dpi, save, device")
     det = Detector(weights=weights, device=args.pop("device", "auto"))
     results = det.heatmap(source, **args)
     print(f"{len(results)} heatmap figures saved to {det.run_dir}")
@@ -102,10 +98,6 @@ def cmd_export(argv: list[str]) -> int:
     if not weights:
         raise SystemExit("hmpe export: usage: hmpe export weights=PATH format=onnx [imgsz=... opset=17 "
                          "gather_sampling=false out=PATH image=IMG check=true]")
-    unknown = sorted(set(args) - {"format", "imgsz", "opset", "gather_sampling", "out", "image", "check"})
-    if unknown:
-        raise ValueError(f"unknown argument(s) {', '.join(unknown)}; expected format, imgsz, opset, "
-                         f"gather_sampling, out, image, check")
     try:
         Detector(weights=weights, device="cpu").export(**args)
     except ExportParityError as e:
@@ -115,13 +107,25 @@ def cmd_export(argv: list[str]) -> int:
 
 
 def cmd_cfg(argv: list[str]) -> int:
-    import yaml
+    """Every key of every task with its default and meaning (hmpe.utils.keys), the model keys, the presets."""
+    from hmpe.utils.config import model_presets
+    from hmpe.utils.keys import TASKS, describe, describe_model
 
-    from hmpe.utils.config import default_train_config, model_presets
-
-    print(yaml.safe_dump(default_train_config(), sort_keys=False))
-    print("model presets:", ", ".join(model_presets()))
+    for task in TASKS:
+        print(f"# hmpe {task}\n{describe(task)}\n")
+    print("# model keys (hmpe train / bench: section.key=value; defaults in the presets)")
+    print(describe_model())
+    print("\nmodel presets:", ", ".join(model_presets()))
     return 0
+
+
+def check_args(task: str, argv: list[str]) -> None:
+    """Strict keys before any work: an unknown key raises ConfigKeyError (exit status 2)."""
+    from hmpe.utils.config import parse_overrides
+    from hmpe.utils.keys import TASKS, check_task_args
+
+    if task in TASKS:
+        check_task_args(task, parse_overrides([a for a in argv if "=" in a]))
 
 
 def cmd_bench(argv: list[str]) -> int:
@@ -185,8 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     if rest and rest[0] in ("-h", "--help") and task != "data":
         print(USAGE)
         return 0
+    from hmpe.utils.keys import ConfigKeyError
+
     try:
+        check_args(task, rest)
         return COMMANDS[task](rest) or 0
+    except ConfigKeyError as e:  # a typo in a key: nothing has run yet
+        print(f"hmpe {task}: error: {e}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError) as e:
         # Bad input from the user: one clear line, no traceback.
         print(f"hmpe {task}: error: {e}", file=sys.stderr)

@@ -42,6 +42,7 @@ import yaml
 from PIL import Image
 
 from hmpe.data.types import Sample
+from hmpe.utils.keys import ConfigKeyError, check_data_keys
 
 LOG = logging.getLogger("hmpe.data")
 
@@ -237,6 +238,10 @@ def load_data_config(path_or_name: str | os.PathLike | dict, overrides: dict | N
     if fmt not in FORMATS:
         raise DataError(source, f"format must be one of {FORMATS}, got {cfg.get('format')!r}")
     cfg["format"] = fmt
+    try:
+        check_data_keys(cfg, source)
+    except ConfigKeyError as e:
+        raise DataError(source, str(e).replace(f" in {source}", "")) from None
     if fmt != "synthetic":
         root = _expand_env(str(cfg.get("path", ".")), source)
         cfg["path"] = str((base / Path(root).expanduser()).resolve())

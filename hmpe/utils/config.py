@@ -13,8 +13,9 @@ from typing import Any
 
 import yaml
 
+from hmpe.utils.keys import MODEL_SECTIONS, defaults
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-MODEL_SECTIONS = ("backbone", "encoder", "heatmap", "mohfe", "hidq", "decoder", "matcher", "loss", "hidden_dim")
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -55,7 +56,8 @@ def load_model_config(name_or_path: str | dict) -> dict:
 
 
 def default_train_config() -> dict:
-    return read_yaml(CONFIG_DIR / "default.yaml")
+    """The training defaults, from the key table (:mod:`hmpe.utils.keys`, ``TASKS["train"]``)."""
+    return defaults("train")
 
 
 def parse_value(text: str) -> Any:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from hmpe.data.dataset import build_dataset, collate_fn
 from hmpe.data.formats import load_data_config
+from hmpe.data.preprocess import Preprocess
 from hmpe.data.transforms import NUM_DROPPED_KEY, build_pipeline, multi_scale_sizes, resize_batch
 from hmpe.engine.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from hmpe.engine.evaluator import COCOEvaluator
@@ -100,15 +101,18 @@ def losses_to_host(loss: torch.Tensor, loss_dict: dict[str, torch.Tensor]) -> tu
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, postprocessor: nn.Module, evaluator: COCOEvaluator,
-             device: torch.device, desc: str = "val", autocast_dtype=None) -> dict:
-    """Run ``model`` over ``loader`` and score it; returns the evaluator's metrics."""
+             device: torch.device, desc: str = "val", autocast_dtype=None, preprocess: Preprocess | None = None
+             ) -> dict:
+    """Run ``model`` over ``loader`` (images made by ``preprocess.transform``) and score it; ``preprocess`` maps
+    the boxes back to original pixels (letterbox: :meth:`Preprocess.post_sizes`)."""
     model.eval()
     ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     for images, targets in tqdm(loader, desc=desc, leave=False, disable=not du.is_main_process()):
         images = images.to(device)
         with ctx:
             outputs = model(images)
-        orig = torch.stack([t["orig_size"] for t in targets]).to(device)
+        orig = torch.stack([t["orig_size"] for t in targets])
+        orig = (preprocess.post_sizes(orig) if preprocess is not None else orig).to(device)
         preds = postprocessor({k: v.float() for k, v in outputs.items() if k in ("pred_logits", "pred_boxes")}, orig)
         evaluator.update([t["image_id"] for t in targets], [{k: v.cpu() for k, v in p.items()} for p in preds])
     # DDP: each rank scored its shard (DistributedSampler pads with repeats; an image id updated twice
@@ -150,7 +154,9 @@ class Trainer:
             aug_cfg["multi_scale"] = cfg["multi_scale"]
         self.multi_scale = multi_scale_sizes(aug_cfg, cfg["imgsz"])
         # augment=false trains on the evaluation pipeline (resize only); mosaic: DEIM-style dense augmentation
-        tr_t, va_t, mosaic = build_pipeline(aug, cfg["imgsz"])
+        tr_t, _, mosaic = build_pipeline(aug, cfg["imgsz"])
+        self.preprocess = Preprocess.from_train_cfg(cfg)  # validation = what val/predict/export do later
+        va_t = self.preprocess.transform
         self.train_set = build_dataset(self.data_cfg, "train", transforms=tr_t, skip_bad=cfg.get("skip_bad", False),
                                        mosaic=mosaic)
         self.val_set = build_dataset(self.data_cfg, "val", transforms=va_t, skip_bad=cfg.get("skip_bad", False))
@@ -299,7 +305,7 @@ class Trainer:
         model = self.ema.module if self.ema is not None else unwrap(self.model)
         evaluator = COCOEvaluator(self.val_set.samples, self.names, max_dets=self.cfg["max_dets"])
         metrics = evaluate(model, self.val_loader, self.postprocessor, evaluator, self.device,
-                           autocast_dtype=self.amp_dtype)
+                           autocast_dtype=self.amp_dtype, preprocess=self.preprocess)
         self.evaluator = evaluator
         return metrics
 

@@ -3,7 +3,8 @@
     hmpe train                                  # default preset on the synthetic dataset
     hmpe train model=rtdetr-n data=nwpu-vhr10 epochs=72 imgsz=512
     hmpe val weights=runs/train/exp/weights/best.pt [data=...]
-    hmpe predict SOURCE weights=best.pt conf=0.3 [slice=640 overlap=0.2 merge=nms|wbf merge_iou=0.5]
+    hmpe predict SOURCE weights=best.pt conf=0.3 [slice=640 overlap=0.2 merge=nms|wbf merge_iou=0.5 strict=false]
+                                                # exit 3: finished, unreadable inputs skipped (named)
     hmpe export weights=best.pt format=onnx [imgsz=... opset=17 gather_sampling=false out=best.onnx image=IMG]
     hmpe heatmap SOURCE weights=best.pt [conf=0.25 imgsz=... level=0|1|2|max out=DIR]  # heatmap-path models
     hmpe bench model=rtdetr-n imgsz=640 batch=1 [device=cpu threads=2 warmup=3 runs=20 save=out.json]
@@ -69,10 +70,12 @@ def cmd_predict(argv: list[str]) -> int:
     source, weights, args = _source_and_weights(
         argv, "hmpe predict: usage: hmpe predict SOURCE weights=PATH [conf=0.25 imgsz=...]")
     det = Detector(weights=weights, device=args.pop("device", "auto"))
-    results = det.predict(source, save=args.pop("save", True), **args)
+    save = args.pop("save", True)
+    results = det.predict(source, save=save, **args)
     n = sum(len(r.scores) for r in results)
-    print(f"{len(results)} images, {n} detections; results saved to {det.run_dir}")
-    return 0
+    skipped = f", {len(det.skipped)} skipped (unreadable: {', '.join(det.skipped)})" if det.skipped else ""
+    print(f"{len(results)} images, {n} detections{skipped}" + (f"; results saved to {det.run_dir}" if save else ""))
+    return 3 if det.skipped else 0  # 3: finished, but some inputs could not be read
 
 
 def cmd_heatmap(argv: list[str]) -> int:
@@ -189,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     if rest and rest[0] in ("-h", "--help") and task != "data":
         print(USAGE)
         return 0
+    from hmpe.data.formats import DataError
     from hmpe.utils.keys import ConfigKeyError
 
     try:
@@ -197,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigKeyError as e:  # a typo in a key: nothing has run yet
         print(f"hmpe {task}: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, DataError) as e:
         # Bad input from the user: one clear line, no traceback.
         print(f"hmpe {task}: error: {e}", file=sys.stderr)
         return 1

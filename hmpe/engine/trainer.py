@@ -418,7 +418,17 @@ class Trainer:
             model.load_state_dict(saved)
             set_rng_state(rng)
 
-    def checkpoint(self, epoch: int, metrics: dict) -> dict:
+    def checkpoint(self, epoch: int, metrics: dict, final: bool = False) -> dict:
+        """The resume state; ``final``: what a user keeps (best.pt, last.pt after the last epoch) -- the EMA
+        weights (the raw ones without EMA) as ``model``, no optimiser, scaler or RNG state (about a third of
+        the size: AdamW keeps two moments per weight)."""
+        if final:
+            weights = self.ema.module.state_dict() if self.ema is not None else unwrap(self.model).state_dict()
+            return {"model": weights, "ema": None, "epoch": epoch, "epochs": self.epochs,
+                    "iteration": self.iteration, "best_fitness": self.best_fitness, "metrics": metrics,
+                    "model_cfg": self.model_cfg, "names": self.names, "final": True,
+                    "train_cfg": {k: v for k, v in self.cfg.items() if not k.startswith("_")},
+                    "hmpe_version": __import__("hmpe").__version__}
         return {
             "model": unwrap(self.model).state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
@@ -445,13 +455,27 @@ class Trainer:
         if not du.is_main_process():
             return
         ckpt = self.checkpoint(epoch, metrics)
-        save_atomic(ckpt, self.weights_dir / "last.pt")
+        final = self.checkpoint(epoch, metrics, final=True) if improved or epoch + 1 >= self.epochs else None
+        # while training runs last.pt is the resume state; after the last epoch it is the weights a user keeps
+        save_atomic(final if epoch + 1 >= self.epochs else ckpt, self.weights_dir / "last.pt")
         if improved:
-            save_atomic(ckpt, self.weights_dir / "best.pt")
+            save_atomic(final, self.weights_dir / "best.pt")
         if self.cfg.get("save_period") and (epoch + 1) % self.cfg["save_period"] == 0:
             save_atomic(ckpt, self.weights_dir / f"epoch{epoch + 1}.pt")
 
     def _restore(self, ckpt: dict) -> None:
+        if ckpt.get("final"):  # a finished run: its final weights, nothing left to resume
+            if ckpt["epoch"] + 1 < self.epochs:
+                raise ValueError(f"{self.cfg['resume']}: the final checkpoint of a finished run (weights only, no "
+                                 f"optimizer state) cannot train more epochs; start a new run from it with "
+                                 f"weights={self.cfg['resume']}")
+            unwrap(self.model).load_state_dict(ckpt["model"])
+            if self.ema is not None:
+                self.ema.module.load_state_dict(ckpt["model"])
+            self.start_epoch, self.epochs = ckpt["epoch"] + 1, ckpt.get("epochs", self.epochs)
+            self.iteration, self.best_fitness = ckpt["iteration"], ckpt["best_fitness"]
+            self.metrics = ckpt.get("metrics") or {}
+            return
         unwrap(self.model).load_state_dict(ckpt["model"])
         if self.ema is not None and ckpt.get("ema"):
             self.ema.load_state_dict(ckpt["ema"])

@@ -90,7 +90,7 @@ def set_dotted(cfg: dict, key: str, value: Any) -> None:
     parts = key.split(".")
     d = cfg
     for p in parts[:-1]:
-        if d.get(p) is None:
+        if not isinstance(d.get(p), dict):  # None, or a switch such as augment=true: becomes a mapping
             d[p] = {}
         d = d[p]
     d[parts[-1]] = value

@@ -238,8 +238,10 @@ MODEL: dict[str, tuple[Key, ...]] = {
     ),
     "postprocess": (Key("num_top_queries", None, "detections kept per image (default decoder.num_queries)"),),
 }
-MODEL_SCALARS = (Key("hidden_dim", 256, "model width"), Key("name", None, "model name (shown in logs)"))
+MODEL_SCALARS = (Key("hidden_dim", 256, "model width"),)
+# top-level keys that route a command-line override into the model config (`name` stays the run folder's)
 MODEL_SECTIONS = (*MODEL, *(k.name for k in MODEL_SCALARS))
+MODEL_TOP = (*MODEL_SECTIONS, "name")  # a model YAML may also carry its display name
 
 # ------------------------------------------------------------------------------------------------ data
 DATA = (
@@ -276,8 +278,8 @@ def unknown_key_error(key: str, known: Iterable[str], where: str) -> ConfigKeyEr
 
 def check_model_key(dotted: str, where: str = "the model config") -> None:
     parts = dotted.split(".")
-    if parts[0] not in MODEL_SECTIONS:
-        raise unknown_key_error(parts[0], MODEL_SECTIONS, where)
+    if parts[0] not in MODEL_TOP:
+        raise unknown_key_error(parts[0], MODEL_TOP, where)
     if len(parts) > 1 and parts[0] in MODEL:
         names = [k.name for k in MODEL[parts[0]]]
         if parts[1] not in names:

@@ -99,15 +99,14 @@ def run_context(run_dir: Path, workers: int = 0):
 
     from hmpe.api import load_for_inference
     from hmpe.data.dataset import build_dataset
-    from hmpe.data.transforms import build_pipeline
+    from hmpe.data.preprocess import Preprocess
 
     path = Path(run_dir) / "weights" / "last.pt"
     if not path.is_file():
         raise SystemExit(f"{path}: missing (is {run_dir} a `hmpe train` run folder?)")
     model, _, ckpt = load_for_inference(path, torch.device("cpu"))
     tc, names = ckpt["train_cfg"], ckpt["names"]
-    _, eval_t, _ = build_pipeline(tc.get("augment", True), tc["imgsz"])
-    val_set = build_dataset(tc["data"], "val", transforms=eval_t)
+    val_set = build_dataset(tc["data"], "val", transforms=Preprocess.from_train_cfg(tc).transform)
     loader = DataLoader(val_set, batch_size=tc["batch"], shuffle=False, num_workers=workers, collate_fn=collate_fn)
     ctx = SimpleNamespace(val_set=val_set, val_loader=loader, names=names, cfg={"max_dets": tc["max_dets"]},
                           device=torch.device("cpu"), num_classes=len(names),
@@ -255,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="few-shot fractions of the train split, comma-separated; '' for none (default 0.1)")
     ap.add_argument("--imgsz", type=int, default=512)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=None, help="default: the training default (default.yaml)")
+    ap.add_argument("--lr", type=float, default=None, help="default: the training default (hmpe cfg)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")

@@ -370,9 +370,9 @@ def smoke_data() -> dict:
 def val_dataset(data, imgsz: int):
     from hmpe.data.dataset import build_dataset
     from hmpe.data.formats import load_data_config
-    from hmpe.data.transforms import build_transforms
+    from hmpe.data.preprocess import Preprocess
 
-    return build_dataset(load_data_config(data), "val", transforms=build_transforms(False, imgsz))
+    return build_dataset(load_data_config(data), "val", transforms=Preprocess(imgsz).transform)
 
 
 def score_detr_like(model: nn.Module, data, imgsz: int, batch: int, workers: int, forward=None) -> dict:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +21,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from hmpe.data.preprocess import Preprocess
 from hmpe.engine.checkpoint import PRETRAINED_CONFIG, load_checkpoint, save_pretrained
 from hmpe.utils.config import apply_overrides, default_train_config, load_model_config, split_overrides
+from hmpe.utils.keys import check_task_args
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -79,12 +82,6 @@ def load_for_inference(weights: str | Path, device: torch.device):
     return model, build_postprocessor(ckpt["model_cfg"], len(ckpt["names"])), ckpt
 
 
-def resize_for_model(img: Image.Image, imgsz: int) -> torch.Tensor:
-    """PIL RGB -> float [3,imgsz,imgsz] in [0,1], the same square resize as validation."""
-    im = img.convert("RGB").resize((imgsz, imgsz), Image.BILINEAR)
-    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
-
-
 class Detector:
     """A detector: a preset / model YAML to train, or a checkpoint (a ``.pt`` or a :meth:`save_pretrained`
     folder) to evaluate and predict with."""
@@ -102,11 +99,13 @@ class Detector:
         self._ckpt = None
         self.metrics: dict = {}
         self.run_dir: Path | None = None
+        self.skipped: list[str] = []  # unreadable inputs of the last predict()
 
     # ------------------------------------------------------------------ train
     def train(self, data: str = "synthetic", **kwargs) -> dict:
         from hmpe.engine.trainer import train
 
+        check_task_args("train", {"data": data, **self.overrides, **kwargs})
         cfg = default_train_config()
         model_over, train_over = split_overrides({**self.overrides, **kwargs})
         cfg.update(train_over)
@@ -150,6 +149,11 @@ class Detector:
             self._model, self._post, self._ckpt = load_for_inference(self.weights, self.device)
         return self._model
 
+    def preprocess(self, imgsz: int | None = None) -> Preprocess:
+        """The checkpoint's own inference preprocessing (resize or letterbox, :mod:`hmpe.data.preprocess`)."""
+        self._ensure_model()
+        return Preprocess.from_train_cfg(self._ckpt.get("train_cfg"), imgsz)
+
     @property
     def names(self) -> list[str]:
         self._ensure_model()
@@ -162,18 +166,18 @@ class Detector:
         from hmpe.data.dataset import build_dataset, collate_fn
         from hmpe.data.formats import format_note, load_data_config
         from hmpe.engine.checkpoint import checkpoint_data_config
-        from hmpe.data.transforms import build_transforms
         from hmpe.engine.evaluator import COCOEvaluator
         from hmpe.engine.trainer import evaluate, increment_run_dir
 
+        check_task_args("val", {"data": data, **kwargs})
         model = self._ensure_model()
         tcfg = {**default_train_config(), **self._ckpt.get("train_cfg", {}), **kwargs}
         split = kwargs.get("split", "val")
         data_cfg = load_data_config(data) if data else checkpoint_data_config(self._ckpt, self.weights)
         data = data or data_cfg["_source"]
         print(f"hmpe val: {data} [{split}] ({format_note(data_cfg)})")
-        ds = build_dataset(data_cfg, split, transforms=build_transforms(False, tcfg["imgsz"]),
-                           skip_bad=tcfg.get("skip_bad", False))
+        pre = self.preprocess(kwargs.get("imgsz"))
+        ds = build_dataset(data_cfg, split, transforms=pre.transform, skip_bad=tcfg.get("skip_bad", False))
         if list(ds.names) != self.names:
             raise ValueError(f"data {data}: classes {list(ds.names)} differ from the checkpoint's {self.names}")
         loader = DataLoader(ds, batch_size=tcfg["batch"], shuffle=False, num_workers=tcfg["workers"],
@@ -182,13 +186,13 @@ class Detector:
         if kwargs.get("slice"):  # full images, tiled (hmpe.engine.slicing); conf defaults to 0.001 here
             from hmpe.engine.slicing import evaluate_sliced, model_predict_fn
 
-            metrics = evaluate_sliced(model_predict_fn(model, self._post, self.device, tcfg["imgsz"]), ds, evaluator,
-                                      int(kwargs["slice"]), tcfg["imgsz"], overlap=kwargs.get("overlap", 0.2),
+            metrics = evaluate_sliced(model_predict_fn(model, self._post, self.device, pre.imgsz), ds, evaluator,
+                                      int(kwargs["slice"]), pre, overlap=kwargs.get("overlap", 0.2),
                                       batch=tcfg["batch"], conf=kwargs.get("conf", 0.001),
                                       merge=kwargs.get("merge", "nms"), merge_iou=kwargs.get("merge_iou", 0.5),
                                       full_image=kwargs.get("full_image", False))
         else:
-            metrics = evaluate(model, loader, self._post, evaluator, self.device)
+            metrics = evaluate(model, loader, self._post, evaluator, self.device, preprocess=pre)
         run_dir = increment_run_dir(tcfg["project"], "val", kwargs.get("name"), kwargs.get("exist_ok", False))
         run_dir.mkdir(parents=True, exist_ok=True)
         evaluator.plot(run_dir)
@@ -219,68 +223,88 @@ class Detector:
         return export_onnx(self.weights, imgsz=imgsz, opset=opset, gather_sampling=gather_sampling, out=out,
                            check=check, image=image)
 
-    def _predict_sliced(self, path: Path, conf: float, imgsz: int, batch: int, size: int, overlap: float,
-                        merge: str, merge_iou: float, full_image: bool) -> Prediction:
-        from hmpe.engine.slicing import model_predict_fn, sliced_predict
+    def _read(self, path: Path, strict: bool) -> np.ndarray | None:
+        """Decode one input (:func:`hmpe.data.dataset.load_image`); unreadable: a warning and None, or with
+        ``strict`` an error naming the file."""
+        from hmpe.data.dataset import load_image
+        from hmpe.data.formats import DataError
 
         try:
-            with Image.open(path) as im:
-                image = np.asarray(im.convert("RGB"))  # decoded once; tiles are views of it
-        except Exception as e:
-            raise ValueError(f"{path}: cannot be read as an image ({e})") from None
-        fn = model_predict_fn(self._ensure_model(), self._post, self.device, imgsz)
-        b, s, l = sliced_predict(fn, image, size, imgsz, overlap, batch, conf, merge, merge_iou,
-                                 full_image=full_image)
-        return Prediction(str(path), image.shape[1], image.shape[0], b.numpy(), s.numpy(), l.numpy(), self.names)
+            return load_image(path)
+        except DataError as e:
+            if strict:
+                raise ValueError(f"{e} (strict=true stops at the first unreadable input)") from None
+            print(f"warning: {e}; skipped", file=sys.stderr)
+            self.skipped.append(str(path))
+            return None
+
+    def _predict_arrays(self, paths: list[Path], images: list[np.ndarray], conf: float, pre: Preprocess, batch: int,
+                        slice: int | None, overlap: float, merge: str, merge_iou: float, full_image: bool
+                        ) -> list[Prediction]:
+        from hmpe.engine.slicing import model_predict_fn, sliced_predict
+
+        model = self._ensure_model()
+        out = []
+        if slice:  # one image at a time, its tiles batched
+            fn = model_predict_fn(model, self._post, self.device, pre.imgsz)
+            for p, im in zip(paths, images):
+                b, s, l = sliced_predict(fn, im, int(slice), pre, overlap, batch, conf, merge, merge_iou,
+                                         full_image=full_image)
+                out.append(Prediction(str(p), im.shape[1], im.shape[0], b.numpy(), s.numpy(), l.numpy(), self.names))
+            return out
+        x = torch.stack([pre(im) for im in images]).to(self.device)
+        sizes = pre.post_sizes(torch.tensor([[im.shape[1], im.shape[0]] for im in images])).to(self.device)
+        for p, im, o in zip(paths, images, self._post(model(x), sizes)):
+            keep = o["scores"] >= conf
+            out.append(Prediction(str(p), im.shape[1], im.shape[0], o["boxes"][keep].cpu().numpy(),
+                                  o["scores"][keep].cpu().numpy(), o["labels"][keep].cpu().numpy(), self.names))
+        return out
 
     # ------------------------------------------------------------------ predict
     @torch.no_grad()
     def predict(self, source, conf: float = 0.25, imgsz: int | None = None, batch: int = 4,
                 save: bool = False, project: str = "runs", name: str | None = None, slice: int | None = None,
                 overlap: float = 0.2, merge: str = "nms", merge_iou: float = 0.5,
-                full_image: bool = False) -> list[Prediction]:
-        """Detections per image, boxes in original-image pixels (score >= ``conf``).
+                full_image: bool = False, strict: bool = False) -> list[Prediction]:
+        """Detections per image, boxes in original-image pixels (score >= ``conf``), with the checkpoint's own
+        preprocessing (resize or letterbox, :class:`hmpe.data.preprocess.Preprocess`).
+
+        Unreadable inputs (empty, truncated, not an image) are skipped with a warning naming each; their
+        paths are in ``self.skipped`` (``strict=True``: the first one is an error). With ``save``, every
+        annotated image is written as soon as it is predicted, then ``predictions.json`` (with ``skipped``).
 
         ``slice=N`` (sliced inference for large images, :mod:`hmpe.engine.slicing`): each image is read once
         and cut into N x N tiles overlapping by ``overlap``; ``batch`` tiles per forward pass; detections are
         merged across tiles (border fragments by intersection-over-smaller, then class-wise NMS at IoU
         ``merge_iou``, or ``merge="wbf"``); ``full_image=True`` adds a pass on the whole image."""
         from hmpe.engine.trainer import increment_run_dir
+        from hmpe.viz.draw import draw_detections
 
-        model = self._ensure_model()
-        imgsz = imgsz or self._ckpt.get("train_cfg", {}).get("imgsz", 640)
+        pre = self.preprocess(imgsz)
         paths = resolve_source(source)
-        results: list[Prediction] = []
-        if slice:  # one image at a time, its tiles batched
-            results = [self._predict_sliced(p, conf, imgsz, batch, int(slice), overlap, merge, merge_iou, full_image)
-                       for p in paths]
-        for i in range(0, 0 if slice else len(paths), batch):
-            chunk = paths[i:i + batch]
-            ims = []
-            for p in chunk:
-                try:
-                    ims.append(Image.open(p).convert("RGB"))
-                except Exception as e:
-                    raise ValueError(f"{p}: cannot be read as an image ({e})") from None
-            x = torch.stack([resize_for_model(im, imgsz) for im in ims]).to(self.device)
-            sizes = torch.tensor([im.size for im in ims], device=self.device)  # (w, h)
-            outs = self._post(model(x), sizes)
-            for p, im, o in zip(chunk, ims, outs):
-                keep = o["scores"] >= conf
-                results.append(Prediction(str(p), im.size[0], im.size[1], o["boxes"][keep].cpu().numpy(),
-                                          o["scores"][keep].cpu().numpy(), o["labels"][keep].cpu().numpy(),
-                                          self.names))
+        self.skipped: list[str] = []
+        run_dir = None
         if save:
             run_dir = increment_run_dir(project, "predict", name)
             run_dir.mkdir(parents=True, exist_ok=True)
-            from hmpe.viz.draw import draw_detections
-
-            for r in results:
-                draw_detections(Image.open(r.path).convert("RGB"), r.boxes, r.labels, r.scores,
-                                r.names).save(run_dir / (Path(r.path).stem + ".jpg"))
-            with open(run_dir / "predictions.json", "w") as f:
-                json.dump([r.to_json() for r in results], f, indent=1)
             self.run_dir = run_dir
+        results: list[Prediction] = []
+        for i in range(0, len(paths), batch):
+            read = [(p, self._read(p, strict)) for p in paths[i:i + batch]]
+            read = [(p, im) for p, im in read if im is not None]
+            if not read:
+                continue
+            preds = self._predict_arrays([p for p, _ in read], [im for _, im in read], conf, pre, batch, slice,
+                                         overlap, merge, merge_iou, full_image)
+            for (p, im), r in zip(read, preds):
+                if run_dir is not None:
+                    draw_detections(Image.fromarray(im), r.boxes, r.labels, r.scores,
+                                    r.names).save(run_dir / (Path(r.path).stem + ".jpg"))
+            results += preds
+        if run_dir is not None:
+            with open(run_dir / "predictions.json", "w") as f:
+                json.dump([r.to_json() for r in results] + [{"image": p, "skipped": "unreadable"}
+                                                            for p in self.skipped], f, indent=1)
         return results
 
     # ------------------------------------------------------------------ heatmap (DESIGN sec. 7)
@@ -307,7 +331,7 @@ class Detector:
                              f"train a model with one, e.g. model=rtdetr-n-heat")
         if level != "max" and not 0 <= int(level) < model.heatmap.num_levels:
             raise ValueError(f"level={level!r}: expected 0..{model.heatmap.num_levels - 1} or max")
-        imgsz = imgsz or self._ckpt.get("train_cfg", {}).get("imgsz", 640)
+        pre = self.preprocess(imgsz)
         paths = resolve_source(source)
         run_dir = None
         if save:
@@ -316,20 +340,17 @@ class Detector:
             self.run_dir = run_dir
         results = []
         for p in paths:
-            try:
-                im = Image.open(p).convert("RGB")
-            except Exception as e:
-                raise ValueError(f"{p}: cannot be read as an image ({e})") from None
-            x = resize_for_model(im, imgsz)[None].to(self.device)
-            outputs, maps = detector_heatmaps(model, x, level)
-            o = self._post(outputs, torch.tensor([im.size], device=self.device))[0]
+            arr = self._read(p, strict=True)
+            h, w = arr.shape[:2]
+            outputs, maps = detector_heatmaps(model, pre(arr)[None].to(self.device), level)
+            o = self._post(outputs, torch.tensor([pre.post_size(w, h)], device=self.device))[0]
             keep = o["scores"] >= conf
-            pred = Prediction(str(p), im.size[0], im.size[1], o["boxes"][keep].cpu().numpy(),
+            pred = Prediction(str(p), w, h, o["boxes"][keep].cpu().numpy(),
                               o["scores"][keep].cpu().numpy(), o["labels"][keep].cpu().numpy(), self.names)
             png = None
             if save:
                 png = run_dir / f"{p.stem}_heatmap.png"
-                image, boxes = fit_for_display(np.asarray(im), pred.boxes)
+                image, boxes = fit_for_display(arr, pred.boxes)
                 lv = ("max over levels" if level == "max"
                       else f"level {level} (stride {model.heatmap.strides[int(level)]})")
                 render_heatmap_figure(image, boxes, pred.labels, self.names, maps[0], png, dpi=dpi,
@@ -352,6 +373,7 @@ class Detector:
 
 def make_train_config(args: dict) -> tuple[dict, dict]:
     """CLI overrides -> (training config, model overrides)."""
+    check_task_args("train", args)
     model_over, train_over = split_overrides(args)
     cfg = apply_overrides(default_train_config(), train_over)
     cfg["_explicit"] = tuple(train_over)

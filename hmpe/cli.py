@@ -3,7 +3,8 @@
     hmpe train                                  # default preset on the synthetic dataset
     hmpe train model=rtdetr-n data=nwpu-vhr10 epochs=72 imgsz=512
     hmpe val weights=runs/train/exp/weights/best.pt [data=...]
-    hmpe predict SOURCE weights=best.pt conf=0.3 [slice=640 overlap=0.2 merge=nms|wbf merge_iou=0.5]
+    hmpe predict SOURCE weights=best.pt conf=0.3 [slice=640 overlap=0.2 merge=nms|wbf merge_iou=0.5 strict=false]
+                                                # exit 3: finished, unreadable inputs skipped (named)
     hmpe export weights=best.pt format=onnx [imgsz=... opset=17 gather_sampling=false out=best.onnx image=IMG]
     hmpe export weights=best.pt format=safetensors [out=DIR]   # config.json + model.safetensors, no pickle
     hmpe heatmap SOURCE weights=best.pt [conf=0.25 imgsz=... level=0|1|2|max out=DIR]  # heatmap-path models
@@ -71,10 +72,12 @@ def cmd_predict(argv: list[str]) -> int:
     source, weights, args = _source_and_weights(
         argv, "hmpe predict: usage: hmpe predict SOURCE weights=PATH [conf=0.25 imgsz=...]")
     det = Detector(weights=weights, device=args.pop("device", "auto"))
-    results = det.predict(source, save=args.pop("save", True), **args)
+    save = args.pop("save", True)
+    results = det.predict(source, save=save, **args)
     n = sum(len(r.scores) for r in results)
-    print(f"{len(results)} images, {n} detections; results saved to {det.run_dir}")
-    return 0
+    skipped = f", {len(det.skipped)} skipped (unreadable: {', '.join(det.skipped)})" if det.skipped else ""
+    print(f"{len(results)} images, {n} detections{skipped}" + (f"; results saved to {det.run_dir}" if save else ""))
+    return 3 if det.skipped else 0  # 3: finished, but some inputs could not be read
 
 
 def cmd_heatmap(argv: list[str]) -> int:
@@ -83,17 +86,10 @@ def cmd_heatmap(argv: list[str]) -> int:
 
     source, weights, args = _source_and_weights(
         argv, "hmpe heatmap: usage: hmpe heatmap SOURCE weights=PATH [conf=0.25 imgsz=... level=0|1|2|max out=DIR]")
-    unknown = sorted(set(args) - {"device", "conf", "imgsz", "level", "out", "project", "name", "dpi", "save"})
-    if unknown:
-        raise ValueError(f"unknown argument(s) {', '.join(unknown)}; expected conf, imgsz, level, out, project, "
-                         f"name, dpi, save, device")
     det = Detector(weights=weights, device=args.pop("device", "auto"))
     results = det.heatmap(source, **args)
     print(f"{len(results)} heatmap figures saved to {det.run_dir}")
     return 0
-
-
-EXPLORE_KEYS = ("port", "host", "split", "conf", "imgsz", "device", "floor", "cache", "scan")
 
 
 def cmd_explore(argv: list[str]) -> int:
@@ -103,9 +99,6 @@ def cmd_explore(argv: list[str]) -> int:
     source, weights, args = _source_and_weights(
         argv, "hmpe explore: usage: hmpe explore weights=PATH source=DIR|DATA.yaml [port=7860 host=127.0.0.1 "
               "split=val conf=0.25]")
-    unknown = sorted(set(args) - set(EXPLORE_KEYS))
-    if unknown:
-        raise ValueError(f"unknown argument(s) {', '.join(unknown)}; expected {', '.join(EXPLORE_KEYS)}")
     det = Detector(weights=weights, device=args.pop("device", "cpu"))
     det.explore(source, **args)
     return 0
@@ -123,10 +116,6 @@ def cmd_export(argv: list[str]) -> int:
     if not weights:
         raise SystemExit("hmpe export: usage: hmpe export weights=PATH format=onnx [imgsz=... opset=17 "
                          "gather_sampling=false out=PATH image=IMG check=true] | format=safetensors [out=DIR]")
-    unknown = sorted(set(args) - {"format", "imgsz", "opset", "gather_sampling", "out", "image", "check"})
-    if unknown:
-        raise ValueError(f"unknown argument(s) {', '.join(unknown)}; expected format, imgsz, opset, "
-                         f"gather_sampling, out, image, check")
     try:
         Detector(weights=weights, device="cpu").export(**args)
     except ExportParityError as e:
@@ -136,22 +125,36 @@ def cmd_export(argv: list[str]) -> int:
 
 
 def cmd_cfg(argv: list[str]) -> int:
-    """``hmpe cfg``: the training defaults as written (comments kept); ``hmpe cfg model=NAME``: that model."""
+    """``hmpe cfg``: every key of every task with its default and meaning (hmpe.utils.keys), the model keys,
+    the presets; ``hmpe cfg model=NAME``: that model's config as the builder receives it."""
     import yaml
 
-    from hmpe.utils.config import CONFIG_DIR, load_model_config, model_presets, parse_overrides
+    from hmpe.utils.config import load_model_config, model_presets, parse_overrides
+    from hmpe.utils.keys import TASKS, describe, describe_model, unknown_key_error
 
     args = parse_overrides(argv)
-    unknown = sorted(set(args) - {"model"})
-    if unknown:
-        raise ValueError(f"unknown argument(s) {', '.join(unknown)}; hmpe cfg takes only model=NAME_OR_YAML")
+    for key in args:
+        if key != "model":
+            raise unknown_key_error(key, ["model"], "hmpe cfg")
     if "model" in args:
-        print(f"# model config {args['model']} (as build_model receives it; dotted keys override it)")
+        print(f"# model config {args['model']} (as build_model receives it; section.key=value overrides it)")
         print(yaml.safe_dump(load_model_config(args["model"]), sort_keys=False))
     else:
-        print((CONFIG_DIR / "default.yaml").read_text(encoding="utf-8"))
-    print("model presets:", ", ".join(model_presets()), "(hmpe cfg model=NAME shows one)")
+        for task in TASKS:
+            print(f"# hmpe {task}\n{describe(task)}\n")
+        print("# model keys (hmpe train / bench: section.key=value; defaults in the presets)")
+        print(describe_model())
+    print("\nmodel presets:", ", ".join(model_presets()), "(hmpe cfg model=NAME shows one)")
     return 0
+
+
+def check_args(task: str, argv: list[str]) -> None:
+    """Strict keys before any work: an unknown key raises ConfigKeyError (exit status 2)."""
+    from hmpe.utils.config import parse_overrides
+    from hmpe.utils.keys import TASKS, check_task_args
+
+    if task in TASKS:
+        check_task_args(task, parse_overrides([a for a in argv if "=" in a]))
 
 
 def cmd_bench(argv: list[str]) -> int:
@@ -221,9 +224,16 @@ def main(argv: list[str] | None = None) -> int:
     if rest and rest[0] in ("-h", "--help") and task != "data":
         print(USAGE)
         return 0
+    from hmpe.data.formats import DataError
+    from hmpe.utils.keys import ConfigKeyError
+
     try:
+        check_args(task, rest)
         return COMMANDS[task](rest) or 0
-    except (ValueError, FileNotFoundError) as e:
+    except ConfigKeyError as e:  # a typo in a key: nothing has run yet
+        print(f"hmpe {task}: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, DataError) as e:
         # Bad input from the user: one clear line, no traceback.
         print(f"hmpe {task}: error: {e}", file=sys.stderr)
         return 1

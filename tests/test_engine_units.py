@@ -83,7 +83,7 @@ def test_load_checkpoint_errors_name_the_file(tmp_path):
         load_checkpoint(tmp_path / "nope.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="bad.pt"):
+    with pytest.raises(ValueError, match="bad.pt"):
         load_checkpoint(bad)
 
 

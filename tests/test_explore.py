@@ -200,8 +200,8 @@ def test_explore_refuses_other_files(dataset_server):
 def test_explore_cli_checks_keys(ckpt, capsys):
     from hmpe.cli import main
 
-    assert main(["explore", "source=x", f"weights={ckpt}", "prot=1"]) == 1
-    assert "unknown argument(s) prot" in capsys.readouterr().err
+    assert main(["explore", "source=x", f"weights={ckpt}", "prot=1"]) == 2  # before the model loads
+    assert "unknown key 'prot' in hmpe explore; did you mean 'port'?" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="usage"):
         main(["explore", f"weights={ckpt}"])
 

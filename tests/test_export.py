@@ -141,7 +141,7 @@ def test_export_rejects_bad_arguments(ckpt, tmp_path):
         Detector(weights=str(ckpt)).export(opset=13, out=tmp_path / "x.onnx")
     with pytest.raises(ValueError, match="only onnx"):
         Detector(weights=str(ckpt)).export(format="tflite")
-    assert main(["export", f"weights={ckpt}", "bogus=1"]) == 1
+    assert main(["export", f"weights={ckpt}", "bogus=1"]) == 2  # unknown key: exit 2, nothing exported
 
 
 # ----------------------------------------------------------------------------- gather-based sampling

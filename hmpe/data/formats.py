@@ -43,6 +43,7 @@ from PIL import Image
 
 from hmpe.data.detect_format import detect_format
 from hmpe.data.types import Sample
+from hmpe.utils.keys import ConfigKeyError, check_data_keys
 
 LOG = logging.getLogger("hmpe.data")
 
@@ -247,6 +248,10 @@ def load_data_config(path_or_name: str | os.PathLike | dict, overrides: dict | N
     if fmt not in FORMATS:
         raise DataError(source, f"format must be one of {FORMATS}, got {cfg.get('format')!r}")
     cfg["format"] = fmt
+    try:
+        check_data_keys(cfg, source)
+    except ConfigKeyError as e:
+        raise DataError(source, str(e).replace(f" in {source}", "")) from None
     cfg["names"] = normalise_names(cfg.get("names"), source)
     return cfg
 

@@ -59,9 +59,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # truncated or not a torch file
-        raise RuntimeError(f"checkpoint {path}: cannot be read ({type(e).__name__}: {e})") from e
+        raise ValueError(f"checkpoint {path}: cannot be read ({type(e).__name__}: {e})") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise RuntimeError(f"checkpoint {path}: not an hmpe checkpoint (no 'model' entry)")
+        raise ValueError(f"checkpoint {path}: not an hmpe checkpoint (no 'model' entry)")
     return ckpt
 
 

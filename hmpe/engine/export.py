@@ -2,10 +2,13 @@
 
     hmpe export weights=best.pt format=onnx [imgsz=... opset=17 gather_sampling=false out=best.onnx]
 
-The exported graph (:class:`ExportWrapper`) takes ``images float32 [B,3,imgsz,imgsz]`` in [0,1] (the
-same square resize as ``hmpe val``/``predict``, no mean/std) and returns, already post-processed:
+The exported graph (:class:`ExportWrapper`) takes ``images float32 [B,3,imgsz,imgsz]`` in [0,1], made by the
+checkpoint's own preprocessing (:class:`hmpe.data.preprocess.Preprocess`: a square resize, or a letterbox for
+models trained with ``augment.keep_ratio=true``; the model's metadata ``preprocess`` / ``keep_ratio`` say which;
+no mean/std) and returns, already post-processed:
 
-* ``boxes  float32 [B,K,4]`` xyxy in pixels of the network input (``imgsz`` x ``imgsz``),
+* ``boxes  float32 [B,K,4]`` xyxy in pixels of the network input (``imgsz`` x ``imgsz``; original-image
+  pixels by :meth:`Preprocess.to_original`),
 * ``scores float32 [B,K]`` sorted descending,
 * ``labels int64   [B,K]`` class indices (0..C-1; the names are in the model's metadata ``names``),
 
@@ -33,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from hmpe.data.preprocess import Preprocess
 
 __all__ = ["ExportWrapper", "ExportParityError", "export_onnx", "parity_check", "compare_detections"]
 
@@ -102,17 +107,17 @@ def compare_detections(ref: tuple[Tensor, ...], got: tuple[Tensor, ...], imgsz: 
             "raw_score": float((gs - rs).abs().max()) if rs.numel() else 0.0}
 
 
-def _input_batch(batch: int, imgsz: tuple[int, int], image: str | Path | None, seed: int) -> Tensor:
+def _input_batch(batch: int, imgsz: tuple[int, int], image: str | Path | None, seed: int,
+                 pre: Preprocess | None = None) -> Tensor:
     if image is not None:
-        from PIL import Image
+        from hmpe.data.dataset import load_image
 
-        from hmpe.api import resize_for_model
-
-        with Image.open(image) as im:
-            x = resize_for_model(im, imgsz[0]) if imgsz[0] == imgsz[1] else None
-            if x is None:
-                arr = np.asarray(im.convert("RGB").resize((imgsz[1], imgsz[0]), Image.BILINEAR), np.float32) / 255
-                x = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+        arr = load_image(image)
+        if imgsz[0] == imgsz[1]:  # the checkpoint's own preprocessing (resize or letterbox)
+            x = (pre if pre is not None and pre.imgsz == imgsz[0] else Preprocess(imgsz[0]))(arr)
+        else:  # a rectangular export input: the image squashed to H x W
+            x = torch.nn.functional.interpolate(torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255,
+                                                size=imgsz, mode="bilinear", antialias=True)[0]
         # the real image, then flipped / brightened copies so the batch entries differ
         variants = [x, x.flip(-1), (x * 0.8 + 0.1), x.flip(-2)]
         return torch.stack([variants[i % len(variants)] for i in range(batch)])
@@ -121,7 +126,8 @@ def _input_batch(batch: int, imgsz: tuple[int, int], image: str | Path | None, s
 
 
 def parity_check(onnx_path: str | Path, wrapper: nn.Module, imgsz: tuple[int, int], batches=(1, 3),
-                 image: str | Path | None = None, tol: float = 1e-3, top: int = 20, verbose: bool = True) -> dict:
+                 image: str | Path | None = None, tol: float = 1e-3, top: int = 20, verbose: bool = True,
+                 pre: Preprocess | None = None) -> dict:
     """Run the ONNX file with onnxruntime (CPU) and ``wrapper`` with PyTorch on the same input for each
     batch size; raise :class:`ExportParityError` when a top detection differs by more than ``tol``
     (boxes: of the normalised input size; scores: absolute) or has no counterpart."""
@@ -131,7 +137,7 @@ def parity_check(onnx_path: str | Path, wrapper: nn.Module, imgsz: tuple[int, in
     input_name = sess.get_inputs()[0].name
     worst: dict = {"box": 0.0, "score": 0.0, "unmatched": 0, "raw_box_px": 0.0, "raw_score": 0.0}
     for n, bs in enumerate(batches):
-        x = _input_batch(bs, imgsz, image, seed=n)
+        x = _input_batch(bs, imgsz, image, seed=n, pre=pre)
         with torch.no_grad():
             ref = tuple(t.cpu() for t in wrapper(x))
         got = tuple(torch.from_numpy(a) for a in sess.run(list(OUTPUT_NAMES), {input_name: x.numpy()}))
@@ -184,7 +190,11 @@ def export_onnx(weights: str | Path, imgsz=None, opset: int = 17, gather_samplin
         ops = {n.op_type for n in proto.graph.node}
         if gather_sampling and "GridSample" in ops:
             raise RuntimeError(f"{out}: gather_sampling=true but the graph still has GridSample nodes")
+        pre = Preprocess.from_train_cfg(ckpt.get("train_cfg"), size[0])
         meta = {"names": json.dumps(list(ckpt["names"])), "imgsz": json.dumps(list(size)),
+                "preprocess": (f"letterbox: scale the longer side to imgsz, pad bottom/right with {pre.pad_fill}; "
+                               f"boxes * max(w, h) / imgsz" if pre.keep_ratio else "resize to imgsz x imgsz"),
+                "keep_ratio": str(pre.keep_ratio).lower(),
                 "outputs": "boxes xyxy input pixels [B,K,4]; scores [B,K]; labels [B,K]",
                 "input": "images float32 [B,3,H,W] RGB in [0,1]",
                 "gather_sampling": str(bool(gather_sampling)).lower(), "model": str(ckpt["model_cfg"].get("name", ""))}
@@ -199,7 +209,7 @@ def export_onnx(weights: str | Path, imgsz=None, opset: int = 17, gather_samplin
               f"{sum(1 for n in proto.graph.node if n.op_type == 'GridSample')} GridSample nodes)")
     if check:
         # reference: the PyTorch model as it runs normally (grid_sample), so the check covers the swap too
-        parity_check(out, wrapper, size, image=image, tol=tol, verbose=verbose)
+        parity_check(out, wrapper, size, image=image, tol=tol, verbose=verbose, pre=pre)
         if verbose:
             print(f"onnxruntime parity check passed (tolerance {tol})")
     return out

@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hmpe.data.preprocess import Preprocess
+
 __all__ = [
     "Tile",
     "tile_starts",
@@ -90,21 +92,23 @@ def tile_grid(width: int, height: int, size: int, overlap: float = 0.2) -> list[
             for y in tile_starts(height, size, overlap) for x in tile_starts(width, size, overlap)]
 
 
-def tile_to_tensor(image: np.ndarray, tile: Tile, size: int, imgsz: int) -> Tensor:
+def as_preprocess(imgsz: "int | Preprocess") -> Preprocess:
+    """An int is a plain square resize (models trained without letterbox)."""
+    return imgsz if isinstance(imgsz, Preprocess) else Preprocess(int(imgsz))
+
+
+def tile_to_tensor(image: np.ndarray, tile: Tile, size: int, imgsz: "int | Preprocess") -> Tensor:
     """Crop ``tile`` (a view of ``image uint8 [H,W,3]``) -> float ``[3,imgsz,imgsz]`` in [0,1]: zero-padded
-    at the right/bottom to ``size x size``, then resized to the model input."""
+    at the right/bottom to ``size x size``, then the model's preprocessing (:class:`Preprocess`; a square
+    tile is resized the same way with or without letterbox)."""
     x0, y0, x1, y1 = tile
-    crop = torch.from_numpy(np.ascontiguousarray(image[y0:y1, x0:x1]))  # copies only this tile
-    t = crop.permute(2, 0, 1).to(torch.float32).div_(255.0)
-    if t.shape[1] != size or t.shape[2] != size:
-        t = F.pad(t, (0, size - t.shape[2], 0, size - t.shape[1]))
-    if size != imgsz:
-        t = F.interpolate(t[None], size=(imgsz, imgsz), mode="bilinear", align_corners=False,
-                          antialias=size > imgsz)[0]
-    return t
+    crop = torch.from_numpy(np.ascontiguousarray(image[y0:y1, x0:x1])).permute(2, 0, 1)  # copies only this tile
+    if crop.shape[1] != size or crop.shape[2] != size:
+        crop = F.pad(crop, (0, size - crop.shape[2], 0, size - crop.shape[1]))
+    return as_preprocess(imgsz)(crop)
 
 
-def tile_batches(image: np.ndarray, tiles: Sequence[Tile], size: int, imgsz: int,
+def tile_batches(image: np.ndarray, tiles: Sequence[Tile], size: int, imgsz: "int | Preprocess",
                  batch: int) -> Iterator[tuple[list[Tile], Tensor]]:
     """Yield ``(tiles, inputs [b,3,imgsz,imgsz])`` ``batch`` tiles at a time; only one batch exists at once."""
     for i in range(0, len(tiles), max(1, batch)):
@@ -280,7 +284,8 @@ def sliced_predict(predict_fn: PredictFn, image: np.ndarray, size: int, imgsz: i
     height, width = image.shape[:2]
     tiles = tile_grid(width, height, size, overlap)
     margin = edge_margin * size
-    scale = size / imgsz
+    pre = as_preprocess(imgsz)
+    scale = size / pre.imgsz
     all_b, all_s, all_l, all_t, all_c = [], [], [], [], []
 
     def collect(tb, ts, tl, tile, tid, scale_xy, never_cut=False):
@@ -295,16 +300,15 @@ def sliced_predict(predict_fn: PredictFn, image: np.ndarray, size: int, imgsz: i
         all_c.append(torch.zeros(len(tb), dtype=torch.bool) if never_cut else cut_flags(tb, tile, width, height, margin))
 
     tid = 0
-    for chunk, x in tile_batches(image, tiles, size, imgsz, batch):
+    for chunk, x in tile_batches(image, tiles, size, pre, batch):
         boxes, scores, labels = predict_fn(x)
         for k, tile in enumerate(chunk):
             collect(boxes[k], scores[k], labels[k], tile, tid, (scale, scale))
             tid += 1
     if full_image and len(tiles) > 1:
-        whole = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(torch.float32).div_(255.0)
-        whole = F.interpolate(whole[None], size=(imgsz, imgsz), mode="bilinear", align_corners=False, antialias=True)
-        boxes, scores, labels = predict_fn(whole)
-        collect(boxes[0], scores[0], labels[0], (0, 0, width, height), -1, (width / imgsz, height / imgsz), True)
+        boxes, scores, labels = predict_fn(pre(image)[None])
+        pw, ph = pre.post_size(width, height)  # letterbox: the input is the image padded to a square
+        collect(boxes[0], scores[0], labels[0], (0, 0, width, height), -1, (pw / pre.imgsz, ph / pre.imgsz), True)
     return merge_detections(torch.cat(all_b), torch.cat(all_s), torch.cat(all_l), torch.cat(all_t),
                             torch.cat(all_c), merge, merge_iou, merge_ios, max_det, tiles)
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from hmpe.data.dataset import build_dataset, collate_fn
 from hmpe.data.formats import format_note, load_data_config
+from hmpe.data.preprocess import Preprocess
 from hmpe.data.transforms import NUM_DROPPED_KEY, build_pipeline, multi_scale_sizes, resize_batch
 from hmpe.engine.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from hmpe.engine.evaluator import COCOEvaluator
@@ -62,10 +63,13 @@ def increment_run_dir(project: str | Path, task: str, name: str | None, exist_ok
 
 
 def amp_dtype(spec, device: torch.device):
-    """None (fp32), torch.bfloat16 or torch.float16. AMP only on CUDA; bf16 by default there."""
-    if device.type != "cuda" or spec in (False, None, "false", "off"):
+    """None (fp32), torch.bfloat16 or torch.float16. ``auto``: bf16 on CUDA, fp32 on the CPU; ``bf16`` and
+    ``fp16`` autocast on any device (the CPU through torch's CPU autocast, slow but the same code paths)."""
+    if spec in (False, None, "false", "off"):
         return None
-    if spec in ("auto", True, "bf16"):
+    if spec in ("auto", True):
+        return torch.bfloat16 if device.type == "cuda" else None
+    if spec == "bf16":
         return torch.bfloat16
     if spec == "fp16":
         return torch.float16
@@ -80,26 +84,37 @@ def to_device(targets: list[dict], device: torch.device) -> list[dict]:
     return [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
 
 
-def loss_groups(loss_dict: dict[str, torch.Tensor]) -> dict[str, float]:
+def loss_groups(loss_dict: dict[str, float]) -> dict[str, float]:
     """Sum weighted loss terms by kind (vfl, bbox, giou, probe...) across layers/encoder/denoising."""
     out: dict[str, float] = {}
     for k, v in loss_dict.items():
         kind = k.split("_aux")[0].split("_enc")[0].split("_dn")[0]
-        out[kind] = out.get(kind, 0.0) + float(v.detach())
+        out[kind] = out.get(kind, 0.0) + float(v)
     return out
+
+
+def losses_to_host(loss: torch.Tensor, loss_dict: dict[str, torch.Tensor]) -> tuple[float, dict[str, float]]:
+    """The total and every term as Python floats with ONE device-to-host copy (one sync per step on CUDA,
+    instead of one per term), for the finiteness check and the log."""
+    vals = torch.stack([loss.detach().float(), *(v.detach().float().reshape(()) for v in loss_dict.values())])
+    host = vals.cpu().tolist()
+    return host[0], dict(zip(loss_dict, host[1:]))
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, postprocessor: nn.Module, evaluator: COCOEvaluator,
-             device: torch.device, desc: str = "val", autocast_dtype=None) -> dict:
-    """Run ``model`` over ``loader`` and score it; returns the evaluator's metrics."""
+             device: torch.device, desc: str = "val", autocast_dtype=None, preprocess: Preprocess | None = None
+             ) -> dict:
+    """Run ``model`` over ``loader`` (images made by ``preprocess.transform``) and score it; ``preprocess`` maps
+    the boxes back to original pixels (letterbox: :meth:`Preprocess.post_sizes`)."""
     model.eval()
     ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     for images, targets in tqdm(loader, desc=desc, leave=False, disable=not du.is_main_process()):
         images = images.to(device)
         with ctx:
             outputs = model(images)
-        orig = torch.stack([t["orig_size"] for t in targets]).to(device)
+        orig = torch.stack([t["orig_size"] for t in targets])
+        orig = (preprocess.post_sizes(orig) if preprocess is not None else orig).to(device)
         preds = postprocessor({k: v.float() for k, v in outputs.items() if k in ("pred_logits", "pred_boxes")}, orig)
         evaluator.update([t["image_id"] for t in targets], [{k: v.cpu() for k, v in p.items()} for p in preds])
     # DDP: each rank scored its shard (DistributedSampler pads with repeats; an image id updated twice
@@ -142,7 +157,9 @@ class Trainer:
             aug_cfg["multi_scale"] = cfg["multi_scale"]
         self.multi_scale = multi_scale_sizes(aug_cfg, cfg["imgsz"])
         # augment=false trains on the evaluation pipeline (resize only); mosaic: DEIM-style dense augmentation
-        tr_t, va_t, mosaic = build_pipeline(aug, cfg["imgsz"])
+        tr_t, _, mosaic = build_pipeline(aug, cfg["imgsz"])
+        self.preprocess = Preprocess.from_train_cfg(cfg)  # validation = what val/predict/export do later
+        va_t = self.preprocess.transform
         self.train_set = build_dataset(self.data_cfg, "train", transforms=tr_t, skip_bad=cfg.get("skip_bad", False),
                                        mosaic=mosaic)
         self.val_set = build_dataset(self.data_cfg, "val", transforms=va_t, skip_bad=cfg.get("skip_bad", False))
@@ -203,8 +220,8 @@ class Trainer:
                  f"{len(self.train_set)} train / {len(self.val_set)} val images, {self.num_classes} classes), "
                  f"device {self.device}, run folder {self.run_dir}")
         if self.resume_ckpt is not None and self.start_epoch >= self.epochs:
-            self.log(f"nothing to resume: {self.run_dir} already completed all {self.epochs} epochs; "
-                     f"pass epochs=N (N > {self.epochs}) with resume= to train on")
+            self.log(f"nothing to resume: {self.run_dir} already completed all {self.epochs} epochs; to train on, "
+                     f"start a new run from its weights with weights={self.cfg['resume']}")
             self.metrics = dict(self.resume_ckpt.get("metrics") or {})
             return self.metrics
         t_start = time.time()
@@ -255,7 +272,8 @@ class Trainer:
             loss_dict.update(outputs.get("aux_losses", {}))  # e.g. the heatmap probe's dense losses
             loss = sum(loss_dict.values())
 
-            if du.any_rank(not bool(torch.isfinite(loss)), self.device):  # DDP: every rank skips together
+            loss_value, host_losses = losses_to_host(loss, loss_dict)  # the step's only host sync
+            if du.any_rank(not math.isfinite(loss_value), self.device):  # DDP: every rank skips together
                 self._on_non_finite(images, targets, loss_dict)
                 self.iteration += 1
                 continue
@@ -271,9 +289,9 @@ class Trainer:
             self.iteration += 1
 
             n += 1
-            for k, v in loss_groups(loss_dict).items():
+            for k, v in loss_groups(host_losses).items():
                 sums[k] = sums.get(k, 0.0) + v
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            sums["loss"] = sums.get("loss", 0.0) + loss_value
             pbar.set_postfix(loss=f"{sums['loss'] / n:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
         stats = {k: v / max(1, n) for k, v in sums.items()}
         if du.is_dist():
@@ -295,7 +313,7 @@ class Trainer:
         model = self.ema.module if self.ema is not None else unwrap(self.model)
         evaluator = COCOEvaluator(self.val_set.samples, self.names, max_dets=self.cfg["max_dets"])
         metrics = evaluate(model, self.val_loader, self.postprocessor, evaluator, self.device,
-                           autocast_dtype=self.amp_dtype)
+                           autocast_dtype=self.amp_dtype, preprocess=self.preprocess)
         self.evaluator = evaluator
         return metrics
 
@@ -408,7 +426,17 @@ class Trainer:
             model.load_state_dict(saved)
             set_rng_state(rng)
 
-    def checkpoint(self, epoch: int, metrics: dict) -> dict:
+    def checkpoint(self, epoch: int, metrics: dict, final: bool = False) -> dict:
+        """The resume state; ``final``: what a user keeps (best.pt, last.pt after the last epoch) -- the EMA
+        weights (the raw ones without EMA) as ``model``, no optimiser, scaler or RNG state (about a third of
+        the size: AdamW keeps two moments per weight)."""
+        if final:
+            weights = self.ema.module.state_dict() if self.ema is not None else unwrap(self.model).state_dict()
+            return {"model": weights, "ema": None, "epoch": epoch, "epochs": self.epochs,
+                    "iteration": self.iteration, "best_fitness": self.best_fitness, "metrics": metrics,
+                    "model_cfg": self.model_cfg, "names": self.names, "final": True, "data_cfg": dict(self.data_cfg),
+                    "train_cfg": {k: v for k, v in self.cfg.items() if not k.startswith("_")},
+                    "hmpe_version": __import__("hmpe").__version__}
         return {
             "model": unwrap(self.model).state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
@@ -437,13 +465,27 @@ class Trainer:
         if not du.is_main_process():
             return
         ckpt = self.checkpoint(epoch, metrics)
-        save_atomic(ckpt, self.weights_dir / "last.pt")
+        final = self.checkpoint(epoch, metrics, final=True) if improved or epoch + 1 >= self.epochs else None
+        # while training runs last.pt is the resume state; after the last epoch it is the weights a user keeps
+        save_atomic(final if epoch + 1 >= self.epochs else ckpt, self.weights_dir / "last.pt")
         if improved:
-            save_atomic(ckpt, self.weights_dir / "best.pt")
+            save_atomic(final, self.weights_dir / "best.pt")
         if self.cfg.get("save_period") and (epoch + 1) % self.cfg["save_period"] == 0:
             save_atomic(ckpt, self.weights_dir / f"epoch{epoch + 1}.pt")
 
     def _restore(self, ckpt: dict) -> None:
+        if ckpt.get("final"):  # a finished run: its final weights, nothing left to resume
+            if ckpt["epoch"] + 1 < self.epochs:
+                raise ValueError(f"{self.cfg['resume']}: the final checkpoint of a finished run (weights only, no "
+                                 f"optimizer state) cannot train more epochs; start a new run from it with "
+                                 f"weights={self.cfg['resume']}")
+            unwrap(self.model).load_state_dict(ckpt["model"])
+            if self.ema is not None:
+                self.ema.module.load_state_dict(ckpt["model"])
+            self.start_epoch, self.epochs = ckpt["epoch"] + 1, ckpt.get("epochs", self.epochs)
+            self.iteration, self.best_fitness = ckpt["iteration"], ckpt["best_fitness"]
+            self.metrics = ckpt.get("metrics") or {}
+            return
         unwrap(self.model).load_state_dict(ckpt["model"])
         if self.ema is not None and ckpt.get("ema"):
             self.ema.load_state_dict(ckpt["ema"])

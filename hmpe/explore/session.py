@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from hmpe.api import Detector, resize_for_model, resolve_source
+from hmpe.api import Detector, resolve_source
 from hmpe.data.dataset import load_image
 from hmpe.engine.evaluator import coco_match_image
 from hmpe.models.mask_stats import mask_statistics, object_cells, remask
@@ -108,7 +107,8 @@ class ExploreSession:
         self.by_name = {im.name: i for i, im in enumerate(self.images)}
         self.scanning = False  # set by the server when a background scan runs every image once
         self.conf, self.floor, self.max_side = float(conf), float(floor), int(max_side)
-        self.imgsz = imgsz or detector._ckpt.get("train_cfg", {}).get("imgsz", 640)
+        self.pre = detector.preprocess(imgsz)  # the checkpoint's own resize / letterbox (hmpe.data.preprocess)
+        self.imgsz = self.pre.imgsz
         self.cache_size = max(1, int(cache))
         self._cache: OrderedDict[int, dict] = OrderedDict()
         self._summaries: dict[int, dict] = {}  # detections + matches of every image run so far (JSON for the page)
@@ -144,7 +144,7 @@ class ExploreSession:
         path = self.resolve(im.name)
         image = load_image(path)  # uint8 HxWx3
         H, W = image.shape[:2]
-        x = resize_for_model(Image.fromarray(image), self.imgsz)[None].to(self.detector.device)
+        x = self.pre(image)[None].to(self.detector.device)
         heat_mod = self.model.heatmap
         probe = []  # (F, class logits) per level: the inputs of H_class for a chosen class
         hook = heat_mod.probe.register_forward_hook(lambda m, i, o: probe.append((o[0].detach(), o[1].detach())))
@@ -153,7 +153,7 @@ class ExploreSession:
         finally:
             hook.remove()
         heat = dataclasses.replace(outputs.pop("heatmap"), probe=[])
-        o = self.detector._post(outputs, torch.tensor([[W, H]], device=self.detector.device))[0]
+        o = self.detector._post(outputs, torch.tensor([self.pre.post_size(W, H)], device=self.detector.device))[0]
         keep = o["scores"] >= self.floor
         dets = {k: o[k][keep].cpu().numpy() for k in ("boxes", "scores", "labels")}
         small, _ = fit_for_display(image, np.zeros((0, 4)), self.max_side)

@@ -19,6 +19,7 @@ from hmpe.models.loss import SetCriterion
 from hmpe.models.matcher import HungarianMatcher
 from hmpe.models.mohfe import MOHFE
 from hmpe.models.postprocess import PostProcessor
+from hmpe.utils.keys import check_model_config
 
 
 class DetectionModel(nn.Module):
@@ -70,12 +71,14 @@ class DetectionModel(nn.Module):
 
 
 def build_model(cfg: dict, num_classes: int) -> DetectionModel:
-    """Build a DetectionModel from a model config (see hmpe/configs/models/*.yaml).
+    """Build a DetectionModel from a model config (see hmpe/configs/models/*.yaml); unknown keys raise
+    :class:`hmpe.utils.keys.ConfigKeyError` naming the nearest known one.
 
     ``backbone.pretrained`` (a weights file) is not read here: the trainer loads it into a fresh run
     (:func:`hmpe.models.pretrained.load_pretrained_backbone`); a model rebuilt from a checkpoint takes its
     weights from the checkpoint, so the file need not exist any more.
     """
+    check_model_config(cfg, f"model config {cfg.get('name', '')!r}".replace(" ''", ""))
     cfg = copy.deepcopy(cfg)
     hidden = cfg.get("hidden_dim", 256)
     bb_cfg = dict(cfg.get("backbone") or {})

@@ -247,27 +247,29 @@ def probe_loss(
     Each is divided by ``max(#positives in the batch, 1)`` and weighted. Images without objects are
     valid: all their locations are negatives.
     """
-    cls = _flat_levels([o["cls"] for o in probe_outputs])  # [B,P,C]
-    reg = _flat_levels([o["reg"] for o in probe_outputs])  # [B,P,4]
-    qual = _flat_levels([o["quality"] for o in probe_outputs])[..., 0]  # [B,P]
+    # fp32 whatever the autocast dtype (the probe's losses are losses, see docs/method.md "Mixed precision")
+    cls = _flat_levels([o["cls"] for o in probe_outputs]).float()  # [B,P,C]
+    reg = _flat_levels([o["reg"] for o in probe_outputs]).float()  # [B,P,4]
+    qual = _flat_levels([o["quality"] for o in probe_outputs])[..., 0].float()  # [B,P]
     sizes = [tuple(o["cls"].shape[-2:]) for o in probe_outputs]
     B, P, C = cls.shape
-    cls_t = torch.zeros_like(cls)
-    reg_t = torch.zeros_like(reg)
-    pos = torch.zeros(B, P, dtype=torch.bool, device=cls.device)
-    for b, t in enumerate(targets):
-        boxes, labels = t["boxes"].to(cls.device), t["labels"].to(cls.device)
+    # Dense targets, no boolean indexing: a mask-select or ``if p.any()`` waits for the device (a host
+    # sync per image on CUDA); multiplying by the positive mask gives the same sums without one.
+    cls_t, reg_t, pos = [], [], []
+    for t in targets:
+        boxes, labels = t["boxes"].to(cls.device), t["labels"].to(cls.device).long()
         p, gt, ltrb = assign_dense_targets(boxes, sizes, strides, image_size, radius, scale_ranges)
-        pos[b] = p
-        if p.any():
-            cls_t[b, p, labels[gt[p]]] = 1.0
-            reg_t[b] = ltrb.to(reg.dtype)
-    num_pos = pos.sum().clamp(min=1).to(cls.dtype)
+        onehot = (Fn.one_hot(labels[gt], C).to(cls.dtype) if labels.numel() else cls.new_zeros(P, C))
+        cls_t.append(onehot * p[:, None])
+        reg_t.append(ltrb.to(reg.dtype))
+        pos.append(p)
+    cls_t, reg_t, pos = torch.stack(cls_t), torch.stack(reg_t), torch.stack(pos)  # [B,P,C], [B,P,4], [B,P]
+    posf = pos.to(cls.dtype)
+    num_pos = posf.sum().clamp(min=1)
     loss_cls = sigmoid_focal_loss(cls, cls_t, focal_alpha, focal_gamma).sum() / num_pos
-    l_reg = Fn.smooth_l1_loss(reg[pos], reg_t[pos], beta=huber_beta, reduction="none").mean(-1)  # [n_pos]
-    loss_reg = l_reg.sum() / num_pos
-    q_t = torch.zeros_like(qual)
-    q_t[pos] = torch.exp(-l_reg.detach())
+    l_reg = Fn.smooth_l1_loss(reg, reg_t, beta=huber_beta, reduction="none").mean(-1)  # [B,P]
+    loss_reg = (l_reg * posf).sum() / num_pos
+    q_t = torch.exp(-l_reg.detach()) * posf  # exp(-L_reg) at positives, 0 elsewhere
     loss_q = Fn.binary_cross_entropy_with_logits(qual, q_t, reduction="sum") / num_pos
     return {
         "loss_probe_cls": weight_cls * loss_cls,
@@ -697,7 +699,9 @@ class HeatmapEmbedding(nn.Module):
         # The autograd paths (reference, bbox_heat=loss) need normal tensors even under inference_mode.
         autograd_path = use_loss or not self.closed_form
         ctx = torch.inference_mode(False) if autograd_path else contextlib.nullcontext()
-        with ctx, torch.no_grad():  # the heatmaps are not differentiated (F detached)
+        # no_grad: the heatmaps are not differentiated (F detached); autocast off: eqs. 1-3 (the einsums and
+        # the min-max normalisation) in fp32 even inside an AMP forward (docs/method.md "Mixed precision")
+        with ctx, torch.no_grad(), torch.autocast(feats[0].device.type, enabled=False):
             prep = (lambda t: t.detach().to(cd).clone()) if autograd_path else (lambda t: t.detach().to(cd))
             fs, cls, qual = [prep(f) for f in fs], [prep(s) for s in cls], [prep(q) for q in qual]
             if use_loss:
@@ -712,7 +716,7 @@ class HeatmapEmbedding(nn.Module):
                 loss_maps, has_pos = self._loss_maps(fs, targets, image_size)
                 sel = has_pos[:, None, None, None]
                 h_bbox = [torch.where(sel, a, b) for a, b in zip(loss_maps, h_bbox)]
-                source = ["loss" if bool(p) else "quality" for p in has_pos]
+                source = ["loss" if p else "quality" for p in has_pos.tolist()]  # one host sync
             h_bbox = fuse_levels(minmax_per_image(h_bbox), self.fuse)
             h_class = [h.to(feats[0].dtype) for h in h_class]
             h_bbox = [h.to(feats[0].dtype) for h in h_bbox]
@@ -728,7 +732,13 @@ class HeatmapEmbedding(nn.Module):
 
     def loss(self, out: HeatmapOutput, targets: Sequence[dict], image_size: Sequence[int] | None = None
              ) -> dict[str, Tensor]:
-        """Probe losses (:func:`probe_loss`) with this module's strides, ranges and weights."""
+        """Probe losses (:func:`probe_loss`) with this module's strides, ranges and weights, in fp32 even
+        when called inside an autocast region (the model's forward)."""
+        with torch.autocast(out.gate.device.type, enabled=False):
+            return self._loss(out, targets, image_size)
+
+    def _loss(self, out: HeatmapOutput, targets: Sequence[dict], image_size: Sequence[int] | None
+              ) -> dict[str, Tensor]:
         return probe_loss(
             out.probe, targets, self.strides, image_size if image_size is not None else out.image_size,
             radius=self.radius, scale_ranges=self.scale_ranges, huber_beta=self.huber_beta,

@@ -59,11 +59,12 @@ class SetCriterion(nn.Module):
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _num_boxes(targets: list[dict], device: torch.device) -> float:
-        n = torch.tensor([float(sum(int(t["labels"].numel()) for t in targets))], device=device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(n)
-            n = n / dist.get_world_size()
-        return max(float(n.item()), 1.0)
+        count = float(sum(int(t["labels"].numel()) for t in targets))  # shapes: known on the host
+        if not (dist.is_available() and dist.is_initialized()):
+            return max(count, 1.0)  # a single process never touches the device here (no host sync)
+        n = torch.tensor([count], device=device)
+        dist.all_reduce(n)
+        return max(float(n.item()) / dist.get_world_size(), 1.0)
 
     @staticmethod
     def _split_dn(out: dict, dn_meta: dict | None) -> dict:

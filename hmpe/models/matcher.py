@@ -61,21 +61,24 @@ class HungarianMatcher(nn.Module):
         ``len = min(Q, T_i)``; ``idx_pred`` sorted ascending."""
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
         device = logits.device
-        indices = []
+        costs = []
         for i, t in enumerate(targets):
+            if int(t["labels"].numel()):
+                c = self.cost_matrix(logits[i], boxes[i], t["labels"].to(device), t["boxes"].to(device))
+                # A NaN/inf cost makes scipy raise; a diverged prediction just becomes a bad match.
+                costs.append(torch.nan_to_num(c, nan=1e8, posinf=1e8, neginf=-1e8))
+        # one device-to-host copy for the batch (scipy's assignment runs on the host), not one per image
+        flat = torch.cat([c.flatten() for c in costs]).cpu().numpy() if costs else np.zeros(0)
+        indices, start, k = [], 0, 0
+        for t in targets:
             n = int(t["labels"].numel())
             if n == 0:
                 empty = torch.zeros(0, dtype=torch.long, device=device)
                 indices.append((empty, empty.clone()))
                 continue
-            c = self.cost_matrix(logits[i], boxes[i], t["labels"].to(device), t["boxes"].to(device))
-            # A NaN/inf cost makes scipy raise; a diverged prediction just becomes a bad match.
-            c = torch.nan_to_num(c, nan=1e8, posinf=1e8, neginf=-1e8).cpu().numpy()
-            r, k = linear_sum_assignment(c)
-            indices.append(
-                (
-                    torch.as_tensor(np.asarray(r), dtype=torch.long, device=device),
-                    torch.as_tensor(np.asarray(k), dtype=torch.long, device=device),
-                )
-            )
+            q = costs[k].shape[0]
+            r, j = linear_sum_assignment(flat[start:start + q * n].reshape(q, n))
+            start, k = start + q * n, k + 1
+            indices.append((torch.as_tensor(np.asarray(r), dtype=torch.long, device=device),
+                            torch.as_tensor(np.asarray(j), dtype=torch.long, device=device)))
         return indices

@@ -13,8 +13,9 @@ from typing import Any
 
 import yaml
 
+from hmpe.utils.keys import MODEL_SECTIONS, defaults
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-MODEL_SECTIONS = ("backbone", "encoder", "heatmap", "mohfe", "hidq", "decoder", "matcher", "loss", "hidden_dim")
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -55,7 +56,8 @@ def load_model_config(name_or_path: str | dict) -> dict:
 
 
 def default_train_config() -> dict:
-    return read_yaml(CONFIG_DIR / "default.yaml")
+    """The training defaults, from the key table (:mod:`hmpe.utils.keys`, ``TASKS["train"]``)."""
+    return defaults("train")
 
 
 def parse_value(text: str) -> Any:
@@ -88,7 +90,7 @@ def set_dotted(cfg: dict, key: str, value: Any) -> None:
     parts = key.split(".")
     d = cfg
     for p in parts[:-1]:
-        if d.get(p) is None:
+        if not isinstance(d.get(p), dict):  # None, or a switch such as augment=true: becomes a mapping
             d[p] = {}
         d = d[p]
     d[parts[-1]] = value

@@ -65,6 +65,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hmpe.models.deploy import bn_affine, conv_with_affine
+
 __all__ = [
     "DSConv",
     "LSConv",
@@ -252,6 +254,8 @@ class SnakeConv(nn.Module):
         O = self.conv.out_channels
         w = self.conv.weight.reshape(O, C, K).permute(2, 1, 0).reshape(K * C, O)
         out = torch.matmul(s, w)  # [B, H*W, O]
+        if self.conv.bias is not None:  # deploy mode: the path's BatchNorm folded in
+            out = out + self.conv.bias
         return out.transpose(1, 2).reshape(B, O, H, W)
 
     def _forward_grid_sample(self, x: Tensor) -> Tensor:
@@ -268,7 +272,7 @@ class SnakeConv(nn.Module):
             grid = grid.permute(0, 2, 1, 3, 4).reshape(B, H * K, W, 2)  # taps along y: [B,C,H*K,W]
         deformed = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         stride = (1, K) if self.morph == 0 else (K, 1)
-        return F.conv2d(deformed, self.conv.weight, stride=stride)
+        return F.conv2d(deformed, self.conv.weight, self.conv.bias, stride=stride)
 
 
 class LinearStripConv(nn.Module):
@@ -286,6 +290,11 @@ class LinearStripConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.conv_x(x) + self.conv_y(x)
 
+    def fold_affine(self, scale: Tensor, shift: Tensor) -> None:
+        """Deploy mode: make ``forward`` return ``forward(x) * scale + shift`` (per output channel)."""
+        self.conv_x = conv_with_affine(self.conv_x, scale, shift)
+        self.conv_y = conv_with_affine(self.conv_y, scale)
+
 
 class SnakePath(nn.Module):
     """Snake counterpart of ``LinearStripConv``: ``snake_x`` (eq. 10) + ``snake_y`` (eq. 11), summed."""
@@ -300,6 +309,11 @@ class SnakePath(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.snake_x(x) + self.snake_y(x)
 
+    def fold_affine(self, scale: Tensor, shift: Tensor) -> None:
+        """Deploy mode: make ``forward`` return ``forward(x) * scale + shift`` (per output channel)."""
+        self.snake_x.conv = conv_with_affine(self.snake_x.conv, scale, shift)
+        self.snake_y.conv = conv_with_affine(self.snake_y.conv, scale)
+
 
 class _PathBNAct(nn.Sequential):
     """path conv -> BN -> act."""
@@ -309,6 +323,17 @@ class _PathBNAct(nn.Sequential):
         self.conv = path
         self.bn = nn.BatchNorm2d(channels)
         self.act = act_layer()
+
+    @torch.no_grad()
+    def fold(self, weight: Tensor | None = None) -> None:
+        """Deploy mode: BN (times a positive per-channel ``weight``, which commutes with ReLU) into the path."""
+        if not isinstance(self.bn, nn.BatchNorm2d):
+            return  # already folded
+        scale, shift = bn_affine(self.bn)
+        if weight is not None:
+            scale, shift = scale * weight, shift * weight
+        self.conv.fold_affine(scale, shift)
+        self.bn = nn.Identity()
 
 
 class _ResidualProj(nn.Module):
@@ -345,6 +370,10 @@ class DSConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.out(x, self.snake(x))
 
+    def fold_for_inference(self) -> None:
+        """Deploy mode (:func:`hmpe.models.deploy.fuse_model`): the path's BN into its strip convs."""
+        self.snake.fold()
+
 
 class StripBlock(nn.Module):
     """Linear (straight strip) path only, residual; ablation counterpart of ``DSConv``."""
@@ -356,6 +385,10 @@ class StripBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.out(x, self.linear(x))
+
+    def fold_for_inference(self) -> None:
+        """Deploy mode (:func:`hmpe.models.deploy.fuse_model`): the path's BN into its strip convs."""
+        self.linear.fold()
 
 
 class LSConv(nn.Module):
@@ -379,15 +412,30 @@ class LSConv(nn.Module):
         self.linear = _PathBNAct(LinearStripConv(channels, channels, kernel_size), channels, act_layer)
         self.fuse_logits = nn.Parameter(torch.zeros(2, channels))  # [path (snake, linear), C]
         self.out = _ResidualProj(channels, act_layer)
+        self.weights_folded = False  # deploy mode: the path weights live in the folded strip convs
 
     def fusion_weights(self) -> Tensor:
         """``[2, C]`` softmax weights of (snake, linear) per output channel."""
         return self.fuse_logits.softmax(dim=0)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.weights_folded:
+            return self.out(x, self.snake(x) + self.linear(x))
         w = self.fusion_weights().to(x.dtype)[:, None, :, None, None]  # [2, 1, C, 1, 1]
         y = w[0] * self.snake(x) + w[1] * self.linear(x)
         return self.out(x, y)
+
+    @torch.no_grad()
+    def fold_for_inference(self) -> None:
+        """Deploy mode (:func:`hmpe.models.deploy.fuse_model`): each path's BN into its strip convs and,
+        with ReLU paths, the softmax path weights too (``w * relu(z) = relu(w * z)``, ``w > 0``)."""
+        relu = isinstance(self.snake.act, nn.ReLU) and isinstance(self.linear.act, nn.ReLU)
+        if self.weights_folded or not isinstance(self.snake.bn, nn.BatchNorm2d):
+            return
+        w = self.fusion_weights() if relu else (None, None)
+        self.snake.fold(w[0])
+        self.linear.fold(w[1])
+        self.weights_folded = relu
 
 
 _KINDS = {"lsconv": LSConv, "dsconv": DSConv, "strip": StripBlock}

@@ -64,8 +64,11 @@ def resolve_source(source: str | Path | list) -> list[Path]:
     return files
 
 
-def load_for_inference(weights: str | Path, device: torch.device):
-    """Checkpoint -> (model in eval mode with EMA weights when present, postprocessor, ckpt)."""
+def load_for_inference(weights: str | Path, device: torch.device, fuse: bool = True):
+    """Checkpoint -> (model in eval mode with EMA weights when present, postprocessor, ckpt).
+
+    ``fuse`` (default): deploy mode (:meth:`hmpe.models.detector.DetectionModel.fuse`, same outputs,
+    inference only); ``False`` keeps the trained structure (e.g. to inspect or fine-tune it)."""
     from hmpe.models.detector import build_model, build_postprocessor
 
     ckpt = load_checkpoint(weights)
@@ -73,6 +76,8 @@ def load_for_inference(weights: str | Path, device: torch.device):
     state = (ckpt.get("ema") or {}).get("module") or ckpt["model"]
     model.load_state_dict(state)
     model.to(device).eval()
+    if fuse:
+        model.fuse()
     return model, build_postprocessor(ckpt["model_cfg"], len(ckpt["names"])), ckpt
 
 
@@ -180,16 +185,19 @@ class Detector:
     # ------------------------------------------------------------------ export
     def export(self, format: str = "onnx", imgsz: int | None = None, opset: int = 17, gather_sampling: bool = False,
                out: str | Path | None = None, check: bool = True, image: str | Path | None = None) -> Path:
-        """Export the checkpoint (post-processed outputs, dynamic batch; see :mod:`hmpe.engine.export`) and,
-        with ``check``, compare onnxruntime with PyTorch (raises ``ExportParityError`` on a mismatch)."""
-        if str(format).lower() != "onnx":
-            raise ValueError(f"format={format!r}: only onnx is supported")
+        """Export the checkpoint to ONNX or OpenVINO IR (post-processed outputs, dynamic batch; see
+        :mod:`hmpe.engine.export`) and, with ``check``, compare the runtime (onnxruntime / OpenVINO) with
+        PyTorch (raises ``ExportParityError`` on a mismatch)."""
+        fmt = str(format).lower()
+        if fmt not in ("onnx", "openvino"):
+            raise ValueError(f"format={format!r}: choose onnx or openvino")
         if not self.weights:
             raise ValueError("no weights: train first, or pass a checkpoint (Detector('best.pt'))")
-        from hmpe.engine.export import export_onnx
+        from hmpe.engine.export import export_onnx, export_openvino
 
-        return export_onnx(self.weights, imgsz=imgsz, opset=opset, gather_sampling=gather_sampling, out=out,
-                           check=check, image=image)
+        fn = export_onnx if fmt == "onnx" else export_openvino
+        return fn(self.weights, imgsz=imgsz, opset=opset, gather_sampling=gather_sampling, out=out, check=check,
+                  image=image)
 
     def _predict_sliced(self, path: Path, conf: float, imgsz: int, batch: int, size: int, overlap: float,
                         merge: str, merge_iou: float, full_image: bool) -> Prediction:

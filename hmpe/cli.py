@@ -4,7 +4,7 @@
     hmpe train model=rtdetr-n data=nwpu-vhr10 epochs=72 imgsz=512
     hmpe val weights=runs/train/exp/weights/best.pt [data=...]
     hmpe predict SOURCE weights=best.pt conf=0.3 [slice=640 overlap=0.2 merge=nms|wbf merge_iou=0.5]
-    hmpe export weights=best.pt format=onnx [imgsz=... opset=17 gather_sampling=false out=best.onnx image=IMG]
+    hmpe export weights=best.pt format=onnx|openvino [imgsz=... opset=17 gather_sampling=false out=PATH image=IMG]
     hmpe heatmap SOURCE weights=best.pt [conf=0.25 imgsz=... level=0|1|2|max out=DIR]  # heatmap-path models
     hmpe bench model=rtdetr-n imgsz=640 batch=1 [device=cpu threads=2 warmup=3 runs=20 save=out.json]
                                                 # imgsz=[512,640] batch=[1,4]: one report per pair; imgsz=512x640: HxW
@@ -92,7 +92,7 @@ def cmd_heatmap(argv: list[str]) -> int:
 
 
 def cmd_export(argv: list[str]) -> int:
-    """ONNX export with post-processed outputs and an onnxruntime parity check (hmpe.engine.export)."""
+    """ONNX / OpenVINO export with post-processed outputs and a parity check in the runtime (hmpe.engine.export)."""
     from hmpe.api import Detector
     from hmpe.engine.export import ExportParityError
     from hmpe.utils.config import parse_overrides
@@ -100,7 +100,7 @@ def cmd_export(argv: list[str]) -> int:
     args = parse_overrides(argv)
     weights = args.pop("weights", None)
     if not weights:
-        raise SystemExit("hmpe export: usage: hmpe export weights=PATH format=onnx [imgsz=... opset=17 "
+        raise SystemExit("hmpe export: usage: hmpe export weights=PATH format=onnx|openvino [imgsz=... opset=17 "
                          "gather_sampling=false out=PATH image=IMG check=true]")
     unknown = sorted(set(args) - {"format", "imgsz", "opset", "gather_sampling", "out", "image", "check"})
     if unknown:

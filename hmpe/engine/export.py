@@ -1,6 +1,7 @@
-"""ONNX export with post-processing inside the graph, and an onnxruntime parity check.
+"""ONNX / OpenVINO export with post-processing inside the graph, and a parity check in the runtime.
 
     hmpe export weights=best.pt format=onnx [imgsz=... opset=17 gather_sampling=false out=best.onnx]
+    hmpe export weights=best.pt format=openvino [imgsz=... out=best_openvino/best.xml]
 
 The exported graph (:class:`ExportWrapper`) takes ``images float32 [B,3,imgsz,imgsz]`` in [0,1] (the
 same square resize as ``hmpe val``/``predict``, no mean/std) and returns, already post-processed:
@@ -19,9 +20,14 @@ built with ``sampler="grid_sample"``) with gather-based bilinear sampling
 scoped to the export (:func:`hmpe.models.sampling.gather_sampling`).
 
 The exporter is the TorchScript one (``dynamo=False``): the dynamo exporter needs onnxscript, which
-is not a dependency. After writing the file the exporter runs it with onnxruntime on batch 1 and
+is not a dependency. The model is exported in deploy mode (``DetectionModel.fuse()``: BatchNorm folded
+into the convs). After writing the file the exporter runs it with onnxruntime on batch 1 and
 batch 3 and compares the top detections with PyTorch's (:func:`parity_check`); a disagreement raises
 :class:`ExportParityError`.
+
+``format=openvino`` (:func:`export_openvino`) converts that ONNX graph with ``openvino.convert_model``
+and writes the OpenVINO IR (``.xml`` + ``.bin``, the metadata in the IR's ``rt_info``), then runs the
+same parity check with the OpenVINO CPU runtime (f32 inference precision).
 """
 
 from __future__ import annotations
@@ -34,13 +40,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ExportWrapper", "ExportParityError", "export_onnx", "parity_check", "compare_detections"]
+__all__ = ["BACKENDS", "ExportWrapper", "ExportParityError", "compare_detections", "export_onnx", "export_openvino",
+           "parity_check", "runtime_session"]
 
 OUTPUT_NAMES = ("boxes", "scores", "labels")
 
 
 class ExportParityError(RuntimeError):
-    """onnxruntime's detections differ from PyTorch's beyond the tolerance."""
+    """The runtime's (onnxruntime's, OpenVINO's) detections differ from PyTorch's beyond the tolerance."""
 
 
 class ExportWrapper(nn.Module):
@@ -80,7 +87,7 @@ def compare_detections(ref: tuple[Tensor, ...], got: tuple[Tensor, ...], imgsz: 
     rb, rs, rl = (torch.as_tensor(t) for t in ref)
     gb, gs, gl = (torch.as_tensor(t) for t in got)
     if rb.shape != gb.shape or rs.shape != gs.shape:
-        raise ExportParityError(f"output shapes differ: PyTorch {tuple(rb.shape)} vs onnxruntime {tuple(gb.shape)}")
+        raise ExportParityError(f"output shapes differ: PyTorch {tuple(rb.shape)} vs the runtime's {tuple(gb.shape)}")
     scale = torch.tensor([imgsz[1], imgsz[0], imgsz[1], imgsz[0]], dtype=torch.float32)
     box_err = score_err = 0.0
     unmatched = 0
@@ -120,31 +127,63 @@ def _input_batch(batch: int, imgsz: tuple[int, int], image: str | Path | None, s
     return torch.rand(batch, 3, *imgsz, generator=g)
 
 
-def parity_check(onnx_path: str | Path, wrapper: nn.Module, imgsz: tuple[int, int], batches=(1, 3),
-                 image: str | Path | None = None, tol: float = 1e-3, top: int = 20, verbose: bool = True) -> dict:
-    """Run the ONNX file with onnxruntime (CPU) and ``wrapper`` with PyTorch on the same input for each
-    batch size; raise :class:`ExportParityError` when a top detection differs by more than ``tol``
-    (boxes: of the normalised input size; scores: absolute) or has no counterpart."""
-    import onnxruntime as ort
+BACKENDS = ("onnxruntime", "openvino")
 
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    input_name = sess.get_inputs()[0].name
+
+def runtime_session(path: str | Path, backend: str = "onnxruntime", threads: int | None = None):
+    """An exported file -> ``run(images np.float32 [B,3,H,W]) -> (boxes, scores, labels)`` numpy arrays.
+
+    ``backend``: ``"onnxruntime"`` (an ``.onnx`` file) or ``"openvino"`` (an ``.xml`` IR or an ``.onnx``
+    file, compiled for the CPU); ``threads`` caps the runtime's threads (default: its own choice)."""
+    if backend == "onnxruntime":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads, opts.inter_op_num_threads = int(threads), 1
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        return lambda x: tuple(sess.run(list(OUTPUT_NAMES), {name: x}))
+    if backend == "openvino":
+        import openvino as ov
+
+        config = {"INFERENCE_NUM_THREADS": int(threads)} if threads else {}
+        # f32 inference precision: the CPU plugin's default is bf16 on CPUs with AMX / AVX512-BF16
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+        compiled = ov.Core().compile_model(str(path), "CPU", config)
+        outs = [compiled.output(n) for n in OUTPUT_NAMES]
+
+        def run(x):
+            res = compiled(x)
+            return tuple(res[o] for o in outs)
+
+        return run
+    raise ValueError(f"backend={backend!r}: choose from {', '.join(BACKENDS)}")
+
+
+def parity_check(onnx_path: str | Path, wrapper: nn.Module, imgsz: tuple[int, int], batches=(1, 3),
+                 image: str | Path | None = None, tol: float = 1e-3, top: int = 20, verbose: bool = True,
+                 backend: str = "onnxruntime") -> dict:
+    """Run the exported file with ``backend`` (onnxruntime or openvino, CPU) and ``wrapper`` with PyTorch
+    on the same input for each batch size; raise :class:`ExportParityError` when a top detection differs
+    by more than ``tol`` (boxes: of the normalised input size; scores: absolute) or has no counterpart."""
+    run = runtime_session(onnx_path, backend)
     worst: dict = {"box": 0.0, "score": 0.0, "unmatched": 0, "raw_box_px": 0.0, "raw_score": 0.0}
     for n, bs in enumerate(batches):
         x = _input_batch(bs, imgsz, image, seed=n)
         with torch.no_grad():
             ref = tuple(t.cpu() for t in wrapper(x))
-        got = tuple(torch.from_numpy(a) for a in sess.run(list(OUTPUT_NAMES), {input_name: x.numpy()}))
+        got = tuple(torch.from_numpy(a) for a in run(x.numpy()))
         diff = compare_detections(ref, got, imgsz, top)
         if verbose:
-            print(f"parity batch {bs}: max |box diff| {diff['box']:.2e} (normalised), "
+            print(f"{backend} parity batch {bs}: max |box diff| {diff['box']:.2e} (normalised), "
                   f"max |score diff| {diff['score']:.2e}, unmatched {diff['unmatched']} "
                   f"(top {top}; element-wise over all K, where near-tied scores may swap ranks: "
                   f"boxes {diff['raw_box_px']:.2e} px, scores {diff['raw_score']:.2e})")
         worst = {k: max(worst[k], diff[k]) for k in worst}
         if diff["box"] > tol or diff["score"] > tol or diff["unmatched"]:
             raise ExportParityError(
-                f"{onnx_path}: onnxruntime disagrees with PyTorch at batch {bs}: max box diff {diff['box']:.3e} "
+                f"{onnx_path}: {backend} disagrees with PyTorch at batch {bs}: max box diff {diff['box']:.3e} "
                 f"(normalised), max score diff {diff['score']:.3e}, {diff['unmatched']} unmatched top detections "
                 f"(tolerance {tol})")
     return worst
@@ -202,4 +241,44 @@ def export_onnx(weights: str | Path, imgsz=None, opset: int = 17, gather_samplin
         parity_check(out, wrapper, size, image=image, tol=tol, verbose=verbose)
         if verbose:
             print(f"onnxruntime parity check passed (tolerance {tol})")
+    return out
+
+
+def export_openvino(weights: str | Path, imgsz=None, opset: int = 17, gather_sampling: bool = False,
+                    out: str | Path | None = None, check: bool = True, image: str | Path | None = None,
+                    tol: float = 1e-3, verbose: bool = True) -> Path:
+    """Checkpoint -> OpenVINO IR (``.xml`` + ``.bin``) with the same graph and outputs as
+    :func:`export_onnx`, converted from its ONNX file; returns the ``.xml`` path.
+
+    ``out`` defaults to ``<checkpoint stem>_openvino/<checkpoint stem>.xml`` next to the checkpoint (the
+    ultralytics layout); the intermediate ONNX file is written beside the ``.xml``. With ``check``, the IR
+    runs in the OpenVINO CPU runtime on batch 1 and 3 against PyTorch (raises :class:`ExportParityError`)."""
+    import openvino as ov
+
+    from hmpe.api import load_for_inference
+
+    weights = Path(weights)
+    out = Path(out) if out else weights.parent / f"{weights.stem}_openvino" / f"{weights.stem}.xml"
+    if out.suffix != ".xml":
+        raise ValueError(f"out={out}: an OpenVINO IR path ends in .xml (its weights go to the .bin beside it)")
+    onnx_path = export_onnx(weights, imgsz=imgsz, opset=opset, gather_sampling=gather_sampling,
+                            out=out.with_suffix(".onnx"), check=False, verbose=verbose)
+    import onnx
+
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    meta = {e.key: e.value for e in proto.metadata_props}
+    ov_model = ov.convert_model(str(onnx_path))
+    for k, v in meta.items():
+        ov_model.set_rt_info(v, ["model_info", k])
+    ov.save_model(ov_model, str(out), compress_to_fp16=False)  # fp32 weights: parity with PyTorch
+    if verbose:
+        mb = (out.stat().st_size + out.with_suffix(".bin").stat().st_size) / 2**20
+        print(f"converted {onnx_path} -> {out} (+ .bin, {mb:.1f} MB, OpenVINO {ov.get_version().split('-')[0]})")
+    if check:
+        model, post, ckpt = load_for_inference(weights, torch.device("cpu"))
+        size = _parse_imgsz(json.loads(meta["imgsz"]))
+        wrapper = ExportWrapper(model, post, size).eval()
+        parity_check(out, wrapper, size, image=image, tol=tol, verbose=verbose, backend="openvino")
+        if verbose:
+            print(f"OpenVINO parity check passed (tolerance {tol})")
     return out

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["BACKENDS", "ExportWrapper", "ExportParityError", "compare_detections", "export_onnx", "export_openvino",
-           "parity_check", "runtime_session"]
+           "onnx_to_openvino", "parity_check", "runtime_session", "write_onnx"]
 
 OUTPUT_NAMES = ("boxes", "scores", "labels")
 
@@ -189,6 +189,53 @@ def parity_check(onnx_path: str | Path, wrapper: nn.Module, imgsz: tuple[int, in
     return worst
 
 
+def write_onnx(model: nn.Module, postprocessor: nn.Module, size: tuple[int, int], out: str | Path,
+               opset: int = 17, gather_sampling: bool = False, meta: dict | None = None) -> tuple[Path, nn.Module]:
+    """An eval-mode detector -> ONNX file at ``out`` (graph of :class:`ExportWrapper`, dynamic batch,
+    ``meta`` as metadata properties); returns the path and the wrapper (the PyTorch reference)."""
+    import onnx
+
+    from hmpe.models.sampling import gather_sampling as gather_ctx
+
+    if int(opset) < 17:
+        raise ValueError(f"opset={opset}: 17 or newer is required (LayerNormalization, GridSample is 16+)")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = ExportWrapper(model, postprocessor, size).eval()
+    dummy = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0))  # batch 2: nothing folds to 1
+    dyn = {"images": {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}}
+    with gather_ctx(model, enabled=bool(gather_sampling)), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python ints (static spatial sizes by design)
+        torch.onnx.export(wrapper, (dummy,), str(out), opset_version=int(opset), dynamo=False,
+                          input_names=["images"], output_names=list(OUTPUT_NAMES), dynamic_axes=dyn,
+                          do_constant_folding=True)
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto)
+    if gather_sampling and "GridSample" in {n.op_type for n in proto.graph.node}:
+        raise RuntimeError(f"{out}: gather_sampling=true but the graph still has GridSample nodes")
+    for k, v in (meta or {}).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.save(proto, str(out))
+    return out, wrapper
+
+
+def onnx_to_openvino(onnx_path: str | Path, out: str | Path) -> Path:
+    """ONNX file -> OpenVINO IR ``out`` (``.xml`` + ``.bin``, fp32 weights), metadata into ``rt_info``."""
+    import onnx
+    import openvino as ov
+
+    out = Path(out)
+    if out.suffix != ".xml":
+        raise ValueError(f"out={out}: an OpenVINO IR path ends in .xml (its weights go to the .bin beside it)")
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    ov_model = ov.convert_model(str(onnx_path))
+    for e in proto.metadata_props:
+        ov_model.set_rt_info(e.value, ["model_info", e.key])
+    ov.save_model(ov_model, str(out), compress_to_fp16=False)  # fp32 weights: parity with PyTorch
+    return out
+
+
 def export_onnx(weights: str | Path, imgsz=None, opset: int = 17, gather_sampling: bool = False,
                 out: str | Path | None = None, check: bool = True, image: str | Path | None = None,
                 tol: float = 1e-3, verbose: bool = True) -> Path:
@@ -196,10 +243,7 @@ def export_onnx(weights: str | Path, imgsz=None, opset: int = 17, gather_samplin
 
     ``imgsz`` defaults to the checkpoint's training size; ``out`` to the checkpoint path with ``.onnx``;
     ``image`` (optional) is a real image for the parity check (default: random input)."""
-    import onnx
-
     from hmpe.api import load_for_inference
-    from hmpe.models.sampling import gather_sampling as gather_ctx
 
     if int(opset) < 17:
         raise ValueError(f"opset={opset}: 17 or newer is required (LayerNormalization, GridSample is 16+)")
@@ -209,33 +253,18 @@ def export_onnx(weights: str | Path, imgsz=None, opset: int = 17, gather_samplin
         imgsz = (ckpt.get("train_cfg") or {}).get("imgsz", 640)
     size = _parse_imgsz(imgsz)
     out = Path(out) if out else weights.with_suffix(".onnx")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = ExportWrapper(model, post, size).eval()
-    dummy = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0))  # batch 2: nothing folds to 1
-    dyn = {"images": {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}}
-    with gather_ctx(model, enabled=bool(gather_sampling)), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about Python ints (static spatial sizes by design)
-        torch.onnx.export(wrapper, (dummy,), str(out), opset_version=int(opset), dynamo=False,
-                          input_names=["images"], output_names=list(OUTPUT_NAMES), dynamic_axes=dyn,
-                          do_constant_folding=True)
-        proto = onnx.load(str(out))
-        onnx.checker.check_model(proto)
-        ops = {n.op_type for n in proto.graph.node}
-        if gather_sampling and "GridSample" in ops:
-            raise RuntimeError(f"{out}: gather_sampling=true but the graph still has GridSample nodes")
-        meta = {"names": json.dumps(list(ckpt["names"])), "imgsz": json.dumps(list(size)),
-                "outputs": "boxes xyxy input pixels [B,K,4]; scores [B,K]; labels [B,K]",
-                "input": "images float32 [B,3,H,W] RGB in [0,1]",
-                "gather_sampling": str(bool(gather_sampling)).lower(), "model": str(ckpt["model_cfg"].get("name", ""))}
-        for k, v in meta.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = k, v
-        onnx.save(proto, str(out))
+    meta = {"names": json.dumps(list(ckpt["names"])), "imgsz": json.dumps(list(size)),
+            "outputs": "boxes xyxy input pixels [B,K,4]; scores [B,K]; labels [B,K]",
+            "input": "images float32 [B,3,H,W] RGB in [0,1]",
+            "gather_sampling": str(bool(gather_sampling)).lower(), "model": str(ckpt["model_cfg"].get("name", ""))}
+    out, wrapper = write_onnx(model, post, size, out, opset, gather_sampling, meta)
     if verbose:
-        mb = out.stat().st_size / 2**20
-        print(f"exported {weights} -> {out} ({mb:.1f} MB, opset {opset}, input [batch,3,{size[0]},{size[1]}], "
-              f"{'gather' if gather_sampling else 'GridSample'} sampling, "
-              f"{sum(1 for n in proto.graph.node if n.op_type == 'GridSample')} GridSample nodes)")
+        import onnx
+
+        n_gs = sum(1 for n in onnx.load(str(out)).graph.node if n.op_type == "GridSample")
+        print(f"exported {weights} -> {out} ({out.stat().st_size / 2**20:.1f} MB, opset {opset}, input "
+              f"[batch,3,{size[0]},{size[1]}], {'gather' if gather_sampling else 'GridSample'} sampling, "
+              f"{n_gs} GridSample nodes)")
     if check:
         # reference: the PyTorch model as it runs normally (grid_sample), so the check covers the swap too
         parity_check(out, wrapper, size, image=image, tol=tol, verbose=verbose)
@@ -263,20 +292,13 @@ def export_openvino(weights: str | Path, imgsz=None, opset: int = 17, gather_sam
         raise ValueError(f"out={out}: an OpenVINO IR path ends in .xml (its weights go to the .bin beside it)")
     onnx_path = export_onnx(weights, imgsz=imgsz, opset=opset, gather_sampling=gather_sampling,
                             out=out.with_suffix(".onnx"), check=False, verbose=verbose)
-    import onnx
-
-    proto = onnx.load(str(onnx_path), load_external_data=False)
-    meta = {e.key: e.value for e in proto.metadata_props}
-    ov_model = ov.convert_model(str(onnx_path))
-    for k, v in meta.items():
-        ov_model.set_rt_info(v, ["model_info", k])
-    ov.save_model(ov_model, str(out), compress_to_fp16=False)  # fp32 weights: parity with PyTorch
+    onnx_to_openvino(onnx_path, out)
     if verbose:
         mb = (out.stat().st_size + out.with_suffix(".bin").stat().st_size) / 2**20
         print(f"converted {onnx_path} -> {out} (+ .bin, {mb:.1f} MB, OpenVINO {ov.get_version().split('-')[0]})")
     if check:
         model, post, ckpt = load_for_inference(weights, torch.device("cpu"))
-        size = _parse_imgsz(json.loads(meta["imgsz"]))
+        size = _parse_imgsz(imgsz if imgsz is not None else (ckpt.get("train_cfg") or {}).get("imgsz", 640))
         wrapper = ExportWrapper(model, post, size).eval()
         parity_check(out, wrapper, size, image=image, tol=tol, verbose=verbose, backend="openvino")
         if verbose:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -130,8 +131,10 @@ def _input_batch(batch: int, imgsz: tuple[int, int], image: str | Path | None, s
 BACKENDS = ("onnxruntime", "openvino")
 
 
-def runtime_session(path: str | Path, backend: str = "onnxruntime", threads: int | None = None):
-    """An exported file -> ``run(images np.float32 [B,3,H,W]) -> (boxes, scores, labels)`` numpy arrays.
+def runtime_session(path: str | Path, backend: str = "onnxruntime", threads: int | None = None,
+                    outputs: Sequence[str] | None = OUTPUT_NAMES):
+    """An exported file -> ``run(images np.float32 [B,3,H,W]) -> (boxes, scores, labels)`` numpy arrays
+    (``outputs``: these output names in this order; ``None``: every output of the graph).
 
     ``backend``: ``"onnxruntime"`` (an ``.onnx`` file) or ``"openvino"`` (an ``.xml`` IR or an ``.onnx``
     file, compiled for the CPU); ``threads`` caps the runtime's threads (default: its own choice)."""
@@ -143,7 +146,8 @@ def runtime_session(path: str | Path, backend: str = "onnxruntime", threads: int
             opts.intra_op_num_threads, opts.inter_op_num_threads = int(threads), 1
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
-        return lambda x: tuple(sess.run(list(OUTPUT_NAMES), {name: x}))
+        names = list(outputs) if outputs is not None else None
+        return lambda x: tuple(sess.run(names, {name: x}))
     if backend == "openvino":
         import openvino as ov
 
@@ -151,7 +155,7 @@ def runtime_session(path: str | Path, backend: str = "onnxruntime", threads: int
         # f32 inference precision: the CPU plugin's default is bf16 on CPUs with AMX / AVX512-BF16
         config["INFERENCE_PRECISION_HINT"] = "f32"
         compiled = ov.Core().compile_model(str(path), "CPU", config)
-        outs = [compiled.output(n) for n in OUTPUT_NAMES]
+        outs = [compiled.output(n) for n in outputs] if outputs is not None else list(compiled.outputs)
 
         def run(x):
             res = compiled(x)

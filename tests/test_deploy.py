@@ -89,3 +89,22 @@ def test_pairing_is_by_child_order_only():
     assert fuse_conv_bn_pairs(seq) == 0
     seq = nn.Sequential(nn.Conv2d(3, 4, 3, groups=1), nn.BatchNorm2d(4))
     assert fuse_conv_bn_pairs(seq) == 1 and isinstance(seq[1], nn.Identity) and seq[0].bias is not None
+
+
+@pytest.mark.parametrize("folded", [False, True])
+def test_snake_path_one_gather_equals_two(folded):
+    """Inference path of SnakePath (one gather of both morphs' taps, one matmul) == snake_x(x) + snake_y(x)."""
+    from hmpe.models.lsconv import SnakePath
+
+    torch.manual_seed(3)
+    path = SnakePath(6, 5, kernel_size=7, extend_scope=1.5).eval()
+    with torch.no_grad():
+        for snake in (path.snake_x, path.snake_y):
+            snake.offset_conv.weight.normal_(0, 0.5)  # bent strips: fractional, clamped coordinates
+        if folded:
+            path.fold_affine(torch.rand(5) + 0.5, torch.randn(5))
+        x = torch.randn(2, 6, 9, 11)
+        ref = path.snake_x(x) + path.snake_y(x)
+        got = path(x)
+    assert path.snake_x.deformation(x).abs().max() > 0.5
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)

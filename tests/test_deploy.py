@@ -60,6 +60,8 @@ def test_fused_model_matches_unfused(preset):
     model.fuse()
     assert is_fused(model)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()), "a BatchNorm2d was left unfused"
+    convs = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d) and min(m.weight.shape[-2:]) > 1]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
     _assert_same(ref, _outputs(model, x))
     for a, b in zip(backbone_ref, model.backbone(x)):
         torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)

@@ -12,7 +12,11 @@ with the same outputs (to float rounding):
   predictors and residual projections, whatever backbone blocks use that layout) becomes one conv with
   a bias, the norm an ``Identity``;
 * modules with inference constants keep them once computed (``enable_constant_cache``): the
-  encoder's sin-cos position encodings, the decoder's anchors and valid mask, per input size.
+  encoder's sin-cos position encodings, the decoder's anchors and valid mask, per input size;
+* ``channels_last`` (default): the conv weights in channels-last memory format, so oneDNN runs the
+  convolutions on NHWC activations without reordering each one (inputs may stay NCHW: the first
+  conv's output follows the weights' format). Values are the same; the layout is an implementation
+  detail that a traced / exported graph does not see.
 
 The pairing rule is structural (child order), not tied to a backbone's class names; it relies on a
 conv being registered right before the norm that follows it in ``forward``, which holds for every block
@@ -76,7 +80,7 @@ def is_fused(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def fuse_model(model: nn.Module) -> nn.Module:
+def fuse_model(model: nn.Module, channels_last: bool = True) -> nn.Module:
     """Deploy mode in place (see the module docstring); idempotent. Returns ``model`` in eval mode."""
     from hmpe.models.encoder import RepVggBlock
 
@@ -95,5 +99,7 @@ def fuse_model(model: nn.Module) -> nn.Module:
         cache = getattr(m, "enable_constant_cache", None)
         if callable(cache):
             cache()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     model._hmpe_fused = True
     return model

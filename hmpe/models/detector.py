@@ -70,10 +70,11 @@ class DetectionModel(nn.Module):
         return out
 
 
-    def fuse(self) -> "DetectionModel":
+    def fuse(self, channels_last: bool = True) -> "DetectionModel":
         """Deploy mode, in place and idempotent (:func:`hmpe.models.deploy.fuse_model`): BatchNorm folded
-        into the convs, RepVGG blocks re-parameterised, inference constants cached. Inference only."""
-        return fuse_model(self)
+        into the convs, RepVGG blocks re-parameterised, inference constants cached, conv weights
+        channels-last. Inference only."""
+        return fuse_model(self, channels_last)
 
 
 def build_model(cfg: dict, num_classes: int) -> DetectionModel:

@@ -116,7 +116,8 @@ def markdown(per_part: dict[str, list[float]], args, started: str) -> str:
     med = {k: statistics.median(v) * 1e3 for k, v in per_part.items()}
     parts_sum = sum(med[p] for p in PARTS)
     rows = [[p, f"{med[p]:.1f}", f"{100 * med[p] / med['total']:.1f}"] for p in PARTS]
-    rows.append(["other (glue)", f"{med['total'] - parts_sum:.1f}", f"{100 * (med['total'] - parts_sum) / med['total']:.1f}"])
+    rest = med["total"] - parts_sum
+    rows.append(["other (glue; medians do not add up exactly)", f"{rest:.1f}", f"{100 * rest / med['total']:.1f}"])
     rows.append(["**total**", f"**{med['total']:.1f}**", "100"])
     extra = [f"model {args.model}, {'deploy mode (fused)' if not args.no_fuse else 'unfused'}, {args.imgsz} px, "
              f"batch 1, {torch.get_num_threads()} torch threads, {args.nc} classes, random weights, "

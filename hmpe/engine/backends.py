@@ -35,7 +35,8 @@ def parse_backends(value) -> list[str]:
     out: list[str] = []
     for b in (str(v).strip().lower() for v in items):
         if b not in BENCH_BACKENDS:
-            raise ValueError(f"backend={b!r}: choose from {', '.join(BENCH_BACKENDS)} (a list: backend=[torch,openvino])")
+            raise ValueError(f"backend={b!r}: choose from {', '.join(BENCH_BACKENDS)} "
+                             "(a list: backend=[torch,openvino])")
         if b not in out:
             out.append(b)
     return out

@@ -109,8 +109,8 @@ def _gather_lerp(table: Tensor, idx: Tensor, frac: Tensor, step: int | Tensor) -
     """``(1 - frac) * table[idx] + frac * table[idx + step]``: 2-point interpolation on the deformed axis.
 
     ``table [N, C]`` (channels-last rows of the zero-padded input), ``idx [M]`` int64, ``frac [M, 1]``,
-    ``step`` an int or ``[M]`` int64 (one per row) -> ``[M, C]``. Eager: one ``F.embedding_bag`` (a bag of the 2 rows, weighted ``(1 - frac, frac)``),
-    which writes a single K-fold output and keeps only the table, indices and weights for backward
+    ``step`` an int or ``[M]`` int64 (one per row) -> ``[M, C]``. Eager: one ``F.embedding_bag`` (a bag of
+    the 2 rows, weighted ``(1 - frac, frac)``), which writes a single K-fold output and keeps only the table, indices and weights for backward
     (not the two gathered K-fold tensors that two gathers + arithmetic would keep); on CPU ~7x faster
     than the unfused form. Export/tracing: two row gathers (ONNX ``Gather``) and the arithmetic, which
     every runtime supports (``embedding_bag`` exports to an ONNX Loop). ``frac = 0`` gives

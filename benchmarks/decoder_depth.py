@@ -104,7 +104,8 @@ def run_context(run_dir: Path, workers: int = 0):
     path = Path(run_dir) / "weights" / "last.pt"
     if not path.is_file():
         raise SystemExit(f"{path}: missing (is {run_dir} a `hmpe train` run folder?)")
-    model, _, ckpt = load_for_inference(path, torch.device("cpu"))
+    # the trained structure (no deploy fusion): its GFLOPs per layer match the ones of a training row
+    model, _, ckpt = load_for_inference(path, torch.device("cpu"), fuse=False)
     tc, names = ckpt["train_cfg"], ckpt["names"]
     _, eval_t, _ = build_pipeline(tc.get("augment", True), tc["imgsz"])
     val_set = build_dataset(tc["data"], "val", transforms=eval_t)

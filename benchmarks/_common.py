@@ -130,7 +130,8 @@ def versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {}
-    for pkg in ("hmpe", "torch", "torchvision", "ultralytics", "transformers", "faster-coco-eval", "numpy"):
+    for pkg in ("hmpe", "torch", "torchvision", "ultralytics", "transformers", "onnxruntime", "openvino",
+                "faster-coco-eval", "numpy"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

@@ -58,7 +58,8 @@ def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, dict]:
     path = run_dir / "weights" / "last.pt"
     if not path.is_file():
         raise SystemExit(f"{path}: missing (the run saves it after every epoch)")
-    model, _, ckpt = load_for_inference(path, torch.device("cpu"))
+    # the trained structure (no deploy fusion): the parameter counts and timings compare with earlier tables
+    model, _, ckpt = load_for_inference(path, torch.device("cpu"), fuse=False)
     return model, ckpt
 
 

@@ -104,7 +104,8 @@ def run_context(run_dir: Path, workers: int = 0):
     path = Path(run_dir) / "weights" / "last.pt"
     if not path.is_file():
         raise SystemExit(f"{path}: missing (is {run_dir} a `hmpe train` run folder?)")
-    model, _, ckpt = load_for_inference(path, torch.device("cpu"))
+    # the trained structure (no deploy fusion): its GFLOPs per layer match the ones of a training row
+    model, _, ckpt = load_for_inference(path, torch.device("cpu"), fuse=False)
     tc, names = ckpt["train_cfg"], ckpt["names"]
     val_set = build_dataset(tc["data"], "val", transforms=Preprocess.from_train_cfg(tc).transform)
     loader = DataLoader(val_set, batch_size=tc["batch"], shuffle=False, num_workers=workers, collate_fn=collate_fn)

@@ -58,6 +58,7 @@ hmpe[peers]``) is missing are skipped with a message.
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import gc
 import importlib.util
 import json
@@ -71,15 +72,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, SkipRow, default_datasets_env, fmt, header, load_avg, split_top_level,  # noqa: E402
-                     load_hmpe_model_config, md_table, no_network, parse_row_spec, set_offline_env)
+from _common import (RESULTS, SkipRow, command_line, default_datasets_env, fmt, header, load_avg,  # noqa: E402
+                     load_hmpe_model_config, md_table, no_network, parse_row_spec, set_offline_env,
+                     split_top_level, versions)
+from _runtimes import RUNTIMES, deploy, export_raw_onnx, runner  # noqa: E402
 
 set_offline_env()  # before torch / ultralytics / transformers are imported anywhere below
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from hmpe.engine.bench import count_gflops, count_params, param_split, peak_forward_memory, percentile  # noqa: E402
+from hmpe.engine.backends import interleaved_times  # noqa: E402
+from hmpe.engine.bench import (count_gflops, count_params, environment, param_split, peak_forward_memory,  # noqa: E402
+                               percentile)
 
 PEER_NAMES = ("yolo11n", "rtdetr-l", "dfine-n")
 DEFAULT_MODELS = "hmpe-n,hmpe-s,rtdetr-n,yolo11n,rtdetr-l,dfine-n"
@@ -234,27 +239,22 @@ def run_speed(args) -> dict:
                 "gflops": count_gflops(b.model, x, b.forward),
                 "peak_mem_mb": peak_forward_memory(b.model, x, b.forward),
             }
+        deployed, onnx, backend_skipped = _prepare_backends(built, x, args)
         results = {}
         for threads in args.threads:
             torch.set_num_threads(threads)
-            times = {b.name: [] for b in built}
+            fns = _runners(built, x, onnx, args.backends, threads)
             with torch.no_grad():
-                for b in built:  # warm-up, untimed
-                    for _ in range(args.warmup):
-                        _call(b, x)
-                for r in range(args.rounds):
-                    order = built[r % len(built):] + built[:r % len(built)]
-                    for b in order:
-                        t0 = time.perf_counter()
-                        _call(b, x)
-                        times[b.name].append(time.perf_counter() - t0)
-                    if args.verbose:
-                        print(f"  {threads} threads, round {r + 1}/{args.rounds}", flush=True)
+                times = interleaved_times(fns, args.warmup, args.rounds)
             results[threads] = {k: {"median_ms": statistics.median(v) * 1e3, "p90_ms": percentile(v, 0.9) * 1e3,
                                     "times_ms": [t * 1e3 for t in v]} for k, v in times.items()}
     if attempts:
         raise SystemExit(f"peers.py: network access was attempted: {attempts}")
-    report = {"imgsz": args.imgsz, "nc": nc, "rounds": args.rounds, "warmup": args.warmup,
+    env = environment()
+    report = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": env["cpu"],
+              "logical_cpus": env["logical_cpus"], "versions": versions(), "command": command_line(),
+              "backends": args.backends, "deployed": deployed, "backend_skipped": backend_skipped,
+              "imgsz": args.imgsz, "nc": nc, "rounds": args.rounds, "warmup": args.warmup,
               "models": [{"name": b.name, "source": b.source, "levels": b.levels, **info[b.name]} for b in built],
               "latency": {str(t): v for t, v in results.items()}, "skipped": skipped,
               "load_start": started_load, "load_end": load_avg()}
@@ -267,6 +267,31 @@ def run_speed(args) -> dict:
     print(f"written to {out}")
     report["markdown"] = str(out)
     return report
+
+
+def _prepare_backends(built: list[Built], x, args) -> tuple[dict, dict, list]:
+    """``--fuse``: each library's deploy fusion; other backends than torch: one raw ONNX file per model."""
+    deployed = {b.name: deploy(b.name, b.model) if args.fuse else "as built" for b in built}
+    onnx, skipped = {}, []
+    if any(k != "torch" for k in args.backends):
+        folder = Path(args.workdir or tempfile.mkdtemp(prefix="hmpe-peers-")) / "onnx"
+        for b in built:
+            try:
+                onnx[b.name] = export_raw_onnx(b.model, b.forward, x, folder / f"{b.name}.onnx")
+            except Exception as e:  # a peer whose graph does not export: its torch row stays
+                skipped.append((b.name, f"ONNX export failed: {type(e).__name__}: {str(e)[:300]}"))
+                print(f"{b.name}: {skipped[-1][1]}", flush=True)
+    return deployed, onnx, skipped
+
+
+def _runners(built: list[Built], x, onnx: dict, backends: list[str], threads: int) -> dict:
+    """``{label: fn}``: ``name`` for the PyTorch forward, ``name@runtime`` for an exported one."""
+    fns, xn = {}, x.numpy()
+    for b in built:
+        fns[b.name] = (lambda b=b: _call(b, x))
+        for rt in (k for k in backends if k != "torch" and b.name in onnx):
+            fns[f"{b.name}@{rt}"] = (lambda run: lambda: run(xn))(runner(onnx[b.name], rt, threads))
+    return fns
 
 
 def peer_split(b: Built) -> dict[str, int]:
@@ -309,7 +334,9 @@ def speed_markdown(report: dict, built: list[Built], args) -> str:
     extra = [f"input {args.imgsz}x{args.imgsz}, batch 1, {args.nc} classes for every model, random weights "
              f"built from configs (nothing downloaded; every socket connection is refused inside the run)",
              "latency: raw module forward (`model(x)`; HF: `model(pixel_values=x)`), eval mode, no_grad, "
-             "no pre/post-processing, no NMS, no BN fusion; "
+             "no pre/post-processing, no NMS; "
+             + ("deploy fusion: " + "; ".join(f"{k}: {v}" for k, v in report["deployed"].items()) + "; "
+                if args.fuse else "no BN fusion; ") +
              f"{args.warmup} untimed warm-up calls per model, then {args.rounds} interleaved rounds (each "
              "round times every model once, in a rotated order); median and p90 over rounds; "
              f"torch threads: {', '.join(threads)}",
@@ -353,9 +380,39 @@ def speed_markdown(report: dict, built: list[Built], args) -> str:
                                  f"{'met' if r <= limit else 'NOT met'})")
         if lines:
             out += ["", "Targets (issue 8):", "", *lines]
+    if len(args.backends) > 1:
+        out += ["", *backend_markdown(report, args)]
     if report["skipped"]:
         out += ["", "Skipped rows:", ""] + [f"- {s}: {why}" for s, why in report["skipped"]]
     return "\n".join(out) + "\n"
+
+
+def backend_markdown(report: dict, args) -> list[str]:
+    """Per-runtime latency table (same interleaved rounds) and the deployment targets of issue 18."""
+    names = [m["name"] for m in report["models"]]
+    out = ["Runtimes (raw forward exported to ONNX, opset 17, batch 1; ONNX Runtime CPU provider; OpenVINO IR "
+           "converted from the same ONNX file, CPU plugin, f32; each runtime with the thread count of the column; "
+           "timed in the same interleaved rounds as the PyTorch rows):", ""]
+    for t, lat in report["latency"].items():
+        best = {n: min((lat[k]["median_ms"], k.partition("@")[2] or "torch") for k in lat
+                       if k.partition("@")[0] == n) for n in names}
+        rows = [[n] + [f"{lat[k]['median_ms']:.1f}" if k in lat else "n/a"
+                       for k in (n if b == "torch" else f"{n}@{b}" for b in args.backends)]
+                + [f"{best[n][0]:.1f} ({best[n][1]})"] for n in names]
+        out += [f"{t} threads, median ms:", "",
+                md_table(["model", *args.backends, "best deployed"], rows), ""]
+        if "hmpe-n" in names and "dfine-n" in names:
+            r = lat["hmpe-n"]["median_ms"] / lat["dfine-n"]["median_ms"]
+            out.append(f"- hmpe-n (torch{', fused' if args.fuse else ''}) / D-FINE-N (torch) ({t} threads): {r:.2f} "
+                       f"(target <= 1.0: {'met' if r <= 1.0 else 'NOT met'})")
+        if "hmpe-n" in names and "yolo11n" in names:
+            r = best["hmpe-n"][0] / best["yolo11n"][0]
+            out.append(f"- hmpe-n best deployed ({best['hmpe-n'][1]}) / YOLO11n best deployed ({best['yolo11n'][1]}) "
+                       f"({t} threads): {r:.2f} (target <= 1.5: {'met' if r <= 1.5 else 'NOT met'})")
+        out.append("")
+    if report["backend_skipped"]:
+        out += ["Not exported:", ""] + [f"- {n}: {why}" for n, why in report["backend_skipped"]] + [""]
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -659,6 +716,8 @@ def train_markdown(report: dict, args, data) -> str:
         rows.append([name, f"{r['params'] / 1e6:.2f}", r["epochs"], f"{r['train_min']:.1f}"]
                     + [fmt(float(m[k])) if k in m else "n/a" for k in METRIC_KEYS])
     out.append(md_table(cols, rows))
+    if len(args.backends) > 1:
+        out += ["", *backend_markdown(report, args)]
     if report["skipped"]:
         out += ["", "Skipped rows:", ""] + [f"- {s}: {why}" for s, why in report["skipped"]]
     return "\n".join(out) + "\n"
@@ -678,6 +737,10 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=20, help="Part A: interleaved timed rounds")
     p.add_argument("--warmup", type=int, default=3, help="Part A: untimed calls per model first")
     p.add_argument("--threads", default="2", help="torch thread counts, e.g. '2' or '2,1' (Part B: the first)")
+    p.add_argument("--backends", default="torch",
+                   help="Part A: runtimes, e.g. 'torch,onnxruntime,openvino' (each model exported as raw ONNX)")
+    p.add_argument("--fuse", action="store_true",
+                   help="Part A: each library's inference fusion first (hmpe / ultralytics fuse(); HF has none)")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--minutes", type=float, default=35.0, help="Part B: CPU minutes per model")
     p.add_argument("--data", default="nwpu-vhr10", help="Part B: dataset YAML or shipped name")
@@ -700,6 +763,10 @@ def parse_args(argv=None):
         a.workers = 0
     a.imgsz = a.imgsz or (512 if a.train else 640)
     a.threads = [int(t) for t in str(a.threads).split(",") if t.strip()]
+    a.backends = ["torch"] + [b for b in (k.strip().lower() for k in a.backends.split(",")) if b and b != "torch"]
+    bad = [b for b in a.backends if b not in RUNTIMES]
+    if bad:
+        p.error(f"--backends {','.join(bad)}: choose from {', '.join(RUNTIMES)}")
     a.workdir = a.workdir or tempfile.mkdtemp(prefix="hmpe-peers-")
     os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(a.workdir) / "ultralytics-config"))
     return a

@@ -69,9 +69,12 @@ def resolve_source(source: str | Path | list) -> list[Path]:
     return files
 
 
-def load_for_inference(weights: str | Path, device: torch.device):
+def load_for_inference(weights: str | Path, device: torch.device, fuse: bool = True):
     """Checkpoint (``.pt`` or pretrained folder) -> (model in eval mode with EMA weights when present,
-    postprocessor, ckpt)."""
+    postprocessor, ckpt).
+
+    ``fuse`` (default): deploy mode (:meth:`hmpe.models.detector.DetectionModel.fuse`, same outputs,
+    inference only); ``False`` keeps the trained structure (e.g. to inspect or fine-tune it)."""
     from hmpe.models.detector import build_model, build_postprocessor
 
     ckpt = load_checkpoint(weights)
@@ -79,6 +82,8 @@ def load_for_inference(weights: str | Path, device: torch.device):
     state = (ckpt.get("ema") or {}).get("module") or ckpt["model"]
     model.load_state_dict(state)
     model.to(device).eval()
+    if fuse:
+        model.fuse()
     return model, build_postprocessor(ckpt["model_cfg"], len(ckpt["names"])), ckpt
 
 
@@ -207,21 +212,24 @@ class Detector:
     # ------------------------------------------------------------------ export
     def export(self, format: str = "onnx", imgsz: int | None = None, opset: int = 17, gather_sampling: bool = False,
                out: str | Path | None = None, check: bool = True, image: str | Path | None = None) -> Path:
-        """Export the checkpoint (post-processed outputs, dynamic batch; see :mod:`hmpe.engine.export`) and,
-        with ``check``, compare onnxruntime with PyTorch (raises ``ExportParityError`` on a mismatch).
-        ``format="safetensors"``: :meth:`save_pretrained` into ``out`` (default: ``<weights stem>_pretrained/``
-        beside the checkpoint); the ONNX options do not apply."""
-        if str(format).lower() not in ("onnx", "safetensors"):
-            raise ValueError(f"format={format!r}: only onnx and safetensors are supported")
+        """Export the checkpoint to ONNX or OpenVINO IR (post-processed outputs, dynamic batch; see
+        :mod:`hmpe.engine.export`) and, with ``check``, compare the runtime (onnxruntime / OpenVINO) with
+        PyTorch (raises ``ExportParityError`` on a mismatch). ``format="safetensors"``: :meth:`save_pretrained`
+        into ``out`` (default: ``<weights stem>_pretrained/`` beside the checkpoint); the other options do not
+        apply."""
+        fmt = str(format).lower()
+        if fmt not in ("onnx", "openvino", "safetensors"):
+            raise ValueError(f"format={format!r}: choose onnx, openvino or safetensors")
         if not self.weights:
             raise ValueError("no weights: train first, or pass a checkpoint (Detector('best.pt'))")
-        if str(format).lower() == "safetensors":
+        if fmt == "safetensors":
             src = Path(self.weights)
             return self.save_pretrained(out or src.with_name(f"{src.stem}_pretrained"))
-        from hmpe.engine.export import export_onnx
+        from hmpe.engine.export import export_onnx, export_openvino
 
-        return export_onnx(self.weights, imgsz=imgsz, opset=opset, gather_sampling=gather_sampling, out=out,
-                           check=check, image=image)
+        fn = export_onnx if fmt == "onnx" else export_openvino
+        return fn(self.weights, imgsz=imgsz, opset=opset, gather_sampling=gather_sampling, out=out, check=check,
+                  image=image)
 
     def _read(self, path: Path, strict: bool) -> np.ndarray | None:
         """Decode one input (:func:`hmpe.data.dataset.load_image`); unreadable: a warning and None, or with

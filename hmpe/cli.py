@@ -5,11 +5,12 @@
     hmpe val weights=runs/train/exp/weights/best.pt [data=...]
     hmpe predict SOURCE weights=best.pt conf=0.3 [slice=640 overlap=0.2 merge=nms|wbf merge_iou=0.5 strict=false]
                                                 # exit 3: finished, unreadable inputs skipped (named)
-    hmpe export weights=best.pt format=onnx [imgsz=... opset=17 gather_sampling=false out=best.onnx image=IMG]
+    hmpe export weights=best.pt format=onnx|openvino [imgsz=... opset=17 gather_sampling=false out=PATH image=IMG]
     hmpe export weights=best.pt format=safetensors [out=DIR]   # config.json + model.safetensors, no pickle
     hmpe heatmap SOURCE weights=best.pt [conf=0.25 imgsz=... level=0|1|2|max out=DIR]  # heatmap-path models
     hmpe explore weights=best.pt source=DIR|DATA.yaml [port=7860 host=127.0.0.1 split=val conf=0.25]  # browser
-    hmpe bench model=rtdetr-n imgsz=640 batch=1 [device=cpu threads=2 warmup=3 runs=20 save=out.json]
+    hmpe bench model=rtdetr-n imgsz=640 batch=1 [device=cpu threads=2 warmup=3 runs=20 save=out.json fuse=true]
+    hmpe bench model=hmpe-n backend=[torch,onnxruntime,openvino]   # each runtime's latency, interleaved, one run
                                                 # imgsz=[512,640] batch=[1,4]: one report per pair; imgsz=512x640: HxW
     hmpe data stats DATA | hmpe data convert DATA --to coco|yolo OUT
     hmpe cfg                                    # print the default training config and presets
@@ -105,8 +106,8 @@ def cmd_explore(argv: list[str]) -> int:
 
 
 def cmd_export(argv: list[str]) -> int:
-    """ONNX export with post-processed outputs and an onnxruntime parity check (hmpe.engine.export), or a
-    safetensors folder that ``weights=DIR`` / ``Detector.from_pretrained(DIR)`` read back."""
+    """ONNX / OpenVINO export with post-processed outputs and a parity check in the runtime (hmpe.engine.export),
+    or a safetensors folder that ``weights=DIR`` / ``Detector.from_pretrained(DIR)`` read back."""
     from hmpe.api import Detector
     from hmpe.engine.export import ExportParityError
     from hmpe.utils.config import parse_overrides
@@ -114,7 +115,7 @@ def cmd_export(argv: list[str]) -> int:
     args = parse_overrides(argv)
     weights = args.pop("weights", None)
     if not weights:
-        raise SystemExit("hmpe export: usage: hmpe export weights=PATH format=onnx [imgsz=... opset=17 "
+        raise SystemExit("hmpe export: usage: hmpe export weights=PATH format=onnx|openvino [imgsz=... opset=17 "
                          "gather_sampling=false out=PATH image=IMG check=true] | format=safetensors [out=DIR]")
     try:
         Detector(weights=weights, device="cpu").export(**args)
@@ -160,7 +161,7 @@ def check_args(task: str, argv: list[str]) -> None:
 def cmd_bench(argv: list[str]) -> int:
     import torch
 
-    from hmpe.engine.bench import benchmark_model, format_report, save_report
+    from hmpe.engine.bench import benchmark_model, count_params, format_report, param_split, save_report
     from hmpe.models.detector import build_model
     from hmpe.utils.config import apply_overrides, load_model_config, parse_overrides, split_overrides
 
@@ -169,7 +170,11 @@ def cmd_bench(argv: list[str]) -> int:
     if args.get("threads"):
         torch.set_num_threads(int(args["threads"]))
     cfg = apply_overrides(load_model_config(args.get("model", "rtdetr-n")), model_over)
-    model = build_model(cfg, int(args.get("nc", 10)))
+    model = build_model(cfg, int(args.get("nc", 10))).eval()
+    params, split = count_params(model), param_split(model)  # of the trained structure, fused or not
+    if args.get("fuse", True):  # deploy mode, as predict / val / export run it
+        model.fuse()
+    backends = args.get("backend")
     sizes = args.get("imgsz", 640)  # 640, [512,640] (one report each) or 512x640 (height x width)
     sizes = [tuple(int(v) for v in str(s).lower().split("x")) if "x" in str(s) else int(s)
              for s in (sizes if isinstance(sizes, list) else [sizes])]
@@ -180,12 +185,30 @@ def cmd_bench(argv: list[str]) -> int:
         for batch in batches:
             r = benchmark_model(model, imgsz, int(batch), args.get("device", "cpu"), int(args.get("warmup", 3)),
                                 int(args.get("runs", 20)))
-            r["model"] = cfg.get("name", "model")
-            reports.append(r)
+            r.update(model=cfg.get("name", "model"), fused=bool(args.get("fuse", True)), params=params, split=split,
+                     split_mb={k: v * 4 / 2**20 for k, v in split.items()})
             print(format_report(r["model"], r))
+            if backends is not None:
+                r["backends"] = _bench_backends(model, cfg, args, imgsz, int(batch), backends)
+            reports.append(r)
     if args.get("save"):
         print(f"saved to {save_report(args['save'], reports)}")
     return 0
+
+
+def _bench_backends(model, cfg: dict, args: dict, imgsz, batch: int, backends) -> dict:
+    """``backend=...``: the same model's latency in each runtime, interleaved (hmpe.engine.backends)."""
+    from hmpe.engine.backends import backend_latencies
+    from hmpe.models.detector import build_postprocessor
+
+    hw = imgsz if isinstance(imgsz, tuple) else (imgsz, imgsz)
+    lat = backend_latencies(model, build_postprocessor(cfg, int(args.get("nc", 10))), hw, batch, backends,
+                            int(args["threads"]) if args.get("threads") else None, int(args.get("warmup", 3)),
+                            int(args.get("runs", 20)))
+    print(f"  backends ({'fused' if args.get('fuse', True) else 'unfused'} model, {next(iter(lat.values()))['runs']} "
+          "interleaved rounds, median / p90 ms): "
+          + ", ".join(f"{b} {v['latency_ms_median']:.1f} / {v['latency_ms_p90']:.1f}" for b, v in lat.items()))
+    return lat
 
 
 def cmd_data(argv: list[str]) -> int:

@@ -139,7 +139,7 @@ def test_export_rejects_bad_arguments(ckpt, tmp_path):
 
     with pytest.raises(ValueError, match="opset"):
         Detector(weights=str(ckpt)).export(opset=13, out=tmp_path / "x.onnx")
-    with pytest.raises(ValueError, match="only onnx"):
+    with pytest.raises(ValueError, match="onnx or openvino"):
         Detector(weights=str(ckpt)).export(format="tflite")
     assert main(["export", f"weights={ckpt}", "bogus=1"]) == 2  # unknown key: exit 2, nothing exported
 

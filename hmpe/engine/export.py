@@ -1,6 +1,7 @@
-"""ONNX export with post-processing inside the graph, and an onnxruntime parity check.
+"""ONNX / OpenVINO export with post-processing inside the graph, and a parity check in the runtime.
 
     hmpe export weights=best.pt format=onnx [imgsz=... opset=17 gather_sampling=false out=best.onnx]
+    hmpe export weights=best.pt format=openvino [imgsz=... out=best_openvino/best.xml]
 
 The exported graph (:class:`ExportWrapper`) takes ``images float32 [B,3,imgsz,imgsz]`` in [0,1], made by the
 checkpoint's own preprocessing (:class:`hmpe.data.preprocess.Preprocess`: a square resize, or a letterbox for
@@ -22,15 +23,21 @@ built with ``sampler="grid_sample"``) with gather-based bilinear sampling
 scoped to the export (:func:`hmpe.models.sampling.gather_sampling`).
 
 The exporter is the TorchScript one (``dynamo=False``): the dynamo exporter needs onnxscript, which
-is not a dependency. After writing the file the exporter runs it with onnxruntime on batch 1 and
+is not a dependency. The model is exported in deploy mode (``DetectionModel.fuse()``: BatchNorm folded
+into the convs). After writing the file the exporter runs it with onnxruntime on batch 1 and
 batch 3 and compares the top detections with PyTorch's (:func:`parity_check`); a disagreement raises
 :class:`ExportParityError`.
+
+``format=openvino`` (:func:`export_openvino`) converts that ONNX graph with ``openvino.convert_model``
+and writes the OpenVINO IR (``.xml`` + ``.bin``, the metadata in the IR's ``rt_info``), then runs the
+same parity check with the OpenVINO CPU runtime (f32 inference precision).
 """
 
 from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +46,14 @@ from torch import Tensor, nn
 
 from hmpe.data.preprocess import Preprocess
 
-__all__ = ["ExportWrapper", "ExportParityError", "export_onnx", "parity_check", "compare_detections"]
+__all__ = ["BACKENDS", "ExportWrapper", "ExportParityError", "compare_detections", "export_onnx", "export_openvino",
+           "onnx_to_openvino", "parity_check", "runtime_session", "write_onnx"]
 
 OUTPUT_NAMES = ("boxes", "scores", "labels")
 
 
 class ExportParityError(RuntimeError):
-    """onnxruntime's detections differ from PyTorch's beyond the tolerance."""
+    """The runtime's (onnxruntime's, OpenVINO's) detections differ from PyTorch's beyond the tolerance."""
 
 
 class ExportWrapper(nn.Module):
@@ -85,7 +93,7 @@ def compare_detections(ref: tuple[Tensor, ...], got: tuple[Tensor, ...], imgsz: 
     rb, rs, rl = (torch.as_tensor(t) for t in ref)
     gb, gs, gl = (torch.as_tensor(t) for t in got)
     if rb.shape != gb.shape or rs.shape != gs.shape:
-        raise ExportParityError(f"output shapes differ: PyTorch {tuple(rb.shape)} vs onnxruntime {tuple(gb.shape)}")
+        raise ExportParityError(f"output shapes differ: PyTorch {tuple(rb.shape)} vs the runtime's {tuple(gb.shape)}")
     scale = torch.tensor([imgsz[1], imgsz[0], imgsz[1], imgsz[0]], dtype=torch.float32)
     box_err = score_err = 0.0
     unmatched = 0
@@ -125,35 +133,116 @@ def _input_batch(batch: int, imgsz: tuple[int, int], image: str | Path | None, s
     return torch.rand(batch, 3, *imgsz, generator=g)
 
 
+BACKENDS = ("onnxruntime", "openvino")
+
+
+def runtime_session(path: str | Path, backend: str = "onnxruntime", threads: int | None = None,
+                    outputs: Sequence[str] | None = OUTPUT_NAMES):
+    """An exported file -> ``run(images np.float32 [B,3,H,W]) -> (boxes, scores, labels)`` numpy arrays
+    (``outputs``: these output names in this order; ``None``: every output of the graph).
+
+    ``backend``: ``"onnxruntime"`` (an ``.onnx`` file) or ``"openvino"`` (an ``.xml`` IR or an ``.onnx``
+    file, compiled for the CPU); ``threads`` caps the runtime's threads (default: its own choice)."""
+    if backend == "onnxruntime":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads, opts.inter_op_num_threads = int(threads), 1
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        names = list(outputs) if outputs is not None else None
+        return lambda x: tuple(sess.run(names, {name: x}))
+    if backend == "openvino":
+        import openvino as ov
+
+        config = {"INFERENCE_NUM_THREADS": int(threads)} if threads else {}
+        # f32 inference precision: the CPU plugin's default is bf16 on CPUs with AMX / AVX512-BF16
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+        compiled = ov.Core().compile_model(str(path), "CPU", config)
+        outs = [compiled.output(n) for n in outputs] if outputs is not None else list(compiled.outputs)
+
+        def run(x):
+            res = compiled(x)
+            return tuple(res[o] for o in outs)
+
+        return run
+    raise ValueError(f"backend={backend!r}: choose from {', '.join(BACKENDS)}")
+
+
 def parity_check(onnx_path: str | Path, wrapper: nn.Module, imgsz: tuple[int, int], batches=(1, 3),
                  image: str | Path | None = None, tol: float = 1e-3, top: int = 20, verbose: bool = True,
-                 pre: Preprocess | None = None) -> dict:
-    """Run the ONNX file with onnxruntime (CPU) and ``wrapper`` with PyTorch on the same input for each
-    batch size; raise :class:`ExportParityError` when a top detection differs by more than ``tol``
-    (boxes: of the normalised input size; scores: absolute) or has no counterpart."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    input_name = sess.get_inputs()[0].name
+                 backend: str = "onnxruntime", pre: Preprocess | None = None) -> dict:
+    """Run the exported file with ``backend`` (onnxruntime or openvino, CPU) and ``wrapper`` with PyTorch
+    on the same input for each batch size; raise :class:`ExportParityError` when a top detection differs
+    by more than ``tol`` (boxes: of the normalised input size; scores: absolute) or has no counterpart."""
+    run = runtime_session(onnx_path, backend)
     worst: dict = {"box": 0.0, "score": 0.0, "unmatched": 0, "raw_box_px": 0.0, "raw_score": 0.0}
     for n, bs in enumerate(batches):
         x = _input_batch(bs, imgsz, image, seed=n, pre=pre)
         with torch.no_grad():
             ref = tuple(t.cpu() for t in wrapper(x))
-        got = tuple(torch.from_numpy(a) for a in sess.run(list(OUTPUT_NAMES), {input_name: x.numpy()}))
+        got = tuple(torch.from_numpy(a) for a in run(x.numpy()))
         diff = compare_detections(ref, got, imgsz, top)
         if verbose:
-            print(f"parity batch {bs}: max |box diff| {diff['box']:.2e} (normalised), "
+            print(f"{backend} parity batch {bs}: max |box diff| {diff['box']:.2e} (normalised), "
                   f"max |score diff| {diff['score']:.2e}, unmatched {diff['unmatched']} "
                   f"(top {top}; element-wise over all K, where near-tied scores may swap ranks: "
                   f"boxes {diff['raw_box_px']:.2e} px, scores {diff['raw_score']:.2e})")
         worst = {k: max(worst[k], diff[k]) for k in worst}
         if diff["box"] > tol or diff["score"] > tol or diff["unmatched"]:
             raise ExportParityError(
-                f"{onnx_path}: onnxruntime disagrees with PyTorch at batch {bs}: max box diff {diff['box']:.3e} "
+                f"{onnx_path}: {backend} disagrees with PyTorch at batch {bs}: max box diff {diff['box']:.3e} "
                 f"(normalised), max score diff {diff['score']:.3e}, {diff['unmatched']} unmatched top detections "
                 f"(tolerance {tol})")
     return worst
+
+
+def write_onnx(model: nn.Module, postprocessor: nn.Module, size: tuple[int, int], out: str | Path,
+               opset: int = 17, gather_sampling: bool = False, meta: dict | None = None) -> tuple[Path, nn.Module]:
+    """An eval-mode detector -> ONNX file at ``out`` (graph of :class:`ExportWrapper`, dynamic batch,
+    ``meta`` as metadata properties); returns the path and the wrapper (the PyTorch reference)."""
+    import onnx
+
+    from hmpe.models.sampling import gather_sampling as gather_ctx
+
+    if int(opset) < 17:
+        raise ValueError(f"opset={opset}: 17 or newer is required (LayerNormalization, GridSample is 16+)")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = ExportWrapper(model, postprocessor, size).eval()
+    dummy = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0))  # batch 2: nothing folds to 1
+    dyn = {"images": {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}}
+    with gather_ctx(model, enabled=bool(gather_sampling)), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python ints (static spatial sizes by design)
+        torch.onnx.export(wrapper, (dummy,), str(out), opset_version=int(opset), dynamo=False,
+                          input_names=["images"], output_names=list(OUTPUT_NAMES), dynamic_axes=dyn,
+                          do_constant_folding=True)
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto)
+    if gather_sampling and "GridSample" in {n.op_type for n in proto.graph.node}:
+        raise RuntimeError(f"{out}: gather_sampling=true but the graph still has GridSample nodes")
+    for k, v in (meta or {}).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.save(proto, str(out))
+    return out, wrapper
+
+
+def onnx_to_openvino(onnx_path: str | Path, out: str | Path) -> Path:
+    """ONNX file -> OpenVINO IR ``out`` (``.xml`` + ``.bin``, fp32 weights), metadata into ``rt_info``."""
+    import onnx
+    import openvino as ov
+
+    out = Path(out)
+    if out.suffix != ".xml":
+        raise ValueError(f"out={out}: an OpenVINO IR path ends in .xml (its weights go to the .bin beside it)")
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    ov_model = ov.convert_model(str(onnx_path))
+    for e in proto.metadata_props:
+        ov_model.set_rt_info(e.value, ["model_info", e.key])
+    ov.save_model(ov_model, str(out), compress_to_fp16=False)  # fp32 weights: parity with PyTorch
+    return out
 
 
 def export_onnx(weights: str | Path, imgsz=None, opset: int = 17, gather_sampling: bool = False,
@@ -163,10 +252,7 @@ def export_onnx(weights: str | Path, imgsz=None, opset: int = 17, gather_samplin
 
     ``imgsz`` defaults to the checkpoint's training size; ``out`` to the checkpoint path with ``.onnx``;
     ``image`` (optional) is a real image for the parity check (default: random input)."""
-    import onnx
-
     from hmpe.api import load_for_inference
-    from hmpe.models.sampling import gather_sampling as gather_ctx
 
     if int(opset) < 17:
         raise ValueError(f"opset={opset}: 17 or newer is required (LayerNormalization, GridSample is 16+)")
@@ -176,40 +262,59 @@ def export_onnx(weights: str | Path, imgsz=None, opset: int = 17, gather_samplin
         imgsz = (ckpt.get("train_cfg") or {}).get("imgsz", 640)
     size = _parse_imgsz(imgsz)
     out = Path(out) if out else weights.with_suffix(".onnx")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = ExportWrapper(model, post, size).eval()
-    dummy = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0))  # batch 2: nothing folds to 1
-    dyn = {"images": {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}}
-    with gather_ctx(model, enabled=bool(gather_sampling)), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about Python ints (static spatial sizes by design)
-        torch.onnx.export(wrapper, (dummy,), str(out), opset_version=int(opset), dynamo=False,
-                          input_names=["images"], output_names=list(OUTPUT_NAMES), dynamic_axes=dyn,
-                          do_constant_folding=True)
-        proto = onnx.load(str(out))
-        onnx.checker.check_model(proto)
-        ops = {n.op_type for n in proto.graph.node}
-        if gather_sampling and "GridSample" in ops:
-            raise RuntimeError(f"{out}: gather_sampling=true but the graph still has GridSample nodes")
-        pre = Preprocess.from_train_cfg(ckpt.get("train_cfg"), size[0])
-        meta = {"names": json.dumps(list(ckpt["names"])), "imgsz": json.dumps(list(size)),
-                "preprocess": (f"letterbox: scale the longer side to imgsz, pad bottom/right with {pre.pad_fill}; "
-                               f"boxes * max(w, h) / imgsz" if pre.keep_ratio else "resize to imgsz x imgsz"),
-                "keep_ratio": str(pre.keep_ratio).lower(),
-                "outputs": "boxes xyxy input pixels [B,K,4]; scores [B,K]; labels [B,K]",
-                "input": "images float32 [B,3,H,W] RGB in [0,1]",
-                "gather_sampling": str(bool(gather_sampling)).lower(), "model": str(ckpt["model_cfg"].get("name", ""))}
-        for k, v in meta.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = k, v
-        onnx.save(proto, str(out))
+    pre = Preprocess.from_train_cfg(ckpt.get("train_cfg"), size[0])
+    meta = {"names": json.dumps(list(ckpt["names"])), "imgsz": json.dumps(list(size)),
+            "preprocess": (f"letterbox: scale the longer side to imgsz, pad bottom/right with {pre.pad_fill}; "
+                           f"boxes * max(w, h) / imgsz" if pre.keep_ratio else "resize to imgsz x imgsz"),
+            "keep_ratio": str(pre.keep_ratio).lower(),
+            "outputs": "boxes xyxy input pixels [B,K,4]; scores [B,K]; labels [B,K]",
+            "input": "images float32 [B,3,H,W] RGB in [0,1]",
+            "gather_sampling": str(bool(gather_sampling)).lower(), "model": str(ckpt["model_cfg"].get("name", ""))}
+    out, wrapper = write_onnx(model, post, size, out, opset, gather_sampling, meta)
     if verbose:
-        mb = out.stat().st_size / 2**20
-        print(f"exported {weights} -> {out} ({mb:.1f} MB, opset {opset}, input [batch,3,{size[0]},{size[1]}], "
-              f"{'gather' if gather_sampling else 'GridSample'} sampling, "
-              f"{sum(1 for n in proto.graph.node if n.op_type == 'GridSample')} GridSample nodes)")
+        import onnx
+
+        n_gs = sum(1 for n in onnx.load(str(out)).graph.node if n.op_type == "GridSample")
+        print(f"exported {weights} -> {out} ({out.stat().st_size / 2**20:.1f} MB, opset {opset}, input "
+              f"[batch,3,{size[0]},{size[1]}], {'gather' if gather_sampling else 'GridSample'} sampling, "
+              f"{n_gs} GridSample nodes)")
     if check:
         # reference: the PyTorch model as it runs normally (grid_sample), so the check covers the swap too
         parity_check(out, wrapper, size, image=image, tol=tol, verbose=verbose, pre=pre)
         if verbose:
             print(f"onnxruntime parity check passed (tolerance {tol})")
+    return out
+
+
+def export_openvino(weights: str | Path, imgsz=None, opset: int = 17, gather_sampling: bool = False,
+                    out: str | Path | None = None, check: bool = True, image: str | Path | None = None,
+                    tol: float = 1e-3, verbose: bool = True) -> Path:
+    """Checkpoint -> OpenVINO IR (``.xml`` + ``.bin``) with the same graph and outputs as
+    :func:`export_onnx`, converted from its ONNX file; returns the ``.xml`` path.
+
+    ``out`` defaults to ``<checkpoint stem>_openvino/<checkpoint stem>.xml`` next to the checkpoint (the
+    ultralytics layout); the intermediate ONNX file is written beside the ``.xml``. With ``check``, the IR
+    runs in the OpenVINO CPU runtime on batch 1 and 3 against PyTorch (raises :class:`ExportParityError`)."""
+    import openvino as ov
+
+    from hmpe.api import load_for_inference
+
+    weights = Path(weights)
+    out = Path(out) if out else weights.parent / f"{weights.stem}_openvino" / f"{weights.stem}.xml"
+    if out.suffix != ".xml":
+        raise ValueError(f"out={out}: an OpenVINO IR path ends in .xml (its weights go to the .bin beside it)")
+    onnx_path = export_onnx(weights, imgsz=imgsz, opset=opset, gather_sampling=gather_sampling,
+                            out=out.with_suffix(".onnx"), check=False, verbose=verbose)
+    onnx_to_openvino(onnx_path, out)
+    if verbose:
+        mb = (out.stat().st_size + out.with_suffix(".bin").stat().st_size) / 2**20
+        print(f"converted {onnx_path} -> {out} (+ .bin, {mb:.1f} MB, OpenVINO {ov.get_version().split('-')[0]})")
+    if check:
+        model, post, ckpt = load_for_inference(weights, torch.device("cpu"))
+        size = _parse_imgsz(imgsz if imgsz is not None else (ckpt.get("train_cfg") or {}).get("imgsz", 640))
+        wrapper = ExportWrapper(model, post, size).eval()
+        pre = Preprocess.from_train_cfg(ckpt.get("train_cfg"), size[0])
+        parity_check(out, wrapper, size, image=image, tol=tol, verbose=verbose, backend="openvino", pre=pre)
+        if verbose:
+            print(f"OpenVINO parity check passed (tolerance {tol})")
     return out

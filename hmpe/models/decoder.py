@@ -461,7 +461,18 @@ class RTDETRDecoder(nn.Module):
     def _anchors(self, shapes: list[tuple[int, int]], device: torch.device) -> tuple[Tensor, Tensor]:
         if not self.training and self._cached_shapes is not None and shapes == self._cached_shapes:
             return self.anchors, self.valid_mask
-        return generate_anchors(shapes, device=device)
+        cache = getattr(self, "_anchor_cache", None)
+        key = (tuple(shapes), str(device))
+        if cache is not None and not self.training and key in cache:
+            return cache[key]
+        out = generate_anchors(shapes, device=device)
+        if cache is not None and not self.training and not torch.jit.is_tracing():
+            cache[key] = out
+        return out
+
+    def enable_constant_cache(self) -> None:
+        """Deploy mode (:func:`hmpe.models.deploy.fuse_model`): anchors and valid mask once per input size."""
+        self._anchor_cache: dict = {}
 
     # ------------------------------------------------------------------ forward
     def forward(

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from hmpe.models.backbone import HGNetv2
 from hmpe.models.decoder import RTDETRDecoder
+from hmpe.models.deploy import fuse_model
 from hmpe.models.encoder import HybridEncoder
 from hmpe.models.heatmap import HeatmapEmbedding
 from hmpe.models.hidq import HeatmapQuerySelector
@@ -68,6 +69,13 @@ class DetectionModel(nn.Module):
             if self.training and targets is not None:
                 out["aux_losses"] = self.heatmap.loss(heat, targets, image_size=images.shape[-2:])
         return out
+
+
+    def fuse(self, channels_last: bool = True) -> "DetectionModel":
+        """Deploy mode, in place and idempotent (:func:`hmpe.models.deploy.fuse_model`): BatchNorm folded
+        into the convs, RepVGG blocks re-parameterised, inference constants cached, conv weights
+        channels-last. Inference only."""
+        return fuse_model(self, channels_last)
 
 
 def build_model(cfg: dict, num_classes: int) -> DetectionModel:

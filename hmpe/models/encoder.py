@@ -269,9 +269,21 @@ class HybridEncoder(nn.Module):
         return [proj(f) for proj, f in zip(self.input_proj, feats)]
 
     def position_encoding(self, h: int, w: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-        """[1, h*w, D], h-major. Recomputed per call: cheap next to attention and keeps no state."""
+        """[1, h*w, D], h-major. Recomputed per call (no state while training) unless the deploy-mode
+        cache is on (:meth:`enable_constant_cache`), which keeps one per size, device and dtype."""
+        cache = getattr(self, "_pe_cache", None)
+        key = (h, w, str(device), dtype)
+        if cache is not None and key in cache:
+            return cache[key]
         fn = sincos_2d if self.pe == "rtdetr" else sincos_2d_additive
-        return fn(h, w, self.hidden_dim, self.pe_temperature, device=device, dtype=dtype)[None]
+        pe = fn(h, w, self.hidden_dim, self.pe_temperature, device=device, dtype=dtype)[None]
+        if cache is not None and not torch.jit.is_tracing():
+            cache[key] = pe
+        return pe
+
+    def enable_constant_cache(self) -> None:
+        """Deploy mode (:func:`hmpe.models.deploy.fuse_model`): compute each position encoding once."""
+        self._pe_cache: dict = {}
 
     def encode(self, proj_feats: Sequence[Tensor], pos_masks: Sequence[Tensor | None] | None = None,
                embeds: Sequence[Tensor | None] | None = None) -> list[Tensor]:

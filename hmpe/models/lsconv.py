@@ -65,6 +65,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hmpe.models.deploy import bn_affine, conv_with_affine
+
 __all__ = [
     "DSConv",
     "LSConv",
@@ -103,12 +105,12 @@ def _strip_conv(in_ch: int, out_ch: int, kernel_size: int, morph: int) -> nn.Con
     return nn.Conv2d(in_ch, out_ch, k, padding=p, bias=False)
 
 
-def _gather_lerp(table: Tensor, idx: Tensor, frac: Tensor, step: int) -> Tensor:
+def _gather_lerp(table: Tensor, idx: Tensor, frac: Tensor, step: int | Tensor) -> Tensor:
     """``(1 - frac) * table[idx] + frac * table[idx + step]``: 2-point interpolation on the deformed axis.
 
-    ``table [N, C]`` (channels-last rows of the zero-padded input), ``idx [M]`` int64, ``frac [M, 1]``
-    -> ``[M, C]``. Eager: one ``F.embedding_bag`` (a bag of the 2 rows, weighted ``(1 - frac, frac)``),
-    which writes a single K-fold output and keeps only the table, indices and weights for backward
+    ``table [N, C]`` (channels-last rows of the zero-padded input), ``idx [M]`` int64, ``frac [M, 1]``,
+    ``step`` an int or ``[M]`` int64 (one per row) -> ``[M, C]``. Eager: one ``F.embedding_bag`` (a bag of
+    the 2 rows, weighted ``(1 - frac, frac)``), which writes a single K-fold output and keeps only the table, indices and weights for backward
     (not the two gathered K-fold tensors that two gathers + arithmetic would keep); on CPU ~7x faster
     than the unfused form. Export/tracing: two row gathers (ONNX ``Gather``) and the arithmetic, which
     every runtime supports (``embedding_bag`` exports to an ONNX Loop). ``frac = 0`` gives
@@ -121,6 +123,13 @@ def _gather_lerp(table: Tensor, idx: Tensor, frac: Tensor, step: int) -> Tensor:
     pairs = torch.stack((idx, idx + step), dim=1)  # [M, 2]
     weights = torch.cat((1.0 - frac, frac), dim=1).to(table.dtype)  # [M, 2]
     return F.embedding_bag(pairs, table, mode="sum", per_sample_weights=weights)
+
+
+def padded_table(x: Tensor, p: int) -> Tensor:
+    """``[B, C, H, W]`` -> zero-padded (``p`` each side) channels-last rows ``[B*(H+2p)*(W+2p), C]``, so
+    that each gather copies C contiguous values."""
+    B, C, H, W = x.shape
+    return F.pad(x, (p, p, p, p)).permute(0, 2, 3, 1).reshape(B * (H + 2 * p) * (W + 2 * p), C)
 
 
 class SnakeConv(nn.Module):
@@ -223,36 +232,41 @@ class SnakeConv(nn.Module):
             return self._forward_gather(x)
         return self._forward_grid_sample(x)
 
-    def _forward_gather(self, x: Tensor) -> Tensor:
+    def tap_index(self, x: Tensor, p: int) -> tuple[Tensor, Tensor, int]:
+        """Gather plan on the zero-padded (border ``p >= half + 1``) channels-last table of ``x``:
+        row indices ``[B, H, W, K]`` of the lower interpolation point, its weight ``frac`` ``[B, H, W, K]``
+        (carries the gradient to the offsets) and the row step to the upper point."""
         B, C, H, W = x.shape
         K, h = self.kernel_size, self.half
         dev = x.device
-        p = h + 1  # zero border: h for the fixed-axis taps, +1 for the interpolation's upper neighbour
         Hp, Wp = H + 2 * p, W + 2 * p
         coord = self._deformed_coord(x).permute(0, 2, 3, 1)  # [B, H, W, K], deformed axis
         lo = torch.floor(coord)
-        frac = (coord - lo).reshape(-1, 1)  # [B*H*W*K, 1]; carries the gradient to the offsets
+        frac = coord - lo
         lo = lo.to(torch.int64) + p
         c = torch.arange(K, device=dev, dtype=torch.int64) - h  # [K]
         b = torch.arange(B, device=dev, dtype=torch.int64).view(B, 1, 1, 1) * (Hp * Wp)
         if self.morph == 0:  # rows deformed, columns x0 + c
             cols = torch.arange(W, device=dev, dtype=torch.int64).view(1, 1, W, 1) + c + p
-            idx = b + lo * Wp + cols  # [B, H, W, K]
-            step = Wp  # next row
-        else:  # columns deformed, rows y0 + c
-            rows = torch.arange(H, device=dev, dtype=torch.int64).view(1, H, 1, 1) + c + p
-            idx = b + rows * Wp + lo
-            step = 1  # next column
-        idx = idx.reshape(-1)
-        # Channels-last rows so that each gather copies C contiguous values.
-        xp = F.pad(x, (p, p, p, p)).permute(0, 2, 3, 1).reshape(B * Hp * Wp, C)
-        s = _gather_lerp(xp, idx, frac, step)  # [B*H*W*K, C]
-        s = s.reshape(B, H * W, K * C)
-        # Stride-K strip conv == matmul with the weight laid out as [K*C, O] (index k*C + c).
-        O = self.conv.out_channels
-        w = self.conv.weight.reshape(O, C, K).permute(2, 1, 0).reshape(K * C, O)
-        out = torch.matmul(s, w)  # [B, H*W, O]
-        return out.transpose(1, 2).reshape(B, O, H, W)
+            return b + lo * Wp + cols, frac, Wp  # next row
+        rows = torch.arange(H, device=dev, dtype=torch.int64).view(1, H, 1, 1) + c + p  # columns deformed
+        return b + rows * Wp + lo, frac, 1  # next column
+
+    def strip_weight(self) -> Tensor:
+        """The strip conv's weight as a ``[K*C, O]`` matrix (row ``k*C + c``): a stride-K strip conv over
+        the gathered taps is a matmul with it."""
+        O, C = self.conv.out_channels, self.conv.in_channels
+        return self.conv.weight.reshape(O, C, self.kernel_size).permute(2, 1, 0).reshape(-1, O)
+
+    def _forward_gather(self, x: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        p = self.half + 1  # zero border: h for the fixed-axis taps, +1 for the interpolation's upper neighbour
+        idx, frac, step = self.tap_index(x, p)
+        s = _gather_lerp(padded_table(x, p), idx.reshape(-1), frac.reshape(-1, 1), step)  # [B*H*W*K, C]
+        out = torch.matmul(s.reshape(B, H * W, -1), self.strip_weight())  # [B, H*W, O]
+        if self.conv.bias is not None:  # deploy mode: the path's BatchNorm folded in
+            out = out + self.conv.bias
+        return out.transpose(1, 2).reshape(B, -1, H, W)
 
     def _forward_grid_sample(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
@@ -268,7 +282,7 @@ class SnakeConv(nn.Module):
             grid = grid.permute(0, 2, 1, 3, 4).reshape(B, H * K, W, 2)  # taps along y: [B,C,H*K,W]
         deformed = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         stride = (1, K) if self.morph == 0 else (K, 1)
-        return F.conv2d(deformed, self.conv.weight, stride=stride)
+        return F.conv2d(deformed, self.conv.weight, self.conv.bias, stride=stride)
 
 
 class LinearStripConv(nn.Module):
@@ -286,6 +300,11 @@ class LinearStripConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.conv_x(x) + self.conv_y(x)
 
+    def fold_affine(self, scale: Tensor, shift: Tensor) -> None:
+        """Deploy mode: make ``forward`` return ``forward(x) * scale + shift`` (per output channel)."""
+        self.conv_x = conv_with_affine(self.conv_x, scale, shift)
+        self.conv_y = conv_with_affine(self.conv_y, scale)
+
 
 class SnakePath(nn.Module):
     """Snake counterpart of ``LinearStripConv``: ``snake_x`` (eq. 10) + ``snake_y`` (eq. 11), summed."""
@@ -298,7 +317,35 @@ class SnakePath(nn.Module):
         self.snake_y = SnakeConv(in_ch, out_ch, kernel_size, 1, extend_scope, sampler)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.snake_x(x) + self.snake_y(x)
+        sx, sy = self.snake_x, self.snake_y
+        if not self.training and sx.sampler == sy.sampler == "gather":
+            return self._forward_one_gather(x)
+        return sx(x) + sy(x)
+
+    def _forward_one_gather(self, x: Tensor) -> Tensor:
+        """Inference: both morphs in one pass -- one padded table, one gather of the 2K taps per pixel and
+        one matmul with the stacked strip weights, which also sums the two morphs (same values as
+        ``snake_x(x) + snake_y(x)`` up to float summation order)."""
+        sx, sy = self.snake_x, self.snake_y
+        B, C, H, W = x.shape
+        p = sx.half + 1
+        ix, fx, step_x = sx.tap_index(x, p)
+        iy, fy, step_y = sy.tap_index(x, p)
+        idx = torch.cat((ix, iy), -1).reshape(-1)  # [B*H*W*2K]: a pixel's x-morph taps, then its y-morph taps
+        frac = torch.cat((fx, fy), -1).reshape(-1, 1)
+        step = torch.cat((torch.full_like(ix, step_x), torch.full_like(iy, step_y)), -1).reshape(-1)
+        s = _gather_lerp(padded_table(x, p), idx, frac, step)  # [B*H*W*2K, C]
+        w = torch.cat((sx.strip_weight(), sy.strip_weight()), 0)  # [2K*C, O]
+        out = torch.matmul(s.reshape(B, H * W, -1), w)
+        for conv in (sx.conv, sy.conv):
+            if conv.bias is not None:
+                out = out + conv.bias
+        return out.transpose(1, 2).reshape(B, -1, H, W)
+
+    def fold_affine(self, scale: Tensor, shift: Tensor) -> None:
+        """Deploy mode: make ``forward`` return ``forward(x) * scale + shift`` (per output channel)."""
+        self.snake_x.conv = conv_with_affine(self.snake_x.conv, scale, shift)
+        self.snake_y.conv = conv_with_affine(self.snake_y.conv, scale)
 
 
 class _PathBNAct(nn.Sequential):
@@ -309,6 +356,17 @@ class _PathBNAct(nn.Sequential):
         self.conv = path
         self.bn = nn.BatchNorm2d(channels)
         self.act = act_layer()
+
+    @torch.no_grad()
+    def fold(self, weight: Tensor | None = None) -> None:
+        """Deploy mode: BN (times a positive per-channel ``weight``, which commutes with ReLU) into the path."""
+        if not isinstance(self.bn, nn.BatchNorm2d):
+            return  # already folded
+        scale, shift = bn_affine(self.bn)
+        if weight is not None:
+            scale, shift = scale * weight, shift * weight
+        self.conv.fold_affine(scale, shift)
+        self.bn = nn.Identity()
 
 
 class _ResidualProj(nn.Module):
@@ -345,6 +403,10 @@ class DSConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.out(x, self.snake(x))
 
+    def fold_for_inference(self) -> None:
+        """Deploy mode (:func:`hmpe.models.deploy.fuse_model`): the path's BN into its strip convs."""
+        self.snake.fold()
+
 
 class StripBlock(nn.Module):
     """Linear (straight strip) path only, residual; ablation counterpart of ``DSConv``."""
@@ -356,6 +418,10 @@ class StripBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.out(x, self.linear(x))
+
+    def fold_for_inference(self) -> None:
+        """Deploy mode (:func:`hmpe.models.deploy.fuse_model`): the path's BN into its strip convs."""
+        self.linear.fold()
 
 
 class LSConv(nn.Module):
@@ -379,15 +445,30 @@ class LSConv(nn.Module):
         self.linear = _PathBNAct(LinearStripConv(channels, channels, kernel_size), channels, act_layer)
         self.fuse_logits = nn.Parameter(torch.zeros(2, channels))  # [path (snake, linear), C]
         self.out = _ResidualProj(channels, act_layer)
+        self.weights_folded = False  # deploy mode: the path weights live in the folded strip convs
 
     def fusion_weights(self) -> Tensor:
         """``[2, C]`` softmax weights of (snake, linear) per output channel."""
         return self.fuse_logits.softmax(dim=0)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.weights_folded:
+            return self.out(x, self.snake(x) + self.linear(x))
         w = self.fusion_weights().to(x.dtype)[:, None, :, None, None]  # [2, 1, C, 1, 1]
         y = w[0] * self.snake(x) + w[1] * self.linear(x)
         return self.out(x, y)
+
+    @torch.no_grad()
+    def fold_for_inference(self) -> None:
+        """Deploy mode (:func:`hmpe.models.deploy.fuse_model`): each path's BN into its strip convs and,
+        with ReLU paths, the softmax path weights too (``w * relu(z) = relu(w * z)``, ``w > 0``)."""
+        relu = isinstance(self.snake.act, nn.ReLU) and isinstance(self.linear.act, nn.ReLU)
+        if self.weights_folded or not isinstance(self.snake.bn, nn.BatchNorm2d):
+            return
+        w = self.fusion_weights() if relu else (None, None)
+        self.snake.fold(w[0])
+        self.linear.fold(w[1])
+        self.weights_folded = relu
 
 
 _KINDS = {"lsconv": LSConv, "dsconv": DSConv, "strip": StripBlock}

@@ -131,7 +131,8 @@ HEATMAP = (
 
 EXPORT = (
     Key("weights", None, "checkpoint to export (required)"),
-    Key("format", "onnx", "onnx | safetensors (a folder: config.json + model.safetensors, no pickle)"),
+    Key("format", "onnx", "onnx | openvino (IR + OpenVINO parity check) | safetensors (a folder: config.json + "
+                          "model.safetensors, no pickle)"),
     Key("imgsz", None, "input size (default: the checkpoint's training imgsz)"),
     Key("opset", 17, "ONNX opset"),
     Key("gather_sampling", False, "deformable sampling by gathers instead of grid_sample"),
@@ -150,6 +151,8 @@ BENCH = (
     Key("warmup", 3, "untimed warm-up runs"),
     Key("runs", 20, "timed runs"),
     Key("save", None, "write the reports to this JSON file"),
+    Key("fuse", True, "deploy mode (BatchNorm folded, constants cached), as predict / val / export run the model"),
+    Key("backend", None, "torch | onnxruntime | openvino or a list: each runtime's latency, rounds interleaved"),
 )
 
 EXPLORE = (

@@ -1,0 +1,48 @@
+"""hmpe bench backend=...: the same model's latency in PyTorch, ONNX Runtime and OpenVINO in one run."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from conftest import tiny_model_cfg
+
+from hmpe.engine.backends import interleaved_times, parse_backends
+
+
+def test_parse_backends():
+    assert parse_backends("torch") == ["torch"]
+    assert parse_backends("OpenVINO, torch,torch") == ["openvino", "torch"]
+    assert parse_backends(["onnxruntime"]) == ["onnxruntime"]
+    with pytest.raises(ValueError, match="backend='tensorrt'"):
+        parse_backends("torch,tensorrt")
+
+
+def test_interleaved_times_rotates_and_counts():
+    order = []
+    fns = {n: (lambda n=n: order.append(n)) for n in "abc"}
+    times = interleaved_times(fns, warmup=1, runs=3)
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+    assert order[3:] == list("abc" "bca" "cab")  # after one warm-up call each
+
+
+def test_cli_bench_backends_in_one_run(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    from hmpe.cli import main
+
+    threads = torch.get_num_threads()
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny_model_cfg()))
+    out = tmp_path / "bench.json"
+    try:
+        assert main(["bench", f"model={cfg_path}", "imgsz=64", "runs=2", "warmup=1", "threads=1", "nc=5",
+                     "backend=[torch,onnxruntime,openvino]", f"save={out}"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert "backends (fused model, 2 interleaved rounds" in capsys.readouterr().out
+    r = json.loads(out.read_text())["results"][0]
+    assert r["fused"] is True
+    assert list(r["backends"]) == ["torch", "onnxruntime", "openvino"]
+    for v in r["backends"].values():
+        assert v["runs"] == 2 and v["latency_ms_p90"] >= v["latency_ms_median"] > 0

@@ -1,0 +1,34 @@
+"""benchmarks/peers.py --fuse --backends ...: every model in each runtime, in one interleaved run (smoke)."""
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def test_peers_runtimes_smoke(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    peers = importlib.import_module("peers")
+    threads = torch.get_num_threads()
+    try:
+        out = peers.main(["--smoke", "--threads", "1", "--fuse", "--backends", "torch,onnxruntime,openvino",
+                          "--models", "hmpe-n", "--workdir", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    saved = json.loads(Path(out["markdown"]).with_suffix(".json").read_text())
+    assert saved["date"] and saved["cpu"] and {"torch", "onnxruntime", "openvino"} <= set(saved["versions"])
+    assert saved["backends"] == ["torch", "onnxruntime", "openvino"]
+    assert saved["deployed"]["hmpe-n"].startswith("hmpe fuse()")
+    lat = saved["latency"]["1"]
+    for key in ("hmpe-n", "hmpe-n@onnxruntime", "hmpe-n@openvino"):
+        assert lat[key]["median_ms"] > 0 and len(lat[key]["times_ms"]) == 2, key
+    md = Path(out["markdown"]).read_text()
+    assert "| hmpe-n |" in md and "best deployed" in md

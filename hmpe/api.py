@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import glob
 import json
 import sys
@@ -40,6 +42,13 @@ class Prediction:
     scores: np.ndarray  # (K,)
     labels: np.ndarray  # (K,)
     names: list[str]
+
+    def top(self, k: int) -> "Prediction":
+        """The ``k`` highest-scoring detections (all when ``k`` <= 0)."""
+        if k <= 0 or len(self.scores) <= k:
+            return self
+        order = np.argsort(-self.scores, kind="stable")[:k]
+        return dataclasses.replace(self, boxes=self.boxes[order], scores=self.scores[order], labels=self.labels[order])
 
     def to_json(self) -> dict:
         return {
@@ -175,6 +184,9 @@ class Detector:
         from hmpe.engine.trainer import evaluate, increment_run_dir
 
         check_task_args("val", {"data": data, **kwargs})
+        if "conf" in kwargs and not kwargs.get("slice"):
+            print("warning: conf= applies to sliced evaluation (slice=N) only; the COCO evaluation scores every "
+                  "detection (max_dets per image), so it is ignored here", file=sys.stderr)
         model = self._ensure_model()
         tcfg = {**default_train_config(), **self._ckpt.get("train_cfg", {}), **kwargs}
         split = kwargs.get("split", "val")
@@ -273,9 +285,10 @@ class Detector:
     def predict(self, source, conf: float = 0.25, imgsz: int | None = None, batch: int = 4,
                 save: bool = False, project: str = "runs", name: str | None = None, slice: int | None = None,
                 overlap: float = 0.2, merge: str = "nms", merge_iou: float = 0.5,
-                full_image: bool = False, strict: bool = False) -> list[Prediction]:
-        """Detections per image, boxes in original-image pixels (score >= ``conf``), with the checkpoint's own
-        preprocessing (resize or letterbox, :class:`hmpe.data.preprocess.Preprocess`).
+                full_image: bool = False, strict: bool = False, max_det: int = 100) -> list[Prediction]:
+        """Detections per image, boxes in original-image pixels (score >= ``conf``, at most ``max_det`` per
+        image, highest scores first), with the checkpoint's own preprocessing (resize or letterbox,
+        :class:`hmpe.data.preprocess.Preprocess`).
 
         Unreadable inputs (empty, truncated, not an image) are skipped with a warning naming each; their
         paths are in ``self.skipped`` (``strict=True``: the first one is an error). With ``save``, every
@@ -304,6 +317,7 @@ class Detector:
                 continue
             preds = self._predict_arrays([p for p, _ in read], [im for _, im in read], conf, pre, batch, slice,
                                          overlap, merge, merge_iou, full_image)
+            preds = [r.top(int(max_det)) for r in preds]
             for (p, im), r in zip(read, preds):
                 if run_dir is not None:
                     draw_detections(Image.fromarray(im), r.boxes, r.labels, r.scores,

@@ -1,4 +1,4 @@
-"""``hmpe`` command line. One argument style: ``hmpe TASK [SOURCE] key=value ...``.
+"""hmpe command line. One argument style: hmpe TASK [SOURCE] key=value ...
 
     hmpe train                                  # default preset on the synthetic dataset
     hmpe train model=rtdetr-n data=nwpu-vhr10 epochs=72 imgsz=512
@@ -12,8 +12,13 @@
     hmpe bench model=rtdetr-n imgsz=640 batch=1 [device=cpu threads=2 warmup=3 runs=20 save=out.json fuse=true]
     hmpe bench model=hmpe-n backend=[torch,onnxruntime,openvino]   # each runtime's latency, interleaved, one run
                                                 # imgsz=[512,640] batch=[1,4]: one report per pair; imgsz=512x640: HxW
-    hmpe data stats DATA | hmpe data convert DATA --to coco|yolo OUT
-    hmpe cfg                                    # print the default training config and presets
+    hmpe data stats DATA [skip_bad=true] | hmpe data convert DATA to=coco|yolo out=OUT
+    hmpe cfg [model=NAME]                       # every key with its default and meaning; one model's config
+    hmpe TASK --help                            # that task's keys; hmpe --version
+
+Errors are one line naming the bad key, file or value and what to do: exit status 2 for a command line
+that cannot work as typed (checked before anything loads), 1 for a failure while running (a bad file, a
+missing device); add verbose=true for the full traceback.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ def _split_source(argv: list[str]) -> tuple[str | None, list[str]]:
     positional = [a for a in argv if "=" not in a]
     rest = [a for a in argv if "=" in a]
     if len(positional) > 1:
-        raise SystemExit(f"hmpe: expected at most one SOURCE before key=value arguments, got {positional}")
+        from hmpe.utils.keys import UsageError
+
+        raise UsageError(f"expected at most one SOURCE before key=value arguments, got {positional}")
     return (positional[0] if positional else None), rest
 
 
@@ -40,7 +47,9 @@ def _source_and_weights(argv: list[str], usage: str) -> tuple[str, str, dict]:
     source = source or args.pop("source", None)
     weights = args.pop("weights", None)
     if not source or not weights:
-        raise SystemExit(usage)
+        from hmpe.utils.keys import UsageError
+
+        raise UsageError(f"{'weights=PATH' if source else 'a SOURCE'} is required; {usage}")
     return source, weights, args
 
 
@@ -61,7 +70,9 @@ def cmd_val(argv: list[str]) -> int:
     args = parse_overrides(argv)
     weights = args.pop("weights", None)
     if not weights:
-        raise SystemExit("hmpe val: weights=PATH is required (a checkpoint written by hmpe train)")
+        from hmpe.utils.keys import UsageError
+
+        raise UsageError("weights=PATH is required (a checkpoint written by hmpe train)")
     det = Detector(weights=weights, device=args.pop("device", "auto"))
     det.val(data=args.pop("data", None), **args)
     return 0
@@ -71,7 +82,7 @@ def cmd_predict(argv: list[str]) -> int:
     from hmpe.api import Detector
 
     source, weights, args = _source_and_weights(
-        argv, "hmpe predict: usage: hmpe predict SOURCE weights=PATH [conf=0.25 imgsz=...]")
+        argv, "usage: hmpe predict SOURCE weights=PATH [conf=0.25 imgsz=...]")
     det = Detector(weights=weights, device=args.pop("device", "auto"))
     save = args.pop("save", True)
     results = det.predict(source, save=save, **args)
@@ -86,7 +97,7 @@ def cmd_heatmap(argv: list[str]) -> int:
     from hmpe.api import Detector
 
     source, weights, args = _source_and_weights(
-        argv, "hmpe heatmap: usage: hmpe heatmap SOURCE weights=PATH [conf=0.25 imgsz=... level=0|1|2|max out=DIR]")
+        argv, "usage: hmpe heatmap SOURCE weights=PATH [conf=0.25 imgsz=... level=0|1|2|max out=DIR]")
     det = Detector(weights=weights, device=args.pop("device", "auto"))
     results = det.heatmap(source, **args)
     print(f"{len(results)} heatmap figures saved to {det.run_dir}")
@@ -98,7 +109,7 @@ def cmd_explore(argv: list[str]) -> int:
     from hmpe.api import Detector
 
     source, weights, args = _source_and_weights(
-        argv, "hmpe explore: usage: hmpe explore weights=PATH source=DIR|DATA.yaml [port=7860 host=127.0.0.1 "
+        argv, "usage: hmpe explore weights=PATH source=DIR|DATA.yaml [port=7860 host=127.0.0.1 "
               "split=val conf=0.25]")
     det = Detector(weights=weights, device=args.pop("device", "cpu"))
     det.explore(source, **args)
@@ -115,7 +126,9 @@ def cmd_export(argv: list[str]) -> int:
     args = parse_overrides(argv)
     weights = args.pop("weights", None)
     if not weights:
-        raise SystemExit("hmpe export: usage: hmpe export weights=PATH format=onnx|openvino [imgsz=... opset=17 "
+        from hmpe.utils.keys import UsageError
+
+        raise UsageError("weights=PATH is required; usage: hmpe export weights=PATH format=onnx|openvino [imgsz=... opset=17 "
                          "gather_sampling=false out=PATH image=IMG check=true] | format=safetensors [out=DIR]")
     try:
         Detector(weights=weights, device="cpu").export(**args)
@@ -230,6 +243,26 @@ COMMANDS = {
 }
 
 
+def task_help(task: str) -> str:
+    """``hmpe TASK --help``: the task's usage lines and every key with its default and meaning (the table
+    the strict key check uses, :mod:`hmpe.utils.keys`)."""
+    from hmpe.utils.keys import MODEL_KEY_TASKS, TASKS, describe
+
+    lines = [line.strip() for line in USAGE.splitlines() if line.strip().startswith(f"hmpe {task}")]
+    if task in TASKS:
+        lines += ["", "keys (key=value; values are YAML):", describe(task)]
+    if task in MODEL_KEY_TASKS:
+        lines += ["", "model keys: section.key=value (hmpe cfg lists them; hmpe cfg model=NAME shows a preset)"]
+    lines += ["", "verbose=true: show the full traceback of an error"]
+    return "\n".join(lines)
+
+
+def _pop_verbose(rest: list[str]) -> tuple[list[str], bool]:
+    verbose = [a for a in rest if a.startswith("verbose=")]
+    keep = [a for a in rest if not a.startswith("verbose=")]
+    return keep, any(a.split("=", 1)[1].strip().lower() in ("true", "1", "yes") for a in verbose)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -242,22 +275,27 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     task, rest = argv[0], argv[1:]
     if task not in COMMANDS:
-        print(f"hmpe: unknown task {task!r}; tasks: {', '.join(COMMANDS)}\n{USAGE}", file=sys.stderr)
+        print(f"hmpe: unknown task {task!r}; tasks: {', '.join(COMMANDS)} (hmpe --help)", file=sys.stderr)
         return 2
     if rest and rest[0] in ("-h", "--help") and task != "data":
-        print(USAGE)
+        print(task_help(task))
         return 0
+    rest, verbose = _pop_verbose(rest)
     from hmpe.data.formats import DataError
-    from hmpe.utils.keys import ConfigKeyError
+    from hmpe.utils.keys import UsageError
 
     try:
         check_args(task, rest)
         return COMMANDS[task](rest) or 0
-    except ConfigKeyError as e:  # a typo in a key: nothing has run yet
+    except UsageError as e:  # the command line itself: nothing has run yet
+        if verbose:
+            raise
         print(f"hmpe {task}: error: {e}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError, DataError) as e:
-        # Bad input from the user: one clear line, no traceback.
+        # Bad input from the user (a file, a dataset, a device): one clear line, no traceback.
+        if verbose:
+            raise
         print(f"hmpe {task}: error: {e}", file=sys.stderr)
         return 1
 

@@ -19,6 +19,7 @@ from torch import Tensor
 from torchvision import tv_tensors
 
 from hmpe.data.transforms import DetectionTransform, build_transforms, letterbox_orig_size
+from hmpe.utils.keys import check_imgsz
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,10 @@ class Preprocess:
 
     @classmethod
     def from_train_cfg(cls, train_cfg: dict | None, imgsz: int | None = None) -> "Preprocess":
-        """The preprocessing a checkpoint was validated with (``ckpt["train_cfg"]``); ``imgsz`` overrides."""
+        """The preprocessing a checkpoint was validated with (``ckpt["train_cfg"]``); ``imgsz`` overrides (a
+        :class:`~hmpe.utils.keys.UsageError` unless a multiple of the model's largest stride)."""
+        if imgsz is not None:
+            check_imgsz(imgsz)
         cfg = train_cfg or {}
         aug = cfg.get("augment", True)
         opts = aug if isinstance(aug, dict) else {}

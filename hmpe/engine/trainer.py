@@ -45,7 +45,7 @@ def select_device(spec: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(spec)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={spec}: CUDA is not available on this machine")
+        raise ValueError(f"device={spec}: no CUDA device here; use device=cpu")
     return dev
 
 

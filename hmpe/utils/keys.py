@@ -28,8 +28,35 @@ class Key:
     figure_only: bool = False  # changes only figures / displays, not the model's outputs
 
 
-class ConfigKeyError(ValueError):
+class UsageError(ValueError):
+    """A command line that cannot work as typed: a missing or unknown argument, an impossible value
+    (the CLI prints one line and exits with status 2, before any work)."""
+
+
+class ConfigKeyError(UsageError):
     """An unknown key (the CLI exits with status 2)."""
+
+
+#: Input sizes must be multiples of the largest feature stride (S5, stride 32 in every preset): other sizes
+#: are floored level by level and the ONNX export cannot trace them.
+MAX_STRIDE = 32
+
+
+def check_imgsz(value: Any, key: str = "imgsz") -> None:
+    """``imgsz`` as typed (an int, ``HxW``, or a list of either) -> UsageError unless every size is a positive
+    multiple of :data:`MAX_STRIDE`, naming the nearest valid sizes."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for v in values:
+        parts = str(v).lower().split("x") if isinstance(v, str) else [v]
+        for part in parts:
+            try:
+                n = int(part)
+            except (TypeError, ValueError):
+                raise UsageError(f"{key}={value}: not an image size (an integer such as 640)") from None
+            if n <= 0 or n % MAX_STRIDE:
+                lo = max(MAX_STRIDE, n // MAX_STRIDE * MAX_STRIDE)
+                raise UsageError(f"{key}={value}: sizes must be multiples of {MAX_STRIDE} (the model's largest "
+                                 f"stride); use {lo} or {lo + MAX_STRIDE}")
 
 
 # ------------------------------------------------------------------------------------------------ tasks
@@ -110,6 +137,7 @@ PREDICT = (
     Key("batch", 4, "images (or tiles) per forward pass"),
     Key("save", True, "write annotated images and predictions.json"),
     Key("strict", False, "stop at the first unreadable image instead of skipping it"),
+    Key("max_det", 100, "detections kept per image, highest scores first (0 = all above conf)"),
     Key("project", "runs", "output root folder"),
     Key("name", None, "output folder name under <project>/predict"),
     *_PRED,
@@ -294,6 +322,9 @@ def defaults(task: str) -> dict:
 def unknown_key_error(key: str, known: Iterable[str], where: str) -> ConfigKeyError:
     known = sorted(set(known))
     near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if not near:  # an abbreviation or a longer spelling: conf / confidence, max_det / max_detections
+        near = sorted((k for k in known if min(len(k), len(key)) >= 3 and (key.startswith(k) or k.startswith(key))),
+                      key=lambda k: abs(len(k) - len(key)))[:1]
     hint = f"; did you mean {near[0]!r}?" if near else f"; known: {', '.join(known)}"
     return ConfigKeyError(f"unknown key {key!r} in {where}{hint}")
 
@@ -329,6 +360,9 @@ def check_task_args(task: str, args: dict) -> None:
         elif key not in known:
             extra = list(MODEL_SECTIONS) if task in MODEL_KEY_TASKS else []
             raise unknown_key_error(key, known + extra, f"hmpe {task}")
+    for key in ("imgsz", "multi_scale"):
+        if args.get(key) is not None:
+            check_imgsz(args[key], key)
 
 
 def check_data_keys(cfg: dict, source: str) -> None:

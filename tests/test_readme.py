@@ -1,0 +1,117 @@
+"""The README's command blocks, run as written.
+
+Every ``hmpe`` command in the README's ``bash`` blocks is checked against the key table (task, keys,
+values) without running it; then the blocks are executed in order, in an empty folder that holds the
+files the README names (``best.pt``, ``path/to/images``, ``my-data.yaml``, ...; built here, small), with
+sizes capped so that CI can afford them (training: ``epochs=1 imgsz=64 batch=16``; bench: ``imgsz=64
+runs=1 warmup=0``; export: ``imgsz=64``). Not executed: ``pip``, the test command itself, ``hmpe
+explore`` (a server that runs until stopped; tests/test_explore.py drives it) and ``torchrun``
+(tests/test_ddp.py), a command repeated in another section (run once), and the commands on NWPU VHR-10 (minutes each; the data-layer tests read NWPU where
+it is present): all of these are still checked statically.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import NWPU_ROOT, REPO, SYNTHETIC_NAMES, tiny_data, tiny_model_cfg
+from hmpe.cli import COMMANDS, check_args, main
+
+CAPS = {"train": ["epochs=1", "imgsz=64", "batch=16", "workers=0", "device=cpu"],
+        "bench": ["imgsz=64", "runs=1", "warmup=0"], "export": ["imgsz=64"]}
+NOT_RUN = ("pip ", "python -m pytest", "torchrun ", "hmpe explore ")
+
+
+def readme_lines() -> list[str]:
+    lines, inside = [], False
+    for line in (REPO / "README.md").read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            inside = line.strip() == "```bash"
+            continue
+        if inside and line.strip() and not line.lstrip().startswith("#"):
+            lines.append(line.strip())
+    return lines
+
+
+def hmpe_argv(line: str) -> list[str] | None:
+    """The arguments after ``hmpe`` (or ``-m hmpe``) of a README line, comments removed."""
+    words = shlex.split(line, comments=True)
+    if words[:1] == ["hmpe"]:
+        return words[1:]
+    if words[:1] == ["torchrun"] and "hmpe" in words:
+        return words[words.index("hmpe") + 1:]
+    return None
+
+
+def test_every_readme_command_passes_the_key_check():
+    commands = [a for a in map(hmpe_argv, readme_lines()) if a is not None]
+    assert len(commands) > 20
+    for argv in commands:
+        assert argv[0] in COMMANDS, argv
+        if argv[0] not in ("data", "cfg"):
+            check_args(argv[0], [a for a in argv[1:] if "=" in a])
+
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch):
+    """An empty working folder with the files the README's commands name."""
+    import timm
+    from safetensors.torch import save_file
+
+    from hmpe.data.synthetic import SyntheticDataset
+    from hmpe.data.tools import data_convert
+    from test_export import make_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HMPE_DATASETS", str(NWPU_ROOT.parent))
+    heat = tiny_model_cfg()
+    heat["name"], heat["heatmap"] = "tiny-heat", {"tau": 0.05}
+    make_checkpoint(tmp_path / "best.pt", model_cfg=heat, imgsz=64)
+    (tmp_path / "runs/train/exp/weights").mkdir(parents=True)
+    (tmp_path / "runs/train/exp/weights/best.pt").write_bytes((tmp_path / "best.pt").read_bytes())
+    images = SyntheticDataset(3, imgsz=96, seed=1, stream=2, min_size=10, max_size=32, max_objects=4)
+    (tmp_path / "path/to/images").mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(images.render(i)).save(tmp_path / f"path/to/images/{i}.png")
+    large = SyntheticDataset(1, imgsz=(384, 512), seed=1, stream=2, min_size=10, max_size=32, max_objects=8)
+    Image.fromarray(large.render(0)).save(tmp_path / "large.png")
+    data_convert(tiny_data(num_train=4, num_val=2, imgsz=64), "yolo", tmp_path / "my-data")
+    (tmp_path / "my-data.yaml").write_text(  # an ultralytics-style file: no format, names as a mapping
+        "path: my-data\ntrain: images/train\nval: images/val\nnames:\n"
+        + "".join(f"  {i}: {n}\n" for i, n in enumerate(SYNTHETIC_NAMES)))
+    (tmp_path / "new-classes.yaml").write_text("format: synthetic\nnum_train: 4\nnum_val: 2\nimgsz: 64\nclasses: 3\n")
+    (tmp_path / "large-images.yaml").write_text("format: synthetic\nnum_train: 1\nnum_val: 1\nimgsz: 512\n")
+    torch.manual_seed(0)
+    save_file(timm.create_model("hgnetv2_b0", pretrained=False).state_dict(), str(tmp_path / "hgnetv2_b0.safetensors"))
+    torch.save(timm.create_model("hgnetv2_b1", pretrained=False).state_dict(), tmp_path / "PPHGNetV2_B1_stage1.pth")
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_readme_command_blocks_run(sandbox, capsys):
+    ran, seen = [], set()
+    for line in readme_lines():
+        if line.startswith(NOT_RUN):
+            continue
+        argv = hmpe_argv(line)
+        if argv is None:  # a shell line of the README (printf > file.yaml)
+            subprocess.run(line, shell=True, check=True, cwd=sandbox)
+            continue
+        if "nwpu-vhr10" in line:
+            continue
+        argv = argv + CAPS.get(argv[0], [])
+        shape = (argv[0], *sorted(a for a in argv[1:] if a.split("=")[0] not in ("threads", "out", "imgsz")))
+        if shape in seen:  # the same command again (another section repeats it): checked above, run once
+            continue
+        seen.add(shape)
+        status = main(argv)
+        err = capsys.readouterr().err
+        assert status == 0, (line, err[-2000:])
+        ran.append(argv[0])
+    assert {"train", "val", "predict", "heatmap", "bench", "export", "data"} <= set(ran), ran

@@ -229,7 +229,7 @@ def load_data_config(path_or_name: str | os.PathLike | dict, overrides: dict | N
         base = Path.cwd()
     else:
         yaml_path, shipped = _find_data_yaml(os.fspath(path_or_name))
-        source = str(yaml_path)
+        source = str(yaml_path if shipped else yaml_path.resolve())  # absolute: checkpoints store it
         cfg = _read_yaml(yaml_path)
         base = Path.cwd() if shipped else yaml_path.parent
     for key, value in (overrides or {}).items():

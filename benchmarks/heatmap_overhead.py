@@ -1,4 +1,4 @@
-"""Forward-time overhead of the HMPE heatmap path (DESIGN sec. 3, issue 4: at most +10 % at 640 on CPU).
+"""Forward-time overhead of the HMPE heatmap path (issue 4: at most +10 % at 640 on CPU).
 
 Usage:  python benchmarks/heatmap_overhead.py [--model rtdetr-n-heat] [--imgsz 640] [--threads 2,1]
                                               [--repeats 9] [--set heatmap.probe_hidden=32 ...]

@@ -329,7 +329,7 @@ class Detector:
                                                             for p in self.skipped], f, indent=1)
         return results
 
-    # ------------------------------------------------------------------ heatmap (DESIGN sec. 7)
+    # ------------------------------------------------------------------ heatmap
     @torch.no_grad()
     def heatmap(self, source, conf: float = 0.25, imgsz: int | None = None, level: int | str = 0,
                 save: bool = True, out: str | Path | None = None, project: str = "runs", name: str | None = None,

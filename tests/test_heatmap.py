@@ -98,7 +98,7 @@ def test_closed_form_matches_autograd(alpha):
 
 
 def test_design_alpha_vanishes_when_confident():
-    """Documented behaviour: with eq. 1 as DESIGN writes it (alpha = d2 + d3 of the exact sigmoid),
+    """Documented behaviour: with eq. 1 taken literally (alpha = d2 + d3 of the exact sigmoid),
     sigma > 0.5 almost everywhere makes every beta_k <= 0 and the map identically zero; the classic
     Grad-CAM++ alpha stays informative."""
     head = ProbeHead(16, 5, hidden=8).double()

@@ -319,7 +319,7 @@ class Trainer:
 
     def save_val_heatmaps(self, epoch: int) -> list[Path]:
         """Heatmap figures of the first ``heatmaps_per_epoch`` validation images (models with a heatmap
-        path only; DESIGN sec. 7): ``heatmaps/epoch{N}_{i}.png``, ground-truth boxes, stride-8 maps, the
+        path only; docs/method.md, heatmap section): ``heatmaps/epoch{N}_{i}.png``, ground-truth boxes, stride-8 maps, the
         model that was just validated. The same images every epoch, so the figures show progress."""
         k = min(int(self.cfg.get("heatmaps_per_epoch") or 0), len(self.val_set))
         model = self.ema.module if self.ema is not None else unwrap(self.model)

@@ -10,7 +10,7 @@ Data flow (L levels, e.g. S3, S4, S5)::
 Module names follow the public RT-DETR / D-FINE code (``input_proj.0.conv``, ``encoder.0.layers.0``,
 ``lateral_convs``, ``fpn_blocks``, ``downsample_convs``, ``pan_blocks``).
 
-Hooks for the HMPE parts (DESIGN sections 3-4):
+Hooks for the HMPE parts (docs/method.md, heatmap embedding and MOHFE):
 - ``pos_masks``: per level ``[B,1,H,W]`` multipliers of the position encoding at AIFI levels (eq. 6-7).
 - ``embeds``: per level ``[B,D,H,W]`` tensors that replace the attention input of the first AIFI layer:
   ``q = k = E + PE'``, ``v = E``, while the residual stream stays ``X`` (MOHFE, eq. 5).

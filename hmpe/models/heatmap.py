@@ -1,4 +1,4 @@
-"""HMPE heatmap embedding (paper sec. 3.1, eqs. 1-4 and 6-7; DESIGN sec. 3).
+"""HMPE heatmap embedding (paper sec. 3.1, eqs. 1-4 and 6-7; docs/method.md).
 
 Pipeline per image, on the projected features ``X_l [B, D, H_l, W_l]`` (strides 8, 16, 32)::
 
@@ -15,7 +15,7 @@ Interpretations (every one is also in ``docs/method.md``):
 - ``y^c = sum_l sum_ij sigmoid(s_c(i,j))`` is summed over *all* levels of the image, so the channel
   weights ``beta_k^c`` are one vector per image and class (the probe's channels mean the same thing on
   every level, its weights are shared), and the raw maps of the levels share one scale.
-- ``alpha = d2 + d3`` (eq. 1) exactly as DESIGN writes it is ``alpha="design"``. Classic Grad-CAM++
+- ``alpha = d2 + d3`` (eq. 1) taken literally is ``alpha="design"``. Classic Grad-CAM++
   (Chattopadhay et al.) uses ``alpha = d2 / (2 d2 + sum_ab A_ab d3)`` with the exponential trick
   ``d2 = g^2, d3 = g^3`` (``alpha="gradcam++"``, the module's default: in trained detectors the design
   alpha left H_bbox identically zero on 11-21 of 32 held-out images). With the exact derivatives of a sigmoid, the
@@ -26,7 +26,7 @@ Interpretations (every one is also in ``docs/method.md``):
   ``d3 = sigma'''(s) w_k^3``; since ``sigma' > 0``, ``ReLU(g) = sigma' ReLU(w_k)`` and eq. 2 factorises:
   ``beta_k = ReLU(w_k) (w_k^2 sum_ij sigma' sigma'' + w_k^3 sum_ij sigma' sigma''')`` -- O(HW + K).
 - The heatmaps are computed from detached ``F`` under ``no_grad``: they carry no gradient into the
-  probe or the backbone (the mask is not differentiated, DESIGN sec. 3). ``H_mixed`` is differentiable
+  probe or the backbone (the mask is not differentiated: docs/method.md). ``H_mixed`` is differentiable
   w.r.t. the gate ``p`` only, which learns through whatever multiplies features by ``H_mixed``
   downstream (MOHFE / HIDQ embeddings).
 """
@@ -87,7 +87,7 @@ class _DWBlock(nn.Sequential):
 
 
 class ProbeHead(nn.Module):
-    """Light dense head shared across levels (DESIGN sec. 3, "Probe head").
+    """Light dense head shared across levels (docs/method.md, heatmap embedding: the probe).
 
     ``x [B,dim,H,W] -> (F [B,K,H,W], cls [B,C,H,W] logits, reg [B,4,H,W], quality [B,1,H,W] logit)``.
     The tower is ``num_convs`` separable blocks (1x1, depthwise 3x3, GN, ReLU), so ``F >= 0`` like the
@@ -236,7 +236,7 @@ def probe_loss(
     weight_reg: float = 1.0,
     weight_quality: float = 1.0,
 ) -> dict[str, Tensor]:
-    """Auxiliary dense losses of the probe (DESIGN sec. 3), normalised by the batch's positives.
+    """Auxiliary dense losses of the probe (docs/method.md), normalised by the batch's positives.
 
     probe_outputs: per level ``{"cls": [B,C,H,W], "reg": [B,4,H,W], "quality": [B,1,H,W]}``.
     - ``loss_probe_cls``: focal loss on all locations, one-hot class target at positives;
@@ -302,7 +302,7 @@ def gradcampp_sigmoid_linear(feats: Sequence[Tensor], logits: Sequence[Tensor], 
     feats: per level F [B,K,H,W]; logits: per level s [B,T,H,W] (T targets, e.g. the top-3 classes);
     weight: w [B,T,K] or [T,K]. Returns raw (un-normalised) maps per level [B,T,H,W].
     g = s1 w_k, d2 = s2 w_k^2, d3 = s3 w_k^3 with s1, s2, s3 the sigmoid's derivatives at s.
-    ``alpha="design"``: alpha = d2 + d3 (eq. 1 as DESIGN writes it); since s1 > 0, ReLU(g) = s1 ReLU(w_k)
+    ``alpha="design"``: alpha = d2 + d3 (eq. 1 taken literally); since s1 > 0, ReLU(g) = s1 ReLU(w_k)
     and eq. 2 factorises: beta_k = ReLU(w_k) (w_k^2 sum_ij s1 s2 + w_k^3 sum_ij s1 s3), O(HW + K).
     ``alpha="gradcam++"``: classic alpha = g^2 / (2 g^2 + S_k g^3) = 1 / (2 + S_k g) where g > 0,
     S_k = sum_ab A_k(ab) over all levels. H = ReLU(sum_k beta_k F_k) (eq. 3).
@@ -547,7 +547,7 @@ class HeatmapOutput:
 
 
 class HeatmapEmbedding(nn.Module):
-    """Probe head + Grad-CAM++ heatmaps + gate + mask filter (DESIGN sec. 3; eqs. 1-4, 6, 7).
+    """Probe head + Grad-CAM++ heatmaps + gate + mask filter (eqs. 1-4, 6, 7; docs/method.md).
 
     ``forward(feats, targets=None, image_size=None) -> HeatmapOutput`` with feats per level
     ``[B,dim,H_l,W_l]``; ``loss(out, targets, image_size=None) -> dict`` (the probe losses).
@@ -558,7 +558,7 @@ class HeatmapEmbedding(nn.Module):
     - ``fuse_levels``: how the per-level maps become "three upsampled masks" (:func:`fuse_levels`):
       ``"down"`` (default: finer maps max-pooled into every coarser level), ``"max"`` (every map
       resized to every level, max) or ``"none"``.
-    - ``alpha``: ``"gradcam++"`` (classic Grad-CAM++, default) or ``"design"`` (eq. 1 as DESIGN writes it;
+    - ``alpha``: ``"gradcam++"`` (classic Grad-CAM++, default) or ``"design"`` (eq. 1 taken literally;
       goes dark once the probe is confident, see docs/method.md).
     """
 

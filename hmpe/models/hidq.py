@@ -1,4 +1,4 @@
-"""HIDQ: HeatMap-Induced high-quality Decoder Queries (paper sec. 3.2.2, eqs. 8-9; DESIGN sec. 5).
+"""HIDQ: HeatMap-Induced high-quality Decoder Queries (paper sec. 3.2.2, eqs. 8-9; docs/method.md).
 
 ``HeatmapQuerySelector`` replaces RT-DETR's score-based query selection inside ``RTDETRDecoder``
 (``RTDETRDecoder(query_selector=HeatmapQuerySelector(...))``); it reads ``H_mixed`` from the

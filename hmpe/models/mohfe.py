@@ -1,4 +1,4 @@
-"""MOHFE: Multi-scale ObjectBox-Heatmap Fusion Encoder (paper sec. 3.2.1, eq. 5; DESIGN sec. 4).
+"""MOHFE: Multi-scale ObjectBox-Heatmap Fusion Encoder (paper sec. 3.2.1, eq. 5; docs/method.md).
 
 Per selected level ``l`` with projected features ``X_l [B,D,H_l,W_l]`` and the (detached, [0,1])
 heatmaps of :class:`hmpe.models.heatmap.HeatmapOutput`::

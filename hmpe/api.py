@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from hmpe.data.formats import IMAGE_SUFFIXES
 from hmpe.data.preprocess import Preprocess
 from hmpe.engine.checkpoint import PRETRAINED_CONFIG, load_checkpoint, save_pretrained
 from hmpe.utils.config import apply_overrides, default_train_config, load_model_config, split_overrides
 from hmpe.utils.keys import check_task_args
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 @dataclass

@@ -1,7 +1,6 @@
 """Engine pieces that need no model: schedule, parameter groups, EMA, atomic checkpoints, config."""
 
 import math
-import os
 
 import pytest
 import torch

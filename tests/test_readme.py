@@ -16,7 +16,6 @@ from __future__ import annotations
 import shlex
 import subprocess
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image

@@ -10,7 +10,6 @@ from hmpe.data.transforms import (
     NUM_DROPPED_KEY,
     Letterbox,
     Mosaic,
-    MultiScaleCollate,
     build_transforms,
     default_multi_scale_sizes,
     letterbox_orig_size,
@@ -189,24 +188,13 @@ def test_zoom_out_fill_mean_option():
     assert image.max() > 0.3  # the canvas around the image is mean-grey, not black
 
 
-def test_multi_scale_collate():
-    def collate(batch):
-        return torch.stack([b[0] for b in batch]), [b[1] for b in batch]
-
-    sizes = [32, 48, 64]
-    ms = MultiScaleCollate(collate, sizes, stop_epoch=3, seed=0)
+def test_resize_batch_and_multi_scale_sizes():
     boxes = torch.tensor([[0.5, 0.5, 0.2, 0.1]])
-    batch = [(torch.rand(3, 40, 40), {"boxes": boxes.clone(), "size": torch.tensor([40, 40])}) for _ in range(2)]
-    seen = set()
-    for _ in range(20):
-        images, targets = ms(batch)
-        s = images.shape[-1]
-        seen.add(s)
-        assert s in sizes and images.shape == (2, 3, s, s)
+    for s in (32, 48, 64):
+        targets = [{"boxes": boxes.clone(), "size": torch.tensor([40, 40])} for _ in range(2)]
+        images, targets = resize_batch(torch.rand(2, 3, 40, 40), targets, s)
+        assert images.shape == (2, 3, s, s)
         assert targets[0]["size"].tolist() == [s, s] and torch.equal(targets[0]["boxes"], boxes)
-    assert seen == set(sizes)
-    ms.set_epoch(3)
-    assert ms(batch)[0].shape[-1] == 40  # multi-scale off from stop_epoch on
     assert default_multi_scale_sizes(640) == list(range(480, 801, 32))
     assert multi_scale_sizes({"multi_scale": True}, 640) == default_multi_scale_sizes(640)
     assert multi_scale_sizes({"multi_scale": [320, 352]}, 640) == [320, 352]

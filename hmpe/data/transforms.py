@@ -28,8 +28,8 @@ the four inputs of a :class:`Mosaic`). The count travels inside each target rath
 counter because ``DataLoader`` workers are separate processes: the trainer sums the key over the
 batches of an epoch.
 
-Multi-scale training picks one size per *batch* (all images of a batch share a size):
-:class:`MultiScaleCollate` wraps a collate function and :func:`resize_batch` does the resize. The
+Multi-scale training picks one size per *batch* (all images of a batch share a size): the trainer draws
+it (seeded per epoch, so resume is exact) and :func:`resize_batch` does the resize in the main process. The
 dataset's targets are normalised cxcywh by then, which a uniform resize of the whole canvas leaves
 unchanged, so only the images and ``target['size']`` change.
 
@@ -43,8 +43,7 @@ original as an ``L x L`` square with ``L = max(H, W)`` (see :func:`letterbox_ori
 from __future__ import annotations
 
 import math
-import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -62,7 +61,6 @@ __all__ = [
     "RandomIoUCropIfBoxes",
     "Letterbox",
     "Mosaic",
-    "MultiScaleCollate",
     "build_pipeline",
     "build_transforms",
     "default_multi_scale_sizes",
@@ -293,8 +291,8 @@ def build_transforms(train: bool, imgsz: int = 640, cfg: dict | None = None) -> 
     ``cfg`` switches (defaults in :data:`DEFAULT_CFG`): ``photometric``, ``zoom_out``,
     ``zoom_out_fill``, ``zoom_out_max``, ``iou_crop``, ``hflip`` (each with a ``*_p``
     probability), ``keep_ratio`` (letterbox), ``pad_fill``, ``min_size``. ``multi_scale`` and
-    ``mosaic`` are accepted here but act at batch / dataset level (:class:`MultiScaleCollate`,
-    :class:`Mosaic`). Unknown keys raise, so a typo cannot silently switch nothing.
+    ``mosaic`` are accepted here but act at batch / dataset level (the trainer's
+    :func:`resize_batch`, :class:`Mosaic`). Unknown keys raise, so a typo cannot silently switch nothing.
     """
     c = _merged_cfg(cfg)
     min_size = float(c["min_size"])
@@ -365,46 +363,6 @@ def resize_batch(images: torch.Tensor, targets: list[dict] | None, size: int) ->
             if "size" in t:
                 t["size"] = torch.tensor([size, size], dtype=torch.int64)
     return out, targets
-
-
-class MultiScaleCollate:
-    """Wrap a collate function so that each batch is resized to a size drawn from ``sizes``.
-
-    ``stop_epoch``: from that epoch on, batches stay at their own size (RT-DETR stops multi-scale
-    for the last epochs); call :meth:`set_epoch` each epoch. With persistent DataLoader workers
-    the collate object lives in the workers, so either recreate the loader or do the resize in
-    the main process with :func:`resize_batch` (the same draw, without the wrapper).
-    """
-
-    def __init__(
-        self,
-        collate_fn: Callable[[list], tuple[torch.Tensor, list[dict]]],
-        sizes: Iterable[int],
-        stop_epoch: int | None = None,
-        seed: int | None = None,
-    ):
-        self.collate_fn = collate_fn
-        self.sizes = [int(s) for s in sizes]
-        if not self.sizes:
-            raise ValueError("MultiScaleCollate needs at least one size")
-        self.stop_epoch = stop_epoch
-        self.epoch = 0
-        self._rng = random.Random(seed) if seed is not None else None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def draw(self) -> int:
-        """One size from the list (torch's RNG by default, which DataLoader seeds per worker)."""
-        if self._rng is not None:
-            return self._rng.choice(self.sizes)
-        return self.sizes[int(torch.randint(len(self.sizes), ()))]
-
-    def __call__(self, batch: list) -> tuple[torch.Tensor, list[dict]]:
-        images, targets = self.collate_fn(batch)
-        if self.stop_epoch is not None and self.epoch >= self.stop_epoch:
-            return images, targets
-        return resize_batch(images, targets, self.draw())
 
 
 # --------------------------------------------------------------------------------------------

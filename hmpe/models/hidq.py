@@ -70,8 +70,6 @@ class HeatmapQuerySelector(QuerySelector):
     ``mix_proj`` (``W_m``, Linear D -> D) and ``query_proj`` (``W'_Q``, Linear D -> D).
     """
 
-    uses_heatmap = True  # reads extra["h_mixed"]: the heatmap gate is trained through it
-
     def __init__(self, hidden_dim: int, num_classes: int, num_queries: int, score: str = "heat",
                  tie_break: float = 1e-4, detach_memory: bool = True):
         super().__init__(hidden_dim, num_classes, num_queries)

@@ -42,14 +42,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    if is_dist():
-        t = t.clone()
-        dist.all_reduce(t)
-        t /= get_world_size()
-    return t
-
-
 def all_gather_objects(obj):
     """Gather a picklable object from every rank -> list (one entry per rank)."""
     if not is_dist():

@@ -14,6 +14,7 @@ Every model (hmpe or peer) goes the same way, so that the runtimes compare like 
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ def deploy(name: str, model: nn.Module) -> str:
     fuse = getattr(model, "fuse", None)
     if not callable(fuse):
         return "as built (no fusion offered by its library)"
-    if name in ("yolo11n", "rtdetr-l"):
+    if "verbose" in inspect.signature(fuse).parameters:  # ultralytics' fuse() prints unless told not to
         fuse(verbose=False)
         return "ultralytics fuse() (BN folded)"
     fuse()
@@ -64,11 +65,8 @@ def export_raw_onnx(model: nn.Module, forward: Callable | None, x: torch.Tensor,
 
 
 def runner(onnx_path: Path, backend: str, threads: int) -> Callable:
-    """``run(images np.float32)`` for the file in ``backend`` (OpenVINO: the IR is written beside it)."""
-    from hmpe.engine.export import onnx_to_openvino, runtime_session
+    """``run(images np.float32)`` for the file in ``backend`` (OpenVINO: the IR converted beside it)."""
+    from hmpe.engine.export import runtime_session
 
-    path = onnx_path
-    if backend == "openvino":
-        xml = onnx_path.with_suffix(".xml")
-        path = xml if xml.is_file() else onnx_to_openvino(onnx_path, xml)
+    path = onnx_path.with_suffix(".xml") if backend == "openvino" else onnx_path
     return runtime_session(path, backend, threads, outputs=None)

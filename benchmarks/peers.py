@@ -83,6 +83,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from hmpe.engine.backends import interleaved_times  # noqa: E402
+from hmpe.engine.export import onnx_to_openvino  # noqa: E402
 from hmpe.engine.bench import (count_gflops, count_params, environment, param_split, peak_forward_memory,  # noqa: E402
                                percentile)
 
@@ -274,10 +275,12 @@ def _prepare_backends(built: list[Built], x, args) -> tuple[dict, dict, list]:
     deployed = {b.name: deploy(b.name, b.model) if args.fuse else "as built" for b in built}
     onnx, skipped = {}, []
     if any(k != "torch" for k in args.backends):
-        folder = Path(args.workdir or tempfile.mkdtemp(prefix="hmpe-peers-")) / "onnx"
+        folder = Path(args.workdir) / "onnx"
         for b in built:
             try:
                 onnx[b.name] = export_raw_onnx(b.model, b.forward, x, folder / f"{b.name}.onnx")
+                if "openvino" in args.backends:  # this run's graph, never an IR left by an earlier run
+                    onnx_to_openvino(onnx[b.name], onnx[b.name].with_suffix(".xml"))
             except Exception as e:  # a peer whose graph does not export: its torch row stays
                 skipped.append((b.name, f"ONNX export failed: {type(e).__name__}: {str(e)[:300]}"))
                 print(f"{b.name}: {skipped[-1][1]}", flush=True)
@@ -716,8 +719,6 @@ def train_markdown(report: dict, args, data) -> str:
         rows.append([name, f"{r['params'] / 1e6:.2f}", r["epochs"], f"{r['train_min']:.1f}"]
                     + [fmt(float(m[k])) if k in m else "n/a" for k in METRIC_KEYS])
     out.append(md_table(cols, rows))
-    if len(args.backends) > 1:
-        out += ["", *backend_markdown(report, args)]
     if report["skipped"]:
         out += ["", "Skipped rows:", ""] + [f"- {s}: {why}" for s, why in report["skipped"]]
     return "\n".join(out) + "\n"

@@ -25,7 +25,7 @@ from PIL import Image
 
 from hmpe.data.formats import IMAGE_SUFFIXES
 from hmpe.data.preprocess import Preprocess
-from hmpe.engine.checkpoint import PRETRAINED_CONFIG, load_checkpoint, save_pretrained
+from hmpe.engine.checkpoint import PRETRAINED_CONFIG, inference_state, load_checkpoint, save_pretrained
 from hmpe.utils.config import apply_overrides, default_train_config, load_model_config, split_overrides
 from hmpe.utils.keys import check_task_args
 
@@ -88,7 +88,7 @@ def load_for_inference(weights: str | Path, device: torch.device, fuse: bool = T
 
     ckpt = load_checkpoint(weights)
     model = build_model(ckpt["model_cfg"], len(ckpt["names"]))
-    state = (ckpt.get("ema") or {}).get("module") or ckpt["model"]
+    state = inference_state(ckpt)
     model.load_state_dict(state)
     model.to(device).eval()
     if fuse:

@@ -212,9 +212,10 @@ def cmd_bench(argv: list[str]) -> int:
 def _bench_backends(model, cfg: dict, args: dict, imgsz, batch: int, backends) -> dict:
     """``backend=...``: the same model's latency in each runtime, interleaved (hmpe.engine.backends)."""
     from hmpe.engine.backends import backend_latencies
+    from hmpe.engine.bench import imgsz_hw
     from hmpe.models.detector import build_postprocessor
 
-    hw = imgsz if isinstance(imgsz, tuple) else (imgsz, imgsz)
+    hw = imgsz_hw(imgsz)
     lat = backend_latencies(model, build_postprocessor(cfg, int(args.get("nc", 10))), hw, batch, backends,
                             int(args["threads"]) if args.get("threads") else None, int(args.get("warmup", 3)),
                             int(args.get("runs", 20)))

@@ -7,6 +7,25 @@ import torch
 # Tests run on 2 shared cores: keep torch from oversubscribing them.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Commands under test may set torch's thread count process-wide (``threads=1``): put it back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model_yaml(folder: Path) -> Path:
+    """:func:`tiny_model_cfg` written as a model YAML (for ``model=PATH`` on the command line)."""
+    import yaml
+
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_model_cfg()))
+    return path
+
+
 REPO = Path(__file__).resolve().parents[1]
 NWPU_ROOT = REPO.parent / "shared" / "datasets" / "nwpu-vhr10"
 

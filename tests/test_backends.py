@@ -3,10 +3,8 @@
 import json
 
 import pytest
-import torch
-import yaml
-from conftest import tiny_model_cfg
 
+from conftest import tiny_model_yaml
 from hmpe.engine.backends import interleaved_times, parse_backends
 
 
@@ -31,15 +29,9 @@ def test_cli_bench_backends_in_one_run(tmp_path, capsys):
     pytest.importorskip("openvino")
     from hmpe.cli import main
 
-    threads = torch.get_num_threads()
-    cfg_path = tmp_path / "tiny.yaml"
-    cfg_path.write_text(yaml.safe_dump(tiny_model_cfg()))
     out = tmp_path / "bench.json"
-    try:
-        assert main(["bench", f"model={cfg_path}", "imgsz=64", "runs=2", "warmup=1", "threads=1", "nc=5",
-                     "backend=[torch,onnxruntime,openvino]", f"save={out}"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert main(["bench", f"model={tiny_model_yaml(tmp_path)}", "imgsz=64", "runs=2", "warmup=1", "threads=1", "nc=5",
+                 "backend=[torch,onnxruntime,openvino]", f"save={out}"]) == 0
     assert "backends (fused model, 2 interleaved rounds" in capsys.readouterr().out
     r = json.loads(out.read_text())["results"][0]
     assert r["fused"] is True

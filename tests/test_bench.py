@@ -4,10 +4,9 @@ import json
 
 import pytest
 import torch
-import yaml
 from torch import nn
 
-from conftest import tiny_model_cfg
+from conftest import tiny_model_cfg, tiny_model_yaml
 from hmpe.engine.bench import (PeakTensorMemory, benchmark_model, count_gflops, format_report, param_split,
                                peak_forward_memory, percentile)
 from hmpe.models.detector import build_model
@@ -73,16 +72,9 @@ def _check_tiny_with_heatmap():
 def test_cli_bench_saves_json(tmp_path, capsys):
     from hmpe.cli import main
 
-    threads = torch.get_num_threads()  # threads=1 below sets it process-wide
-
-    cfg_path = tmp_path / "tiny.yaml"
-    cfg_path.write_text(yaml.safe_dump(tiny_model_cfg()))
-    out = tmp_path / "bench.json"
-    try:
-        assert main(["bench", f"model={cfg_path}", "imgsz=[64,96]", "batch=1", "runs=2", "warmup=1", "threads=1",
-                     "nc=5", f"save={out}"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    out = tmp_path / "bench.json"  # threads=1 is undone by conftest's _restore_torch_threads
+    assert main(["bench", f"model={tiny_model_yaml(tmp_path)}", "imgsz=[64,96]", "batch=1", "runs=2", "warmup=1",
+                 "threads=1", "nc=5", f"save={out}"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("GFLOPs") == 2
     data = json.loads(out.read_text())

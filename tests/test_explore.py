@@ -151,6 +151,7 @@ def test_explore_dataset_matches_and_statistics(ckpt, dataset_server):
     assert len(s["gts"]) == 3 and {d["status"] for d in s["detections"]} <= {"tp", "fp", "ignored"}
     # misses at several confidences = an independent COCO matching of the detections above each
     scores = sorted({d["score"] for d in s["detections"]})
+    expected_misses = {}  # conf -> misses by the independent matching
     for conf in [0.0, scores[len(scores) // 2], scores[-1], 1.1]:
         found = 0
         for c in range(5):
@@ -160,6 +161,7 @@ def test_explore_dataset_matches_and_statistics(ckpt, dataset_server):
                 found += int(coco_match_image(pred.boxes[keep], pred.scores[keep], g, np.zeros(len(g), bool),
                                               0.5, max_det=100)[1].sum())
         assert server.session.misses(1, conf) == 3 - found, conf
+        expected_misses[conf] = 3 - found
     assert server.session.misses(1, 0.0) <= 2  # the first box is its own detection: found
     other = next(c for c in range(5) if c not in {g[0] for g in gts})  # a class without ground truth: all FP
     fake = {"boxes": np.array([[0, 0, 10, 10]], np.float32), "scores": np.array([0.9]), "labels": np.array([other])}
@@ -176,8 +178,7 @@ def test_explore_dataset_matches_and_statistics(ckpt, dataset_server):
     server._threads[-1].join(timeout=30)  # the background scan: every image ranked by its misses
     rank = json.loads(_get(url + "api/ranking?conf=0")[1])
     assert rank["scanned"] == 3
-    assert {"index": 1, "name": "syn0.png", "misses": server.session.misses(1, 0.0)} in rank["images"]
-    assert [r["misses"] for r in rank["images"]] == sorted((r["misses"] for r in rank["images"]), reverse=True)
+    assert {"index": 1, "name": "syn0.png", "misses": expected_misses[0.0]} in rank["images"]
 
 
 def test_explore_refuses_other_files(dataset_server):
@@ -268,10 +269,6 @@ def test_explore_slider_benchmark_smoke(ckpt, tmp_path, monkeypatch):
     monkeypatch.setattr("sys.argv", ["explore_slider.py", "--weights", str(ckpt), "--image", str(image), "--side",
                                      "128", "--threads", "1", "--moves", "2", "--chromium", CHROMIUM,
                                      "--out", str(out)])
-    threads = torch.get_num_threads()
-    try:
-        assert explore_slider.main() == 0
-    finally:
-        torch.set_num_threads(threads)  # the script sets it for the whole process
+    assert explore_slider.main() == 0  # it sets torch's threads; conftest puts them back
     text = out.read_text()
     assert "| mask threshold: page update | 2 |" in text and "| gate: server part | 2 |" in text

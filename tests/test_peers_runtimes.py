@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -17,12 +16,8 @@ def test_peers_runtimes_smoke(tmp_path):
     if str(BENCH) not in sys.path:
         sys.path.insert(0, str(BENCH))
     peers = importlib.import_module("peers")
-    threads = torch.get_num_threads()
-    try:
-        out = peers.main(["--smoke", "--threads", "1", "--fuse", "--backends", "torch,onnxruntime,openvino",
-                          "--models", "hmpe-n", "--workdir", str(tmp_path)])
-    finally:
-        torch.set_num_threads(threads)
+    out = peers.main(["--smoke", "--threads", "1", "--fuse", "--backends", "torch,onnxruntime,openvino",
+                      "--models", "hmpe-n", "--workdir", str(tmp_path)])
     saved = json.loads(Path(out["markdown"]).with_suffix(".json").read_text())
     assert saved["date"] and saved["cpu"] and {"torch", "onnxruntime", "openvino"} <= set(saved["versions"])
     assert saved["backends"] == ["torch", "onnxruntime", "openvino"]

@@ -4,7 +4,6 @@ import importlib
 import sys
 from pathlib import Path
 
-import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -13,12 +12,8 @@ def test_profile_parts_smoke(tmp_path):
     if str(BENCH) not in sys.path:
         sys.path.insert(0, str(BENCH))
     prof = importlib.import_module("profile_parts")
-    threads = torch.get_num_threads()
     out = tmp_path / "p.md"
-    try:
-        per_part = prof.main(["--smoke", "--threads", "1", "--out", str(out)])
-    finally:
-        torch.set_num_threads(threads)
+    per_part = prof.main(["--smoke", "--threads", "1", "--out", str(out)])
     for p in prof.PARTS:  # hmpe-n has every part: LSConv, heatmap path, MOHFE, HIDQ
         assert len(per_part[p]) == 2 and all(t > 0 for t in per_part[p]), p
     for r in range(2):  # exclusive parts never exceed the whole call

@@ -249,9 +249,9 @@ def load_data_config(path_or_name: str | os.PathLike | dict, overrides: dict | N
         raise DataError(source, f"format must be one of {FORMATS}, got {cfg.get('format')!r}")
     cfg["format"] = fmt
     try:
-        check_data_keys(cfg, source)
+        check_data_keys(cfg)
     except ConfigKeyError as e:
-        raise DataError(source, str(e).replace(f" in {source}", "")) from None
+        raise DataError(source, str(e)) from None
     cfg["names"] = normalise_names(cfg.get("names"), source)
     return cfg
 

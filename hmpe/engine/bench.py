@@ -145,7 +145,7 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-def _imgsz_hw(imgsz: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+def imgsz_hw(imgsz: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if isinstance(imgsz, int):
         return imgsz, imgsz
     h, w = imgsz
@@ -168,7 +168,7 @@ def benchmark_model(model: nn.Module, imgsz: int | tuple[int, int] = 640, batch:
     ``forward(model, x)`` replaces ``model(x)`` (see :func:`count_gflops`). GFLOPs are always for
     batch 1; latency, throughput and memory for ``batch``.
     """
-    h, w = _imgsz_hw(imgsz)
+    h, w = imgsz_hw(imgsz)
     device = torch.device(device)
     model = model.to(device).eval()
     x = torch.rand(batch, 3, h, w, device=device)

@@ -65,6 +65,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
+def inference_state(ckpt: dict) -> dict:
+    """The weights inference uses: the EMA's when the checkpoint has them, else the model's."""
+    return (ckpt.get("ema") or {}).get("module") or ckpt["model"]
+
+
 # -- shareable weights: a folder of config.json + model.safetensors, read without pickle ------------------
 PRETRAINED_CONFIG = "config.json"
 PRETRAINED_WEIGHTS = "model.safetensors"
@@ -85,7 +90,7 @@ def save_pretrained(ckpt: dict, out_dir: str | Path) -> Path:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = (ckpt.get("ema") or {}).get("module") or ckpt["model"]
+    state = inference_state(ckpt)
     # clone: safetensors refuses tensors that share storage (tied weights); the copy is one model's size
     save_file({k: v.detach().cpu().clone().contiguous() for k, v in state.items()}, str(out / PRETRAINED_WEIGHTS),
               metadata={"format": "pt"})

@@ -430,32 +430,19 @@ class Trainer:
         """The resume state; ``final``: what a user keeps (best.pt, last.pt after the last epoch) -- the EMA
         weights (the raw ones without EMA) as ``model``, no optimiser, scaler or RNG state (about a third of
         the size: AdamW keeps two moments per weight)."""
+        base = {"epoch": epoch,  # completed epoch index
+                "epochs": self.epochs, "iteration": self.iteration, "best_fitness": self.best_fitness,
+                "metrics": metrics, "model_cfg": self.model_cfg, "names": self.names,
+                "train_cfg": {k: v for k, v in self.cfg.items() if not k.startswith("_")},
+                # resolved (absolute path, format, names), so that val/resume work from any folder
+                "data_cfg": dict(self.data_cfg), "hmpe_version": __import__("hmpe").__version__}
         if final:
             weights = self.ema.module.state_dict() if self.ema is not None else unwrap(self.model).state_dict()
-            return {"model": weights, "ema": None, "epoch": epoch, "epochs": self.epochs,
-                    "iteration": self.iteration, "best_fitness": self.best_fitness, "metrics": metrics,
-                    "model_cfg": self.model_cfg, "names": self.names, "final": True, "data_cfg": dict(self.data_cfg),
-                    "train_cfg": {k: v for k, v in self.cfg.items() if not k.startswith("_")},
-                    "hmpe_version": __import__("hmpe").__version__}
-        return {
-            "model": unwrap(self.model).state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": epoch,  # completed epoch index
-            "epochs": self.epochs,
-            "iteration": self.iteration,
-            "best_fitness": self.best_fitness,
-            "nan_count": self.nan_count,
-            "metrics": metrics,
-            "model_cfg": self.model_cfg,
-            "train_cfg": {k: v for k, v in self.cfg.items() if not k.startswith("_")},
-            "names": self.names,
-            # resolved (absolute path, format, names), so that val/resume work from any folder
-            "data_cfg": dict(self.data_cfg),
-            "rng": rng_state(),
-            "hmpe_version": __import__("hmpe").__version__,
-        }
+            return base | {"model": weights, "ema": None, "final": True}
+        return base | {"model": unwrap(self.model).state_dict(),
+                       "ema": self.ema.state_dict() if self.ema is not None else None,
+                       "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                       "nan_count": self.nan_count, "rng": rng_state()}
 
     def save(self, epoch: int, metrics: dict) -> None:
         fitness = metrics.get("mAP50_95", -1.0) if metrics else -1.0

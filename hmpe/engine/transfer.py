@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from hmpe.engine.checkpoint import inference_state, load_checkpoint
+
 __all__ = ["TransferReport", "class_dependent_keys", "load_start_weights", "transfer_weights"]
 
 
@@ -69,7 +71,7 @@ class TransferReport:
 def transfer_weights(model: nn.Module, ckpt: dict, names: list[str], model_cfg: dict,
                      path: str = "weights") -> TransferReport:
     """Load ``ckpt``'s weights (EMA when present) into ``model`` (built for ``names``); see the module doc."""
-    state = (ckpt.get("ema") or {}).get("module") or ckpt["model"]
+    state = inference_state(ckpt)
     own = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     old_names = list(ckpt.get("names") or [])
     cls_keys = set() if old_names == list(names) else class_dependent_keys(model_cfg, len(names), own)
@@ -90,7 +92,6 @@ def load_start_weights(model: nn.Module, model_cfg: dict, cfg: dict, names: list
     each. ``log=None`` (a resumed run, whose weights come from its checkpoint) loads nothing. Returns whether
     the run starts from pretrained weights (the backbone then trains at ``lr_backbone``, 0.1 x lr by default).
     """
-    from hmpe.engine.checkpoint import load_checkpoint
     from hmpe.models.pretrained import load_pretrained_backbone
 
     bb_file = (model_cfg.get("backbone") or {}).get("pretrained")

@@ -128,7 +128,7 @@ def build_app(session: ExploreSession, allowed_hosts: list[str] | None = None):
     routes = [
         Route("/", lambda r: HTMLResponse(page)),
         Route("/api/info", guarded(lambda r: JSONResponse(session.info()))),
-        Route("/api/detections/{i}", guarded(lambda r: JSONResponse(session.entry(index_of(r))["summary"]))),
+        Route("/api/detections/{i}", guarded(lambda r: JSONResponse(session.summary(index_of(r))))),
         Route("/api/maps/{i}", guarded(maps)),
         Route("/api/ranking", guarded(lambda r: JSONResponse(session.ranking(_number(r.query_params, "conf",
                                                                                      session.conf))))),

@@ -208,6 +208,7 @@ class ExploreSession:
         return e
 
     def summary(self, index: int) -> dict:
+        self.resolve(self.images[int(index)].name)  # the allow-list holds for cached answers too
         s = self._summaries.get(int(index))
         return s if s is not None else self.entry(index)["summary"]
 

@@ -319,14 +319,14 @@ def defaults(task: str) -> dict:
     return {k.name: copy.deepcopy(k.default) for k in TASKS[task]}
 
 
-def unknown_key_error(key: str, known: Iterable[str], where: str) -> ConfigKeyError:
+def unknown_key_error(key: str, known: Iterable[str], where: str | None = None) -> ConfigKeyError:
     known = sorted(set(known))
     near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     if not near:  # an abbreviation or a longer spelling: conf / confidence, max_det / max_detections
         near = sorted((k for k in known if min(len(k), len(key)) >= 3 and (key.startswith(k) or k.startswith(key))),
                       key=lambda k: abs(len(k) - len(key)))[:1]
     hint = f"; did you mean {near[0]!r}?" if near else f"; known: {', '.join(known)}"
-    return ConfigKeyError(f"unknown key {key!r} in {where}{hint}")
+    return ConfigKeyError(f"unknown key {key!r}{f' in {where}' if where else ''}{hint}")
 
 
 def check_model_key(dotted: str, where: str = "the model config") -> None:
@@ -365,11 +365,12 @@ def check_task_args(task: str, args: dict) -> None:
             check_imgsz(args[key], key)
 
 
-def check_data_keys(cfg: dict, source: str) -> None:
+def check_data_keys(cfg: dict) -> None:
+    """Keys of a dataset YAML; the caller names the file (:class:`hmpe.data.formats.DataError`)."""
     known = [k.name for k in DATA] + ([k.name for k in SYNTHETIC] if cfg.get("format") == "synthetic" else [])
     for key in cfg:
         if not str(key).startswith("_") and key not in known:
-            raise unknown_key_error(str(key), known, source)
+            raise unknown_key_error(str(key), known)
 
 
 def describe(task: str) -> str:

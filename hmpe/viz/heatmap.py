@@ -207,19 +207,16 @@ def heatmap_maps(out, index: int = 0, level: int | str = 0, pe: str | None = "ch
         "H_mixed": pick(out.h_mixed),
         "Mask": pick(out.mask, nearest=True),
     }
-    if pe:
-        pe_maps: dict[int, torch.Tensor] = {}
-        for l in levels:  # only the levels shown: the encoding of a grid is not free
-            h, w = out.mask[l].shape[-2:]
-            pe_maps[l] = out.masked_pe(l)[index].float()  # [h*w, D]
-        if pe == "norm":
-            mags = {l: v.norm(dim=-1).reshape(1, 1, *out.mask[l].shape[-2:]) for l, v in pe_maps.items()}
-            maps["|PE'|"] = pick(mags, nearest=True, i=0)  # per cell, like the mask
-        else:
-            l = levels[0]
-            h, w = out.mask[l].shape[-2:]
-            k = visible_row_channel(pe_maps[l].shape[-1], h, out.temperature, out.pe_mode)
-            maps[f"PE' ch.{k}"] = _to_np(pe_maps[l][:, k].reshape(h, w))
+    if pe == "norm":  # per cell, like the mask; only the levels shown: the encoding of a grid is not free
+        mags = {l: out.masked_pe(l)[index].float().norm(dim=-1).reshape(1, 1, *out.mask[l].shape[-2:])
+                for l in levels}
+        maps["|PE'|"] = pick(mags, nearest=True, i=0)
+    elif pe:  # one channel of the finest level shown
+        l = levels[0]
+        h, w = out.mask[l].shape[-2:]
+        pe_l = out.masked_pe(l)[index].float()  # [h*w, D]
+        k = visible_row_channel(pe_l.shape[-1], h, out.temperature, out.pe_mode)
+        maps[f"PE' ch.{k}"] = _to_np(pe_l[:, k].reshape(h, w))
     return maps
 
 

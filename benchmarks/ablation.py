@@ -148,6 +148,7 @@ def run_row(row: dict, args) -> dict:
             "epochs": trainer.epochs, "wall_minutes_this_session": minutes, "resumed": resumed,
             "params": params, "gflops": gflops, "flops_imgsz": args.flops_imgsz,
             "decoder_layers": (trainer.model_cfg.get("decoder") or {}).get("num_layers"),
+            "train_images": len(trainer.train_set),
             "run_dir": str(trainer.run_dir),
             "settings": settings(row, args)}
 
@@ -156,7 +157,9 @@ def settings(row: dict, args) -> dict:
     return {"budget_minutes": None if args.smoke else args.budget_minutes, "imgsz": args.imgsz, "batch": args.batch,
             "data": args.data_value if isinstance(args.data_value, str) else "synthetic (smoke)",
             "seed": args.seed, "train_args": list(args.train_args), "model": row["model"],
-            "overrides": row["overrides"]}
+            "overrides": row["overrides"],
+            # a fixed-epoch run (no budget) is only comparable with one of the same epochs
+            **({"epochs": args.max_epochs} if args.budget_minutes is None and not args.smoke else {})}
 
 
 def markdown(rows: list[dict], results: dict, skipped: list[tuple[str, str]], args, started_load: str) -> str:

@@ -1,7 +1,7 @@
 """Set criterion of RT-DETR: varifocal loss + L1 + GIoU on every decoder output.
 
 Loss terms (all weighted by ``weight_dict``; the returned values sum to the total loss):
-- final output (decoder layer ``eval_idx``):        ``loss_vfl``, ``loss_bbox``, ``loss_giou``
+- final output (decoder layer ``eval_idx``):        ``loss_vfl`` (``loss_mal`` with ``cls_loss: mal``), ``loss_bbox``, ``loss_giou``
 - other decoder layers, ``outputs['aux_outputs']``:  ``..._aux_{i}``  (own Hungarian matching)
 - selected encoder tokens, ``outputs['enc_outputs']``: ``..._enc``   (own Hungarian matching)
 - denoising group per layer, ``outputs['dn_outputs']``: ``..._dn_{i}`` (matched by construction
@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from hmpe.models.denoising import dn_matched_indices
 from hmpe.utils.boxes import box_cxcywh_to_xyxy, elementwise_box_iou, elementwise_giou
 
-__all__ = ["SetCriterion", "varifocal_loss"]
+__all__ = ["SetCriterion", "matchability_aware_loss", "varifocal_loss"]
 
 
 def varifocal_loss(
@@ -40,6 +40,22 @@ def varifocal_loss(
     return F.binary_cross_entropy_with_logits(logits, target_score, weight=weight, reduction="sum")
 
 
+def matchability_aware_loss(
+    logits: Tensor,  # [B, Q, C]
+    target_score: Tensor,  # [B, Q, C] IoU at the matched (query, class), 0 elsewhere
+    positive: Tensor,  # [B, Q, C] bool one-hot of matched (query, class)
+    gamma: float = 1.5,
+) -> Tensor:
+    """Summed MAL (DEIM, Huang et al. 2025): the positive target is ``IoU^gamma`` with weight 1, so a matched
+    query with a poor box still learns a non-zero score (VFL weights such positives by their small IoU and
+    nearly ignores them); negatives keep the focal weight ``p^gamma``."""
+    p = logits.sigmoid().detach()
+    pos = positive.to(logits.dtype)
+    target = target_score.pow(gamma) * pos
+    weight = p.pow(gamma) * (1 - pos) + pos
+    return F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum")
+
+
 class SetCriterion(nn.Module):
     def __init__(
         self,
@@ -48,13 +64,22 @@ class SetCriterion(nn.Module):
         weight_dict: dict[str, float] | None = None,
         alpha: float = 0.75,
         gamma: float = 2.0,
+        cls_loss: str = "vfl",
+        mal_gamma: float = 1.5,
     ):
         super().__init__()
+        if cls_loss not in ("vfl", "mal"):
+            raise ValueError(f"loss.cls_loss must be vfl or mal, got {cls_loss!r}")
         self.num_classes = num_classes
         self.matcher = matcher
         self.weight_dict = dict(weight_dict) if weight_dict is not None else {"loss_vfl": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
+        self.cls_term = f"loss_{cls_loss}"
+        if cls_loss == "mal" and "loss_mal" not in self.weight_dict:
+            # a config written for VFL (the presets) gives its classification weight to MAL
+            self.weight_dict["loss_mal"] = self.weight_dict.pop("loss_vfl", 1.0)
         self.alpha = alpha
         self.gamma = gamma
+        self.mal_gamma = mal_gamma
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -97,11 +122,14 @@ class SetCriterion(nn.Module):
         positive[batch_idx, src_idx, tgt_labels] = True
         target_score = torch.zeros((B, Q, C), dtype=logits.dtype, device=device)
         target_score[batch_idx, src_idx, tgt_labels] = iou.to(logits.dtype)
-        loss_vfl = varifocal_loss(logits, target_score, positive, self.alpha, self.gamma) / num_boxes
+        if self.cls_term == "loss_mal":
+            loss_cls = matchability_aware_loss(logits, target_score, positive, self.mal_gamma) / num_boxes
+        else:
+            loss_cls = varifocal_loss(logits, target_score, positive, self.alpha, self.gamma) / num_boxes
 
         loss_bbox = F.l1_loss(src_boxes, tgt_boxes, reduction="sum") / num_boxes
         loss_giou = (1 - elementwise_giou(src_xyxy, tgt_xyxy)).sum() / num_boxes
-        return {"loss_vfl": loss_vfl, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
+        return {self.cls_term: loss_cls, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
 
     def _weighted(self, terms: dict[str, Tensor], suffix: str) -> dict[str, Tensor]:
         return {k + suffix: v * self.weight_dict[k] for k, v in terms.items() if k in self.weight_dict}

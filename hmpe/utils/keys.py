@@ -282,8 +282,10 @@ MODEL: dict[str, tuple[Key, ...]] = {
         Key("alpha", 0.25, "focal alpha"), Key("gamma", 2.0, "focal gamma"),
     ),
     "loss": (
-        Key("weight_dict", None, "loss weights {loss_vfl, loss_bbox, loss_giou}"),
+        Key("weight_dict", None, "loss weights {loss_vfl (or loss_mal), loss_bbox, loss_giou}"),
         Key("alpha", 0.75, "varifocal alpha"), Key("gamma", 2.0, "varifocal gamma"),
+        Key("cls_loss", "vfl", "classification loss: vfl (RT-DETR varifocal) | mal (DEIM matchability-aware)"),
+        Key("mal_gamma", 1.5, "mal: exponent of the IoU target and of the negatives' score weight"),
     ),
     "postprocess": (Key("num_top_queries", None, "detections kept per image (default decoder.num_queries)"),),
 }

@@ -1,0 +1,53 @@
+"""benchmarks/recipe.py (short-schedule training recipes) in smoke mode: two variants, one epoch, 64 px."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def recipe():
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    import recipe as mod
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield mod
+    torch.set_num_threads(n)
+
+
+def test_recipe_smoke_table_and_resume(tmp_path, recipe):
+    args = ["--smoke", "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res"),
+            "--seeds", "0", "1"]
+    out = recipe.main(args)
+    assert {(r["variant"], r["seed"]) for r in out["results"]} == {
+        (v, s) for v in ("aug-none", "aug-flip-colour") for s in (0, 1)}
+    for r in out["results"]:
+        assert r["epochs"] == 1 and r["images_per_s"] > 0
+        assert set(r["metrics"]) >= {"precision", "recall", "mAP50", "mAP50_95", "AP_small"}
+    by_variant = {s["variant"]: s for s in out["summary"]}
+    runs = [r["metrics"]["mAP50"] for r in out["results"] if r["variant"] == "aug-none"]
+    assert by_variant["aug-none"]["mAP50_spread"] == pytest.approx(max(runs) - min(runs))
+    md = Path(out["markdown"]).read_text()
+    assert "| aug-flip-colour |" in md and "0,1" in md and "mAP50-95" in md
+
+    # stored results are read back, not retrained; other settings are not mixed in
+    stamp = {p.name: p.stat().st_mtime for p in (tmp_path / "res").glob("*.json")}
+    again = recipe.main(args)
+    assert {p.name: p.stat().st_mtime for p in (tmp_path / "res").glob("*.json")} == stamp
+    assert json.dumps(again["summary"], sort_keys=True) == json.dumps(out["summary"], sort_keys=True)
+
+
+def test_variants_file_is_checked(tmp_path, recipe):
+    bad = tmp_path / "v.yaml"
+    bad.write_text("- name: x\n  train_arg: [lr=1e-3]\n")
+    with pytest.raises(SystemExit, match="unknown keys.*train_arg"):
+        recipe.load_variants(bad)
+    names = [v["name"] for v in recipe.load_variants(recipe.VARIANTS_FILE)]
+    assert {"aug-none", "aug-flip-colour", "aug-rtdetr", "aug-rtdetr-mosaic"} <= set(names)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from hmpe.data.transforms import (
     NUM_DROPPED_KEY,
@@ -236,3 +237,16 @@ def test_build_pipeline_reads_the_augment_value():
     assert build_pipeline({"mosaic": True}, 64)[2] is not None
     with pytest.raises(ValueError):
         build_pipeline({"no_such_switch": 1}, 64)  # unknown keys still raise
+
+
+def test_photometric_distortion_runs_at_network_resolution():
+    """Colour jitter after the resize: on a large aerial image it would otherwise dominate data loading."""
+    seen = []
+    t = build_transforms(True, 64, {"photometric_p": 1.0, "zoom_out": False, "iou_crop": False})
+    for i, step in enumerate(t.steps):
+        if isinstance(step, v2.RandomPhotometricDistort):
+            t.steps[i] = lambda img, tgt, _s=step: (seen.append(tuple(img.shape[-2:])), _s(img, tgt))[1]
+    img = tv_tensors.Image(torch.randint(0, 255, (3, 600, 900), dtype=torch.uint8))
+    boxes = tv_tensors.BoundingBoxes(torch.tensor([[10.0, 10.0, 80.0, 60.0]]), format="XYXY", canvas_size=(600, 900))
+    t(img, {"boxes": boxes, "labels": torch.tensor([0])})
+    assert seen == [(64, 64)]

@@ -298,8 +298,6 @@ def build_transforms(train: bool, imgsz: int = 640, cfg: dict | None = None) -> 
     min_size = float(c["min_size"])
     steps: list[Callable[..., tuple[Any, dict]]] = []
     if train:
-        if c["photometric"]:
-            steps.append(v2.RandomPhotometricDistort(p=float(c["photometric_p"])))
         if c["zoom_out"]:
             side = (1.0, float(c["zoom_out_max"]))
             steps.append(v2.RandomZoomOut(fill=_zoom_fill(c["zoom_out_fill"]), side_range=side, p=float(c["zoom_out_p"])))
@@ -312,6 +310,10 @@ def build_transforms(train: bool, imgsz: int = 640, cfg: dict | None = None) -> 
         steps.append(Letterbox(imgsz, fill=c["pad_fill"]))
     else:
         steps.append(v2.Resize((imgsz, imgsz), antialias=True))
+    if train and c["photometric"]:
+        # colour jitter at network resolution, not at the source's: the same distribution of colours, a
+        # fraction of the pixels (it was most of the data-loading time on NWPU's full-size images)
+        steps.append(v2.RandomPhotometricDistort(p=float(c["photometric_p"])))
     steps.append(SanitizeAndCount(min_size))
     steps.append(v2.ToDtype(torch.float32, scale=True))  # images only; boxes keep their dtype
     return DetectionTransform(steps)

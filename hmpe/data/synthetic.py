@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from hmpe.data.types import Sample
+from hmpe.data.types import DataError, Sample
 
 SYNTHETIC_NAMES = ("circle", "square", "triangle", "cross", "ring")
 SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
@@ -78,8 +78,6 @@ class SyntheticDataset:
     def from_config(cls, cfg: dict, split: str) -> SyntheticDataset:
         """Build a split from a ``format: synthetic`` dataset config (keys ``num_<split>``, ``imgsz``,
         ``seed`` and optionally ``min_size``, ``max_size``, ``max_objects``, ``negative_fraction``, ``classes``)."""
-        from hmpe.data.formats import DataError  # lazy: formats imports this module lazily too
-
         source = cfg.get("_source", "<synthetic config>")
         if split not in SPLIT_STREAMS:
             raise DataError(source, f"synthetic splits are {list(SPLIT_STREAMS)}, got '{split}'")
@@ -298,7 +296,7 @@ def _square(xs, ys, x1, y1, x2, y2, param):
 
 def _triangle(xs, ys, x1, y1, x2, y2, param):
     """Apex at the top centre, base along the bottom edge."""
-    w, h, cx = x2 - x1, y2 - y1, (x1 + x2) / 2
+    w, h = x2 - x1, y2 - y1
     side = math.hypot(h, w / 2)
     left = ((xs - x1) * -h + (ys - y2) * (-w / 2)) / side
     right = ((xs - x2) * h + (ys - y2) * (-w / 2)) / side

@@ -41,7 +41,6 @@ class BadInputGuard:
         self.skipped.append(err)
 
 
-
 def checked_box(
     box: Sequence[float],
     width: int,
@@ -80,7 +79,6 @@ def checked_box(
 
 def _num(value: float) -> str:
     return f"{value:g}"
-
 
 
 def image_size_checked(path: Path, check_images: bool, declared: tuple[Any, Any] | None,

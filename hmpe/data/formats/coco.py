@@ -9,6 +9,7 @@ from typing import Any
 from hmpe.data.formats.checks import BadInputGuard, checked_box, image_size_checked
 from hmpe.data.types import DataError, Sample
 
+
 def read_coco(cfg: dict, spec: Any, guard: BadInputGuard, check_images: bool):
     """COCO JSON. ``spec`` is the annotation file (images resolve against ``path``) or
     ``{ann_file: ..., img_dir: ...}``. Category ids (any base, any gaps) map to contiguous labels in

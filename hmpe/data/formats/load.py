@@ -53,10 +53,10 @@ def load_dataset(
     return result, names
 
 
-
 def _read_synthetic(cfg: dict, spec: Any, guard: BadInputGuard, check_images: bool):
     dataset = SyntheticDataset.from_config(cfg, str(spec))
     return list(dataset.samples), list(dataset.names), None
 
 
-_READERS = {"nwpu": read_nwpu, "voc": read_voc, "coco": read_coco, "yolo": read_yolo, "synthetic": _read_synthetic}  # fmt: skip
+_READERS = {"nwpu": read_nwpu, "voc": read_voc, "coco": read_coco, "yolo": read_yolo,
+            "synthetic": _read_synthetic}  # fmt: skip

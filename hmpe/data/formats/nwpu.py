@@ -16,6 +16,7 @@ NWPU_NAMES = [
     "airplane", "ship", "storage tank", "baseball diamond", "tennis court",
     "basketball court", "ground track field", "harbor", "bridge", "vehicle",
 ]  # fmt: skip
+
 _NWPU_NUMBER = r"\s*([-+]?\d+(?:\.\d*)?)\s*"
 _NWPU_LINE = re.compile(rf"^\({_NWPU_NUMBER},{_NWPU_NUMBER}\)\s*,\s*\({_NWPU_NUMBER},{_NWPU_NUMBER}\)\s*,\s*(\d+)\s*$")
 NWPU_NEGATIVE_DIR = "negative image set"

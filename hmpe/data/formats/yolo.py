@@ -9,6 +9,7 @@ from hmpe.data.formats.checks import BadInputGuard, as_list, checked_box, read_l
 from hmpe.data.images import IMAGE_SUFFIXES, probe_image
 from hmpe.data.types import DataError, Sample
 
+
 def read_yolo(cfg: dict, spec: Any, guard: BadInputGuard, check_images: bool):
     """YOLO txt: a split is an image folder (``images/train``, or ``train`` meaning ``images/train``)
     or a .txt list of images; labels live at the same place with the last ``images`` path component

@@ -92,6 +92,10 @@ def test_yaml_errors_name_the_file(tmp_path):
     broken = write_yaml(tmp_path / "b.yaml", "path: .\nformat: [unclosed\n")
     with pytest.raises(DataError, match=r"b\.yaml:\d+: invalid YAML"):
         load_data_config(str(broken))
+    for text in ("", "- a list\n"):  # an empty file and a top-level list are no dataset YAML either
+        shapeless = write_yaml(tmp_path / "s.yaml", text)
+        with pytest.raises(DataError, match=r"s\.yaml: a dataset YAML must be a mapping"):
+            load_data_config(str(shapeless))
     missing_root = write_yaml(tmp_path / "m.yaml", "path: nowhere\nformat: nwpu\ntrain: t.txt\n")
     assert "m.yaml: dataset folder" in _error(str(missing_root)) and "nowhere" in _error(str(missing_root))
     cfg = make_nwpu(tmp_path / "nwpu")

@@ -16,40 +16,19 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from hmpe.data.formats import DataError, SampleList, load_data_config, load_dataset
-from hmpe.data.types import Sample
+from hmpe.data.formats import load_data_config, load_dataset
+from hmpe.data.images import ImageLoader, load_sample_image
+from hmpe.data.images import load_image as load_image  # re-export for existing callers; defined in data/images
+from hmpe.data.synthetic import SyntheticDataset
+from hmpe.data.types import DataError, Sample, SampleList
 from hmpe.utils.boxes import box_xyxy_to_cxcywh
 
 Transform = Callable[[tv_tensors.Image, dict], tuple[Any, dict]]
-ImageLoader = Callable[[Sample], "np.ndarray | Image.Image"]
-
-
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to ``uint8 [H, W, 3]`` RGB; a corrupt or truncated file raises DataError.
-
-    EXIF orientation is not applied: annotations in every supported format refer to the stored
-    pixel grid (the size the header reports), so rotating here would misalign the boxes.
-    """
-    try:
-        with Image.open(path) as image:
-            return np.array(image.convert("RGB"))
-    except FileNotFoundError:
-        raise DataError(path, "image file not found") from None
-    except Exception as err:  # any decode failure is this file's fault
-        raise DataError(path, f"cannot decode image, corrupt or truncated ({type(err).__name__}: {err})") from None
-
-
-def load_sample_image(sample: Sample) -> np.ndarray:
-    """Default image loader: decode ``sample.path``."""
-    if sample.path is None:
-        raise DataError(f"sample {sample.image_id}", "has no image file (generated samples need their image_loader)")
-    return load_image(sample.path)
 
 
 class DetectionDataset(Dataset):
@@ -171,8 +150,6 @@ def build_dataset(
     independent seed streams); file formats go through :func:`hmpe.data.formats.load_dataset`."""
     cfg = data if isinstance(data, dict) and "_source" in data else load_data_config(data)
     if cfg["format"] == "synthetic":
-        from hmpe.data.synthetic import SyntheticDataset
-
         generated = SyntheticDataset.from_config(cfg, split)
         samples = SampleList(generated.samples, source=f"{cfg['_source']} [{split}]")
         return DetectionDataset(samples, generated.names, transforms, image_loader=generated.render_sample,

@@ -5,8 +5,8 @@ always there, is small-object-heavy like aerial imagery, and is exactly reproduc
 textured background (colour gradient, smooth low-frequency blobs, a few clutter strokes and large
 low-contrast patches that are *not* objects, sensor noise) with 0..``max_objects`` small shapes of five
 classes: filled circle (ellipse), square (rectangle), triangle, cross and ring, 8..48 px, random
-colours pushed to a minimum contrast against the local background. About 10 % of images are
-negatives.
+colours pushed to a minimum contrast against the local background. A ``negative_fraction`` of the
+images (default 0.1) are negatives.
 
 Determinism: image ``i`` of a dataset depends only on ``(seed, stream, i)``: its layout (boxes, labels,
 colours) is drawn from ``numpy.random.default_rng([seed, stream, i, 0])`` and its pixels from
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from hmpe.data.types import Sample
+from hmpe.data.types import DataError, Sample
 
 SYNTHETIC_NAMES = ("circle", "square", "triangle", "cross", "ring")
 SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
@@ -78,8 +78,6 @@ class SyntheticDataset:
     def from_config(cls, cfg: dict, split: str) -> SyntheticDataset:
         """Build a split from a ``format: synthetic`` dataset config (keys ``num_<split>``, ``imgsz``,
         ``seed`` and optionally ``min_size``, ``max_size``, ``max_objects``, ``negative_fraction``, ``classes``)."""
-        from hmpe.data.formats import DataError  # lazy: formats imports this module lazily too
-
         source = cfg.get("_source", "<synthetic config>")
         if split not in SPLIT_STREAMS:
             raise DataError(source, f"synthetic splits are {list(SPLIT_STREAMS)}, got '{split}'")
@@ -166,8 +164,8 @@ def _apart(a: tuple, b: tuple, margin: float) -> bool:
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """Float32 ``[H, W, 3]`` texture: base colour + linear gradient + smooth blobs, then clutter.
 
-    The gradient and the blobs are summed on a coarse grid and upsampled once: the one full-size
-    pass is what keeps rendering in a few milliseconds.
+    The gradient and the blobs are summed on a coarse grid and upsampled once, so that only one pass
+    runs at full size.
     """
     base = rng.uniform(50.0, 200.0, 3).astype(np.float32)
     cells = int(rng.integers(4, 9))
@@ -185,8 +183,8 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
 def _upsample_smooth(grid: np.ndarray, height: int, width: int) -> np.ndarray:
     """Separable smoothstep interpolation of a coarse ``[gh, gw, C]`` grid to ``[H, W, C]`` float32.
 
-    Works channel-first (numpy broadcasting over a trailing axis of 3 is several times slower)
-    and transposes once at the end.
+    Works channel-first (numpy vectorises contiguous planes better than a trailing axis of 3) and
+    transposes once at the end.
     """
 
     def weights(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
@@ -298,7 +296,7 @@ def _square(xs, ys, x1, y1, x2, y2, param):
 
 def _triangle(xs, ys, x1, y1, x2, y2, param):
     """Apex at the top centre, base along the bottom edge."""
-    w, h, cx = x2 - x1, y2 - y1, (x1 + x2) / 2
+    w, h = x2 - x1, y2 - y1
     side = math.hypot(h, w / 2)
     left = ((xs - x1) * -h + (ys - y2) * (-w / 2)) / side
     right = ((xs - x2) * h + (ys - y2) * (-w / 2)) / side

@@ -27,7 +27,9 @@ from hmpe.data.formats import (
     write_data_yaml,
     write_yolo,
 )
+from hmpe.data.synthetic import SyntheticDataset
 from hmpe.data.types import Sample
+from hmpe.utils.config import parse_value
 
 SIZE_BINS = (("tiny", 16**2), ("small", 32**2), ("medium", 96**2), ("large", float("inf")))
 
@@ -164,8 +166,6 @@ def data_convert(
 def _image_loader_for(cfg: dict, split: str):
     if cfg["format"] != "synthetic":
         return None
-    from hmpe.data.synthetic import SyntheticDataset
-
     return SyntheticDataset.from_config(cfg, split).render_sample
 
 
@@ -179,8 +179,6 @@ def _flags_from_keys(argv: list[str]) -> list[str]:
     Flags are passed through unchanged (they remain accepted as aliases). An unknown key is left as it
     is, so argparse reports it with the usage line.
     """
-    import yaml
-
     passed, positional, flags = [], [], []  # generated flags go last: `--splits a b` must not swallow OUT
     for arg in argv:
         key, sep, value = arg.partition("=")
@@ -188,7 +186,7 @@ def _flags_from_keys(argv: list[str]) -> list[str]:
             passed.append(arg)
             continue
         flag = _DATA_KEYS[key]
-        parsed = yaml.safe_load(value) if value else None
+        parsed = parse_value(value) if value else None
         if flag is None:
             positional.append(value)
         elif isinstance(parsed, bool):

@@ -1,8 +1,11 @@
-"""The one internal sample form every reader produces and every consumer reads."""
+"""The one internal sample form every reader produces and every consumer reads, the list the readers
+return, and the error every bad input raises."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -39,3 +42,60 @@ class Sample:
     @property
     def is_negative(self) -> bool:
         return len(self.labels) == 0
+
+
+class DataError(Exception):
+    """Bad dataset input. ``str(err)`` is ``"FILE:LINE: what is wrong"`` (``"FILE: ..."`` without a line).
+
+    ``DataError(file, what, line)`` is the normal form. The one-argument form ``DataError(message)``
+    takes a finished message; it exists because torch's DataLoader re-raises worker exceptions as
+    ``type(err)(message)``.
+    """
+
+    def __init__(self, file: str | os.PathLike, what: str = "", line: int | None = None):
+        self.file = str(file)
+        self.what = what
+        self.line = line
+        if not what:
+            message = self.file
+        elif line is None:
+            message = f"{self.file}: {what}"
+        else:
+            message = f"{self.file}:{line}: {what}"
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (type(self), (self.file, self.what, self.line))
+
+
+class SampleList(list):
+    """``list[Sample]`` plus what the reader learnt while reading.
+
+    Attributes:
+        skipped: the :class:`DataError` of every sample left out under ``skip_bad=True`` (and of
+            annotations that belong to no sample, such as a COCO annotation of an unknown image).
+        category_ids: ``category_ids[label]`` is the class id the source format uses for the
+            contiguous ``label`` (COCO category ids, NWPU's 1..10); ``None`` when the source has no
+            ids of its own (VOC names, YOLO 0..C-1, synthetic). Needed to write predictions back.
+        source: the annotation source that was read (for messages).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample] = (),
+        skipped: Sequence[DataError] = (),
+        category_ids: list[int] | None = None,
+        source: str = "",
+    ):
+        super().__init__(samples)
+        self.skipped: list[DataError] = list(skipped)
+        self.category_ids = category_ids
+        self.source = source
+
+    def summary(self, max_reasons: int = 5) -> str:
+        """One human-readable paragraph: how many were loaded/skipped and the first reasons."""
+        text = f"{self.source}: {len(self)} samples loaded, {len(self.skipped)} skipped as bad"
+        reasons = [f"\n  - {err}" for err in self.skipped[:max_reasons]]
+        more = len(self.skipped) - max_reasons
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        return text + "".join(reasons) + tail

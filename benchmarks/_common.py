@@ -147,13 +147,18 @@ def load_avg() -> str:
         return "n/a"
 
 
-def command_line() -> str:
-    args = [Path(sys.argv[0]).as_posix()]
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that ran this script, as typed from the checkout: ``python -m benchmarks.NAME ARGS``
+    (``argv``: the arguments a caller passed to ``main`` instead of the process's own)."""
+    script = Path(sys.argv[0])
     try:
-        args[0] = str(Path(sys.argv[0]).resolve().relative_to(ROOT))
-    except ValueError:
-        pass
-    return "python " + " ".join(shlex.quote(a) for a in args + sys.argv[1:])
+        rel = script.resolve().relative_to(ROOT).with_suffix("")
+        parts = rel.parts[:-1] if rel.name == "__main__" else rel.parts
+        prog = ["-m", ".".join(parts)]
+    except ValueError:  # not a script of this checkout (pytest, an interactive session)
+        prog = [script.as_posix()]
+    args = sys.argv[1:] if argv is None else list(argv)
+    return "python " + " ".join(shlex.quote(a) for a in prog + args)
 
 
 def header(title: str, extra: list[str] | None = None, started_load: str | None = None) -> str:

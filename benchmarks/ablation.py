@@ -26,16 +26,14 @@ import csv
 import json
 import re
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (ROOT, RESULTS, SkipRow, default_datasets_env, fmt, header, load_avg,  # noqa: E402
-                     load_hmpe_model_config, md_table)
+import torch
 
-import torch  # noqa: E402
+from benchmarks._common import (ROOT, RESULTS, SkipRow, default_datasets_env, fmt, header, load_avg,
+                                load_hmpe_model_config, md_table)
 
 ROWS_FILE = Path(__file__).resolve().parent / "ablation_rows.yaml"
 METRICS = ("precision", "recall", "mAP50", "mAP50_95", "AP_small")

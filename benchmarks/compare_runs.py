@@ -1,6 +1,6 @@
 """Finished training runs side by side: accuracy from each run, cost measured here in one interleaved run.
 
-    python benchmarks/compare_runs.py RUN_DIR RUN_DIR [...] [--imgsz 640] [--threads 1] [--rounds 7]
+    python -m benchmarks.compare_runs RUN_DIR RUN_DIR [...] [--imgsz 640] [--threads 1] [--rounds 7]
                                       [--out benchmarks/results/compare.md]
 
 For each run folder (``runs/train/<name>``, as written by ``hmpe train``): the last validated epoch of its
@@ -25,11 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, fmt, header, load_avg, md_table, train_minutes  # noqa: E402
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+from benchmarks._common import RESULTS, fmt, header, load_avg, md_table, train_minutes
 
 METRICS = ("precision", "recall", "mAP50", "mAP50_95", "AP_small")
 

@@ -2,11 +2,11 @@
 
 Usage::
 
-    python benchmarks/decoder_depth.py [--model hmpe-n] [--data nwpu-vhr10] [--layers 6]
+    python -m benchmarks.decoder_depth [--model hmpe-n] [--data nwpu-vhr10] [--layers 6]
         [--epochs 25,50,100 | --budget-minutes 15,30,60] [--fractions 0.1] [--imgsz 512] [--batch 8]
         [--flops-imgsz 640] [--set key=value ...] [--out benchmarks/results/decoder_depth.md]
-    python benchmarks/decoder_depth.py --smoke --out /tmp/decoder_depth.md      # seconds, synthetic data
-    python benchmarks/decoder_depth.py --from-run runs/train/exp [--out ...]   # Det^k of a finished run
+    python -m benchmarks.decoder_depth --smoke --out /tmp/decoder_depth.md      # seconds, synthetic data
+    python -m benchmarks.decoder_depth --from-run runs/train/exp [--out ...]   # Det^k of a finished run
 
 What it does:
   * the model (a preset or a model YAML) is built with ``decoder.num_layers = L`` (``--layers``) and
@@ -36,23 +36,23 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import default_datasets_env, header, load_avg, train_minutes  # noqa: E402
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
 
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from hmpe.data.dataset import collate_fn  # noqa: E402
-from hmpe.engine.evaluator import COCOEvaluator  # noqa: E402
-from hmpe.engine.trainer import Trainer, unwrap  # noqa: E402
-from hmpe.models.detector import build_postprocessor  # noqa: E402
-from hmpe.utils.config import (apply_overrides, default_train_config, load_model_config,  # noqa: E402
+from hmpe.data.dataset import collate_fn
+from hmpe.engine.evaluator import COCOEvaluator
+from hmpe.engine.trainer import Trainer, unwrap
+from hmpe.models.detector import build_postprocessor
+from hmpe.utils.config import (apply_overrides, default_train_config, load_model_config,
                                parse_overrides, split_overrides)
+from benchmarks._common import default_datasets_env, header, load_avg, train_minutes
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "decoder_depth.md"
@@ -243,7 +243,7 @@ def _floats(text: str | None) -> list[float]:
     return [float(t) for t in text.split(",") if t.strip()] if text else []
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="hmpe-n", help="model preset or YAML (default hmpe-n)")
     ap.add_argument("--data", default="nwpu-vhr10", help="dataset YAML or shipped name (default nwpu-vhr10)")
@@ -269,90 +269,127 @@ def main(argv: list[str] | None = None) -> int:
                     help="no training: score every layer of this finished run (its last.pt, EMA weights)")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny synthetic data and model (64 px, 2 layers, 1 and 2 epochs, fraction 0.5): seconds")
+    return ap
+
+
+@dataclass
+class Plan:
+    """What to train: the model config (decoder depth set), data, lengths and the fixed training settings."""
+    model_cfg: dict
+    data: Any
+    model_name: str
+    lengths: list[float]
+    budget: bool  # lengths are minutes (time_limit), else epochs
+    fractions: list[float]
+    imgsz: int
+    batch: int
+    workers: int
+    flops_imgsz: int
+    base_train: dict
+    train_over: dict
+
+    def length_label(self, n: float) -> str:
+        return f"{n:g} min" if self.budget else f"{int(n)} epoch{'s' if int(n) != 1 else ''}"
+
+    def schedule(self) -> list[tuple[str, float, float]]:
+        """(label, length, train fraction) per row: every length, then the few-shot rows at the longest."""
+        plan = [(self.length_label(n), n, 1.0) for n in self.lengths]
+        return plan + [(f"few-shot {f:g} ({self.length_label(self.lengths[-1])})", self.lengths[-1], f)
+                       for f in self.fractions]
+
+
+def make_plan(args, ap: argparse.ArgumentParser) -> Plan:
+    model_over, train_over = split_overrides(parse_overrides(args.set))
+    if args.smoke:
+        model_cfg = copy.deepcopy(SMOKE_MODEL)
+        args.layers = model_cfg["decoder"]["num_layers"] if args.layers == 6 else args.layers
+        plan = Plan(model_cfg, copy.deepcopy(SMOKE_DATA), "smoke (tiny HMPE, hidden 32)", [1.0, 2.0], False, [0.5],
+                    64, 4, 0, 64, dict(augment=False, ema=False, lr=2e-3, warmup_iters=2), train_over)
+    else:
+        if args.budget_minutes is not None and args.epochs is not None:
+            ap.error("give --epochs or --budget-minutes, not both")
+        budget = args.budget_minutes is not None
+        lengths = _floats(args.budget_minutes) if budget else _floats(args.epochs or "25,50,100")
+        plan = Plan(load_model_config(args.model), args.data, args.model, lengths, budget,
+                    [f for f in _floats(args.fractions) if 0 < f < 1], args.imgsz, args.batch, args.workers,
+                    args.flops_imgsz, {}, train_over)
+    if not plan.lengths:
+        ap.error("no training length given")
+    plan.model_cfg = apply_overrides(plan.model_cfg, model_over)
+    plan.model_cfg.setdefault("decoder", {})
+    plan.model_cfg["decoder"]["num_layers"] = int(args.layers)
+    plan.model_cfg["decoder"]["eval_idx"] = -1
+    return plan
+
+
+def train_cfg(plan: Plan, args, name: str, length: float) -> dict:
+    cfg = default_train_config()
+    cfg.update(data=plan.data, imgsz=plan.imgsz, batch=plan.batch, workers=plan.workers, seed=args.seed,
+               device=args.device, project=args.project, name=name, exist_ok=True, val_interval=10**6,
+               **plan.base_train)
+    if args.lr is not None:
+        cfg["lr"] = args.lr
+    if plan.budget:
+        cfg.update(epochs=10**6, time_limit=float(length))
+    else:
+        cfg.update(epochs=int(length))
+    cfg.update(plan.train_over)
+    return cfg
+
+
+def train_row(plan: Plan, args, label: str, length: float, fraction: float) -> tuple[dict, nn.Module, Trainer]:
+    """One training run and Det^0..Det^L of its (EMA) model: (the report row, the model, its trainer)."""
+    tag = f"L{args.layers}-{('%gmin' % length) if plan.budget else ('%dep' % length)}-f{fraction:g}"
+    t0 = time.time()
+    trainer = SubsetTrainer(train_cfg(plan, args, tag, length), copy.deepcopy(plan.model_cfg), fraction,
+                            subset_seed=args.seed)
+    trainer.fit()
+    minutes = (time.time() - t0) / 60
+    model = trainer.ema.module if trainer.ema is not None else unwrap(trainer.model)
+    metrics = evaluate_layers(model, trainer, plan.model_cfg)
+    final = trainer.metrics.get("mAP50_95")
+    if final is not None and abs(final - metrics[-1]["mAP50_95"]) > 1e-6:  # Det^L is the trained model's output
+        print(f"[decoder_depth] warning: Det^L mAP50-95 {metrics[-1]['mAP50_95']:.4f} differs from the "
+              f"trainer's final validation {final:.4f}", flush=True)
+    row = {"label": label, "num_train": trainer.num_train_images, "metrics": metrics,
+           "epochs": trainer.epochs, "minutes": minutes, "run_dir": str(trainer.run_dir)}
+    return row, model, trainer
+
+
+def run_meta(plan: Plan, args, trainer: Trainer, rows: list[dict], started_load: str) -> dict:
+    fractions = plan.fractions
+    return {
+        "device": str(trainer.device), "threads": torch.get_num_threads(), "load": started_load,
+        "model": plan.model_name, "model_desc": describe_model(plan.model_cfg),
+        "data": plan.data if isinstance(plan.data, str) else "synthetic (smoke)",
+        "num_train": len(trainer.train_set) if not fractions else rows[0]["num_train"],
+        "num_val": len(trainer.val_set), "imgsz": plan.imgsz, "batch": plan.batch, "lr": trainer.cfg["lr"],
+        "ema": bool(trainer.cfg.get("ema")), "augment": bool(trainer.cfg.get("augment")), "seed": args.seed,
+        "flops_imgsz": plan.flops_imgsz,
+        "fewshot_note": (", ".join(f"{f:g} of the train split" for f in fractions) +
+                         (f", seed {args.seed}, trained for the longest length" if fractions else "")) or "none",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
     args = ap.parse_args(argv)
     default_datasets_env()
     started_load = load_avg()
     if args.threads:
         torch.set_num_threads(args.threads)
-
     if args.from_run:
         return from_run(Path(args.from_run), args, started_load)
-    overrides = parse_overrides(args.set)
-    model_over, train_over = split_overrides(overrides)
-    if args.smoke:
-        model_cfg = copy.deepcopy(SMOKE_MODEL)
-        data = copy.deepcopy(SMOKE_DATA)
-        lengths, budget = [1.0, 2.0], False
-        fractions = [0.5]
-        imgsz, batch, workers, flops_imgsz, model_name = 64, 4, 0, 64, "smoke (tiny HMPE, hidden 32)"
-        args.layers = model_cfg["decoder"]["num_layers"] if args.layers == 6 else args.layers
-        base_train = dict(augment=False, ema=False, lr=2e-3, warmup_iters=2)
-    else:
-        model_cfg = load_model_config(args.model)
-        data, model_name = args.data, args.model
-        if args.budget_minutes is not None and args.epochs is not None:
-            ap.error("give --epochs or --budget-minutes, not both")
-        budget = args.budget_minutes is not None
-        lengths = _floats(args.budget_minutes) if budget else _floats(args.epochs or "25,50,100")
-        fractions = [f for f in _floats(args.fractions) if 0 < f < 1]
-        imgsz, batch, workers, flops_imgsz = args.imgsz, args.batch, args.workers, args.flops_imgsz
-        base_train = {}
-    if not lengths:
-        ap.error("no training length given")
-    model_cfg = apply_overrides(model_cfg, model_over)
-    model_cfg.setdefault("decoder", {})
-    model_cfg["decoder"]["num_layers"] = int(args.layers)
-    model_cfg["decoder"]["eval_idx"] = -1
-
-    def train_cfg(name: str, length: float) -> dict:
-        cfg = default_train_config()
-        cfg.update(data=data, imgsz=imgsz, batch=batch, workers=workers, seed=args.seed, device=args.device,
-                   project=args.project, name=name, exist_ok=True, val_interval=10**6, **base_train)
-        if args.lr is not None:
-            cfg["lr"] = args.lr
-        if budget:
-            cfg.update(epochs=10**6, time_limit=float(length))
-        else:
-            cfg.update(epochs=int(length))
-        cfg.update(train_over)
-        return cfg
-
-    def length_label(n: float) -> str:
-        return f"{n:g} min" if budget else f"{int(n)} epoch{'s' if int(n) != 1 else ''}"
-
-    plan = [(length_label(n), n, 1.0) for n in lengths]
-    plan += [(f"few-shot {f:g} ({length_label(lengths[-1])})", lengths[-1], f) for f in fractions]
+    plan = make_plan(args, ap)
     rows, gflops, trainer = [], None, None
-    for label, length, fraction in plan:
-        tag = f"L{args.layers}-{('%gmin' % length) if budget else ('%dep' % length)}-f{fraction:g}"
-        t0 = time.time()
-        trainer = SubsetTrainer(train_cfg(tag, length), copy.deepcopy(model_cfg), fraction, subset_seed=args.seed)
-        trainer.fit()
-        minutes = (time.time() - t0) / 60
-        model = trainer.ema.module if trainer.ema is not None else unwrap(trainer.model)
-        metrics = evaluate_layers(model, trainer, model_cfg)
-        final = trainer.metrics.get("mAP50_95")
-        if final is not None and abs(final - metrics[-1]["mAP50_95"]) > 1e-6:  # Det^L is the trained model's output
-            print(f"[decoder_depth] warning: Det^L mAP50-95 {metrics[-1]['mAP50_95']:.4f} differs from the "
-                  f"trainer's final validation {final:.4f}", flush=True)
+    for label, length, fraction in plan.schedule():
+        row, model, trainer = train_row(plan, args, label, length, fraction)
         if gflops is None:
-            gflops = gflops_per_layer(model, flops_imgsz)
-        rows.append({"label": label, "num_train": trainer.num_train_images, "metrics": metrics,
-                     "epochs": trainer.epochs, "minutes": minutes, "run_dir": str(trainer.run_dir)})
-        print(f"[decoder_depth] {label}: AP per k " + ", ".join(_fmt(m["mAP50_95"]) for m in metrics), flush=True)
-
-    meta = {
-        "device": str(trainer.device), "threads": torch.get_num_threads(), "load": started_load,
-        "model": model_name, "model_desc": describe_model(model_cfg),
-        "data": data if isinstance(data, str) else "synthetic (smoke)",
-        "num_train": len(trainer.train_set) if not fractions else rows[0]["num_train"],
-        "num_val": len(trainer.val_set), "imgsz": imgsz, "batch": batch, "lr": trainer.cfg["lr"],
-        "ema": bool(trainer.cfg.get("ema")), "augment": bool(trainer.cfg.get("augment")), "seed": args.seed,
-        "flops_imgsz": flops_imgsz,
-        "fewshot_note": (", ".join(f"{f:g} of the train split" for f in fractions) +
-                         (f", seed {args.seed}, trained for the longest length" if fractions else "")) or "none",
-    }
-    return write_report(render(rows, gflops, meta), args.out)
+            gflops = gflops_per_layer(model, plan.flops_imgsz)
+        rows.append(row)
+        print(f"[decoder_depth] {label}: AP per k " + ", ".join(_fmt(m["mAP50_95"]) for m in row["metrics"]),
+              flush=True)
+    return write_report(render(rows, gflops, run_meta(plan, args, trainer, rows, started_load)), args.out)
 
 
 def from_run(run_dir: Path, args, started_load: str) -> int:

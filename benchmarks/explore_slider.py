@@ -1,6 +1,6 @@
 """How fast `hmpe explore` answers its sliders (issue 19: each update under 300 ms for a 640 px image, 2 cores).
 
-Usage:  python benchmarks/explore_slider.py --weights best.pt --image IMG [--side 640] [--threads 2]
+Usage:  python -m benchmarks.explore_slider --weights best.pt --image IMG [--side 640] [--threads 2]
                                             [--moves 20] [--chromium /usr/bin/chromium] [--out FILE]
 
 The image is resized so that its longer side is ``--side`` px and explored at ``imgsz = --side``: the maps
@@ -29,8 +29,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, header, load_avg, md_table  # noqa: E402
+from benchmarks._common import RESULTS, header, load_avg, md_table
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -66,7 +65,7 @@ def _summary(name: str, v: list[float]) -> list:
     return [name, len(v), f"{statistics.median(v):.0f}", f"{v[int(0.9 * (len(v) - 1))]:.0f}", f"{v[-1]:.0f}"]
 
 
-def main() -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", required=True)
     ap.add_argument("--image", required=True)
@@ -75,9 +74,35 @@ def main() -> int:
     ap.add_argument("--moves", type=int, default=20)
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     ap.add_argument("--out", default=str(RESULTS / "explore_slider.md"))
-    args = ap.parse_args()
+    return ap
+
+
+def _drive(url: str, args, tmp: Path) -> tuple[float, dict[str, list[tuple[float, float]]]]:
+    """The page in headless Chromium: (first load s, {control: [(page ms, server ms)] per update})."""
     from playwright.sync_api import sync_playwright
 
+    with sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(str(tmp / "profile"), executable_path=args.chromium,
+                                                    args=FLAGS, viewport={"width": 1600, "height": 1200})
+        page = ctx.new_page()
+        t0 = time.perf_counter()
+        page.goto(url)
+        page.wait_for_function("document.body.dataset.seq >= 1", timeout=300_000)
+        first = time.perf_counter() - t0
+        fracs = [0.05 + 0.9 * ((k * 7) % args.moves) / args.moves for k in range(args.moves)]
+        moves = {"tau": [_move(page, "#tau", fr) for fr in fracs]}
+        page.click("#gate-learned")
+        page.wait_for_function("!document.querySelector('#status').textContent")
+        moves["gate"] = [_move(page, "#gate", fr) for fr in fracs]
+        moves["levels"] = [_select(page, "#level", v) for v in ["1", "2", "max", "0"]]  # all five maps re-rendered
+        moves["classes"] = [_select(page, "#cls", str(c)) for c in range(4)]  # H_class of that class, then re-mask
+        page.screenshot(path=str(tmp / "page.png"), full_page=True)
+        ctx.close()
+    return first, moves
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     from hmpe.api import Detector
 
     torch.set_num_threads(args.threads)
@@ -89,33 +114,16 @@ def main() -> int:
     (tmp / "img").mkdir()
     im.save(tmp / "img" / (Path(args.image).stem + ".png"))
     server = Detector(args.weights, device="cpu").explore(str(tmp / "img"), port=0, block=False, imgsz=args.side)
-    rows, first = [], None
     try:
-        with sync_playwright() as pw:
-            ctx = pw.chromium.launch_persistent_context(str(tmp / "profile"), executable_path=args.chromium,
-                                                        args=FLAGS, viewport={"width": 1600, "height": 1200})
-            page = ctx.new_page()
-            t0 = time.perf_counter()
-            page.goto(server.url)
-            page.wait_for_function("document.body.dataset.seq >= 1", timeout=300_000)
-            first = time.perf_counter() - t0
-            fracs = [0.05 + 0.9 * ((k * 7) % args.moves) / args.moves for k in range(args.moves)]
-            tau = [_move(page, "#tau", fr) for fr in fracs]
-            page.click("#gate-learned")
-            page.wait_for_function("!document.querySelector('#status').textContent")
-            gate = [_move(page, "#gate", fr) for fr in fracs]
-            levels = [_select(page, "#level", v) for v in ["1", "2", "max", "0"]]  # all five maps re-rendered
-            classes = [_select(page, "#cls", str(c)) for c in range(4)]  # H_class of that class, then re-mask
-            page.screenshot(path=str(tmp / "page.png"), full_page=True)
-            ctx.close()
+        first, m = _drive(server.url, args, tmp)
     finally:
         server.stop()
-    rows = [_summary("mask threshold: page update", [t for t, _ in tau]),
-            _summary("mask threshold: server part", [s for _, s in tau]),
-            _summary("gate: page update", [t for t, _ in gate]),
-            _summary("gate: server part", [s for _, s in gate]),
-            _summary("level (1, 2, max, 0): page update", [t for t, _ in levels]),
-            _summary("H_class of a chosen class (4 classes): page update", [t for t, _ in classes])]
+    rows = [_summary("mask threshold: page update", [t for t, _ in m["tau"]]),
+            _summary("mask threshold: server part", [s for _, s in m["tau"]]),
+            _summary("gate: page update", [t for t, _ in m["gate"]]),
+            _summary("gate: server part", [s for _, s in m["gate"]]),
+            _summary("level (1, 2, max, 0): page update", [t for t, _ in m["levels"]]),
+            _summary("H_class of a chosen class (4 classes): page update", [t for t, _ in m["classes"]])]
     text = header("hmpe explore: slider update time", [
         f"image: {args.image} resized to {im.width}x{im.height}, imgsz {args.side}, weights {args.weights}",
         f"torch threads: {args.threads}; Chromium: {args.chromium} (headless, same machine)",

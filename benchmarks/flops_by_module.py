@@ -1,6 +1,6 @@
 """GFLOPs of one forward per module of an hmpe model: where a preset's compute goes.
 
-    python benchmarks/flops_by_module.py hmpe-n [--nc 10] [--imgsz 640] [--depth 3] [--min-share 0.02]
+    python -m benchmarks.flops_by_module hmpe-n [--nc 10] [--imgsz 640] [--depth 3] [--min-share 0.02]
 
 Same convention as ``hmpe bench`` (FlopCounterMode, batch 1, 2 FLOPs per multiply-accumulate of convs and
 matmuls). Prints the total, then every module down to ``--depth`` dots below the model whose share of the
@@ -12,14 +12,11 @@ is the whole ``RTDETRDecoder`` (input projection, query selection, layers, heads
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_hmpe_model_config  # noqa: E402
+from benchmarks._common import load_hmpe_model_config
 
 
 @torch.no_grad()
@@ -39,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", help="preset name or model YAML")
-    ap.add_argument("--nc", type=int, default=10, help="classes (10: NWPU VHR-10; 80: COCO, as peers.py)")
+    ap.add_argument("--nc", type=int, default=10, help="classes (10: NWPU VHR-10; 80: COCO, as benchmarks.peers)")
     ap.add_argument("--imgsz", type=int, default=640)
     ap.add_argument("--depth", type=int, default=3,
                     help="module levels below the model to list (1: backbone, decoder; 3: encoder.fpn_blocks.1)")

@@ -1,6 +1,6 @@
 """Forward-time overhead of the HMPE heatmap path (issue 4: at most +10 % at 640 on CPU).
 
-Usage:  python benchmarks/heatmap_overhead.py [--model rtdetr-n-heat] [--imgsz 640] [--threads 2,1]
+Usage:  python -m benchmarks.heatmap_overhead [--model rtdetr-n-heat] [--imgsz 640] [--threads 2,1]
                                               [--repeats 9] [--set heatmap.probe_hidden=32 ...]
 
 Three forwards are timed, interleaved (A, B, C, A, B, C, ...) so that load from other processes hits
@@ -25,26 +25,21 @@ import argparse
 import datetime as _dt
 import os
 import platform
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from hmpe.engine.bench import environment
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_avg  # noqa: E402
+from hmpe.models.detector import build_model
+from hmpe.utils.config import apply_overrides, load_model_config, parse_overrides
+from benchmarks._common import command_line, load_avg
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def build(model: str, overrides: dict, heatmap: bool, nc: int):
-    from hmpe.models.detector import build_model
-    from hmpe.utils.config import apply_overrides, load_model_config
-
     cfg = apply_overrides(load_model_config(model), overrides)
     if not heatmap:
         cfg["heatmap"] = None
@@ -58,7 +53,7 @@ def build(model: str, overrides: dict, heatmap: bool, nc: int):
     return build_model(cfg, nc).eval(), cfg
 
 
-def main(argv: list[str] | None = None) -> str:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="rtdetr-n-heat", help="preset or YAML with a heatmap path")
     ap.add_argument("--imgsz", type=int, default=640)
@@ -70,44 +65,32 @@ def main(argv: list[str] | None = None) -> str:
                     help="dotted model-config overrides of A, e.g. heatmap.probe_hidden=32")
     ap.add_argument("--note", default="", help="a line added to the report (e.g. the machine's load)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "heatmap_overhead.md"))
-    args = ap.parse_args(argv)
+    return ap
 
-    from hmpe.utils.config import parse_overrides
 
-    threads = [int(t) for t in str(args.threads).split(",") if t.strip()]
-    overrides = parse_overrides(args.set)
-    load0 = load_avg()
-    model_a, cfg_a = build(args.model, overrides, True, args.nc)
-    model_b, _ = build(args.model, overrides, False, args.nc)
-    x = torch.rand(1, 3, args.imgsz, args.imgsz, generator=torch.Generator().manual_seed(0))
+def time_rounds(fns: dict, threads: int, warmup: int, repeats: int) -> tuple[dict, float, float]:
+    """Interleaved rounds (A, B, C, A, B, C, ...) at ``threads``: (median s per forward, A / B, C / (A - C)),
+    the ratios as medians of per-round ratios."""
+    torch.set_num_threads(threads)
+    times: dict[str, list[float]] = {k: [] for k in fns}
     with torch.no_grad():
-        feats = model_a.encoder.project(model_a.backbone(x))
+        for _ in range(warmup):
+            for f in fns.values():
+                f()
+        for _ in range(repeats):
+            for k, f in fns.items():
+                t0 = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ab = statistics.median(a / b for a, b in zip(times["A"], times["B"]))
+    c_rest = statistics.median(c / (a - c) for a, c in zip(times["A"], times["C"]))
+    return med, ab, c_rest
 
-    fns = {"A": lambda: model_a(x), "B": lambda: model_b(x),
-           "C": lambda: model_a.heatmap(feats, image_size=x.shape[-2:])}
-    results = {}
-    for nt in threads:
-        torch.set_num_threads(nt)
-        times: dict[str, list[float]] = {k: [] for k in fns}
-        with torch.no_grad():
-            for _ in range(args.warmup):
-                for f in fns.values():
-                    f()
-            for _ in range(args.repeats):
-                for k, f in fns.items():
-                    t0 = time.perf_counter()
-                    f()
-                    times[k].append(time.perf_counter() - t0)
-        med = {k: statistics.median(v) for k, v in times.items()}
-        ab = statistics.median(a / b for a, b in zip(times["A"], times["B"]))
-        c_rest = statistics.median(c / (a - c) for a, c in zip(times["A"], times["C"]))
-        results[nt] = (med, ab, c_rest)
-    n_a = sum(p.numel() for p in model_a.parameters())
-    n_b = sum(p.numel() for p in model_b.parameters())
-    n_h = sum(p.numel() for p in model_a.heatmap.parameters())
 
-    given = sys.argv[1:] if argv is None else argv
-    cmd = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/heatmap_overhead.py", *given])
+def render(args, argv, threads: list[int], overrides: dict, cfg_a: dict, params: tuple[int, int, int],
+           results: dict, load0: str) -> str:
+    n_a, n_b, n_h = params
     over = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "none"
     lines = [
         "# Heatmap-path forward overhead",
@@ -115,7 +98,7 @@ def main(argv: list[str] | None = None) -> str:
         f"- date: {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}",
         f"- CPU: {environment()['cpu']} ({os.cpu_count()} logical CPUs), torch.set_num_threads(n) for n in {threads}",
         f"- torch {torch.__version__}, Python {platform.python_version()}",
-        f"- command: `{cmd}`",
+        f"- command: `{command_line(argv)}`",
         f"- model A: `{args.model}` (overrides: {over}), heatmap config `{cfg_a.get('heatmap')}`; "
         f"model B: the same with `heatmap: null`",
         f"- input 1 x 3 x {args.imgsz} x {args.imgsz}, {args.nc} classes, eval, no_grad; "
@@ -138,8 +121,24 @@ def main(argv: list[str] | None = None) -> str:
             f"**A / B = {ab:.3f}** (median of per-round ratios; target <= 1.10); "
             f"1 + C / (A - C) = {1 + c_rest:.3f} (the heatmap module against the rest of A's forward).",
         ]
-    lines.append("")
-    text = "\n".join(lines)
+    return "\n".join(lines + [""])
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = _parser().parse_args(argv)
+    threads = [int(t) for t in str(args.threads).split(",") if t.strip()]
+    overrides = parse_overrides(args.set)
+    load0 = load_avg()
+    model_a, cfg_a = build(args.model, overrides, True, args.nc)
+    model_b, _ = build(args.model, overrides, False, args.nc)
+    x = torch.rand(1, 3, args.imgsz, args.imgsz, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        feats = model_a.encoder.project(model_a.backbone(x))
+    fns = {"A": lambda: model_a(x), "B": lambda: model_b(x),
+           "C": lambda: model_a.heatmap(feats, image_size=x.shape[-2:])}
+    results = {nt: time_rounds(fns, nt, args.warmup, args.repeats) for nt in threads}
+    params = tuple(sum(p.numel() for p in m.parameters()) for m in (model_a, model_b, model_a.heatmap))
+    text = render(args, argv, threads, overrides, cfg_a, params, results, load0)
     print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """LSConv vs DSConv vs a 3x3 conv block at the HGNetv2-B0 stage-3 / stage-4 sizes (640 input).
 
-Usage:  python benchmarks/lsconv_bench.py [--rounds 15] [--inner 3] [--threads 2,1] [--no-backbone]
+Usage:  python -m benchmarks.lsconv_bench [--rounds 15] [--inner 3] [--threads 2,1] [--no-backbone]
 
 Reports, per size, relative to the plain 3x3 ConvBNAct block with the same channels:
   * GFLOPs from ``torch.utils.flop_counter.FlopCounterMode`` (2 FLOPs per multiply-accumulate, checked
@@ -26,7 +26,6 @@ import gc
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,9 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hmpe.engine.bench import environment
 from hmpe.models.lsconv import DSConv, LSConv, SnakeConv, StripBlock
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_avg  # noqa: E402
+from benchmarks._common import command_line, load_avg
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -199,14 +196,18 @@ def backbone_rows(threads: list[int], imgsz: int = 640, rounds: int = 5) -> list
 
 
 def render(results: dict[str, list[dict]], bb: list[dict] | None, args: argparse.Namespace) -> str:
+    return "\n".join(_header_lines(args) + _block_lines(results, args.threads) + _backbone_lines(bb, args.threads))
+
+
+def _header_lines(args: argparse.Namespace) -> list[str]:
     threads = args.threads
-    lines = [
+    return [
         "# LSConv benchmark",
         "",
         f"- date: {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}",
         f"- CPU: {environment()['cpu']} ({os.cpu_count()} logical CPUs), torch.set_num_threads(n) for n in {threads}",
         f"- torch {torch.__version__}, Python {platform.python_version()}",
-        f"- command: `python {' '.join(sys.argv)}`",
+        f"- command: `{command_line()}`",
         f"- load average before / after the run: {args.load_before} / {load_avg()} (the machine is shared:",
         "  absolute times are noisy, the interleaved ratios are the figure to read; with 2 threads on a",
         "  loaded 2-core box every parallel region waits for a descheduled thread, so the 1-thread ratios",
@@ -218,6 +219,10 @@ def render(results: dict[str, list[dict]], bb: list[dict] | None, args: argparse
         f"of the mean of {args.inner} calls; infer = eval forward under no_grad, train = forward + backward.",
         "",
     ]
+
+
+def _block_lines(results: dict[str, list[dict]], threads: list[int]) -> list[str]:
+    lines = []
     for size, rows in results.items():
         c, hw = SIZES[size]
         ref = rows[0]
@@ -239,6 +244,11 @@ def render(results: dict[str, list[dict]], bb: list[dict] | None, args: argparse
                 )
             lines.append(line)
         lines.append("")
+    return lines
+
+
+def _backbone_lines(bb: list[dict] | None, threads: list[int]) -> list[str]:
+    lines = []
     if bb is not None:
         base = bb[0]
         head = "| strip_conv | params (M) | x base | GFLOPs | x base |"
@@ -266,7 +276,7 @@ def render(results: dict[str, list[dict]], bb: list[dict] | None, args: argparse
         lines.append("")
     else:
         lines += ["(backbone rows skipped: `hmpe.models.backbone.HGNetv2` with `strip_conv` not available)", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,8 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads[0])
     check_flop_convention()
     gc.disable()  # no collector pauses inside the timed loops (nothing cyclic is created)
-    results = {size: bench_size(c, hw, args.rounds, args.inner, args.threads) for size, (c, hw) in SIZES.items()}
-    bb = None if args.no_backbone else backbone_rows(args.threads)
+    try:
+        results = {size: bench_size(c, hw, args.rounds, args.inner, args.threads) for size, (c, hw) in SIZES.items()}
+        bb = None if args.no_backbone else backbone_rows(args.threads)
+    finally:
+        gc.enable()
     md = render(results, bb, args)
     print(md)
     out = Path(args.out)

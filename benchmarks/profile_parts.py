@@ -1,6 +1,6 @@
 """Per-part CPU latency of one detector's forward (default hmpe-n, deploy mode, 640 px, batch 1).
 
-Usage:  python benchmarks/profile_parts.py [--model hmpe-n] [--imgsz 640] [--threads 2] [--rounds 20]
+Usage:  python -m benchmarks.profile_parts [--model hmpe-n] [--imgsz 640] [--threads 2] [--rounds 20]
                                            [--no-fuse] [--set key=value ...] [--out PATH] [--smoke]
 
 Parts (wall-clock, eval mode, ``no_grad``, random weights, ``--nc`` classes):
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -32,8 +31,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, header, load_avg, load_hmpe_model_config, md_table, parse_row_spec  # noqa: E402
+from benchmarks._common import RESULTS, header, load_avg, load_hmpe_model_config, md_table, parse_row_spec
 
 PARTS = ["backbone", "lsconv", "probe", "gradcam++", "mohfe", "encoder", "query sel.", "decoder", "post-process"]
 

@@ -1,6 +1,6 @@
 """Render docs/figures/lsconv_positions.png: where SnakeConv samples, like the paper's Figure 5.
 
-Usage:  python benchmarks/render_lsconv_figure.py [--out docs/figures/lsconv_positions.png] [--steps 300]
+Usage:  python -m benchmarks.render_lsconv_figure [--out docs/figures/lsconv_positions.png] [--steps 300]
 
 A synthetic 48 x 48 image holds two thin curved structures (a horizontal and a vertical sine wave,
 Gaussian-blurred). Panels:
@@ -104,19 +104,10 @@ def draw(ax, img, tracks, title: str) -> None:
     ax.set_yticks([])
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(ROOT / "docs" / "figures" / "lsconv_positions.png"))
-    ap.add_argument("--steps", type=int, default=200)
-    args = ap.parse_args(argv)
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def panels(steps: int):
+    """The image and the four panels' (title, tracks): straight strips, random init, then x- / y-morph
+    after a ``steps``-step fit to the curve."""
     torch.manual_seed(0)
-    torch.set_num_threads(2)
     img, horiz, vert = synthetic_image()
     feats = neighbourhood_features(img)
     sx, sy = SnakeConv(K * K, 1, K, morph=0), SnakeConv(K * K, 1, K, morph=1)
@@ -136,25 +127,40 @@ def main(argv: list[str] | None = None) -> int:
             m.offset_conv.bias.zero_()
         m.eval()
     blue = "tab:blue"
-    panels = [
+    out = [
         ("(a) straight strip (offsets 0)", tracks(straight[0], pts_x, blue) + tracks(straight[1], pts_y, blue)),
         ("(b) random init, x- and y-morph", tracks(sx, pts_x, "tab:green") + tracks(sy, pts_y, "tab:green")),
     ]
-    hx = fit(sx, feats, img, horiz, args.steps)
-    hy = fit(sy, feats, img, vert, args.steps)
+    hx = fit(sx, feats, img, horiz, steps)
+    hy = fit(sy, feats, img, vert, steps)
     sx.eval()
     sy.eval()
-    panels += [
-        (f"(c) x-morph after {args.steps}-step fit", tracks(sx, pts_x, "tab:green")),
-        (f"(d) y-morph after {args.steps}-step fit", tracks(sy, pts_y, "tab:green")),
+    out += [
+        (f"(c) x-morph after {steps}-step fit", tracks(sx, pts_x, "tab:green")),
+        (f"(d) y-morph after {steps}-step fit", tracks(sy, pts_y, "tab:green")),
     ]
     print(
         f"mean sampled intensity on the curve: x-morph {hx[0]:.3f} -> {hx[-1]:.3f}, "
         f"y-morph {hy[0]:.3f} -> {hy[-1]:.3f}"
     )
+    return img, out
 
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(ROOT / "docs" / "figures" / "lsconv_positions.png"))
+    ap.add_argument("--steps", type=int, default=200)
+    args = ap.parse_args(argv)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    torch.set_num_threads(2)
+    img, figure_panels = panels(args.steps)
     fig, axes = plt.subplots(2, 2, figsize=(8, 8.4), dpi=80)
-    for ax, (title, tr) in zip(axes.flat, panels):
+    for ax, (title, tr) in zip(axes.flat, figure_panels):
         draw(ax, img, tr, title)
     fig.suptitle(
         f"SnakeConv sampling positions, K = {K} (red square: kernel centre; hmpe/models/lsconv.py)", fontsize=11
@@ -163,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
+    plt.close(fig)
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KB)")
     return 0
 

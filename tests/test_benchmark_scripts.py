@@ -1,6 +1,6 @@
 """The benchmark scripts in smoke mode, so that they do not rot.
 
-benchmarks/ablation.py and benchmarks/peers.py (speed part and training part) run end to end on tiny
+benchmarks.ablation and benchmarks.peers (speed part and training part) run end to end on tiny
 synthetic data at 64 px. The ultralytics / transformers rows are skipped (with the script's message)
 where those optional packages are absent (CI installs only ``.[dev]``). One torch thread: on a shared
 2-core machine, 2-thread parallel regions wait for descheduled threads and get many times slower.
@@ -8,7 +8,6 @@ where those optional packages are absent (CI installs only ``.[dev]``). One torc
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,11 +19,9 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _load(name: str):
-    """A script as a module, under its own name (the scripts import ``_common`` from their folder)."""
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    mod = importlib.import_module(name)
-    assert Path(mod.__file__).resolve().parent == BENCH, mod.__file__
+    """``benchmarks.NAME`` (the repository root is on sys.path: pytest's ``pythonpath``), from this checkout."""
+    mod = importlib.import_module(f"benchmarks.{name}")
+    assert BENCH in Path(mod.__file__).resolve().parents, mod.__file__
     return mod
 
 
@@ -53,7 +50,7 @@ def test_row_specs():
     assert model == "rtdetr-n"
     assert over == {"decoder.num_layers": 3, "backbone.strip_conv": {"kind": "lsconv", "stages": [3, 4]}}
     peers = _load("peers")
-    assert peers._split_models("hmpe-n,rtdetr-n:decoder.num_layers=3,eval_idx=1,yolo11n") == [
+    assert peers.split_models("hmpe-n,rtdetr-n:decoder.num_layers=3,eval_idx=1,yolo11n") == [
         "hmpe-n", "rtdetr-n:decoder.num_layers=3,eval_idx=1", "yolo11n"]
     with pytest.raises(common.SkipRow, match="not a preset"):
         common.load_hmpe_model_config("no-such-preset")
@@ -185,3 +182,50 @@ def test_flops_by_module(one_thread, capsys):
     fbm.main(["hmpe-n", "--imgsz", "64", "--depth", "1", "--min-share", "0"])
     out = capsys.readouterr().out
     assert "GFLOPs at 64x64" in out and "  decoder " in out and "the encoder" in out
+
+
+def test_every_benchmark_module_imports_from_the_package():
+    """Each script is a module of the ``benchmarks`` package (``python -m benchmarks.NAME``), none edits sys.path."""
+    names = [p.stem for p in BENCH.glob("*.py") if p.stem != "__init__"] + ["peers"]
+    for name in names:
+        mod = _load(name)
+        assert "sys.path" not in Path(mod.__file__).read_text(), name
+    for p in (BENCH / "peers").glob("*.py"):
+        assert "sys.path" not in p.read_text() and len(p.read_text().splitlines()) < 500, p.name
+        if p.stem != "__main__":  # importing __main__ runs the benchmark
+            importlib.import_module(f"benchmarks.peers.{p.stem}")
+
+
+def test_command_line_names_the_module(monkeypatch):
+    common = _load("_common")
+    monkeypatch.setattr("sys.argv", [str(BENCH / "peers" / "__main__.py"), "--smoke", "--models", "a b"])
+    assert common.command_line() == "python -m benchmarks.peers --smoke --models 'a b'"
+    monkeypatch.setattr("sys.argv", [str(BENCH / "lsconv_bench.py")])
+    assert common.command_line(["--rounds", "1"]) == "python -m benchmarks.lsconv_bench --rounds 1"
+
+
+def test_heatmap_overhead_smoke(tmp_path, one_thread):
+    ho = _load("heatmap_overhead")
+    out = tmp_path / "ho.md"
+    text = ho.main(["--model", "rtdetr-n-heat", "--imgsz", "64", "--threads", "1", "--repeats", "1",
+                    "--warmup", "0", "--out", str(out)])
+    assert out.read_text() == text
+    assert "## 1 thread" in text and "| A: rtdetr-n-heat (with heatmap path) |" in text and "**A / B = " in text
+
+
+def test_lsconv_bench_smoke(tmp_path, one_thread):
+    import gc
+
+    lb = _load("lsconv_bench")
+    out = tmp_path / "ls.md"
+    assert lb.main(["--rounds", "1", "--inner", "1", "--threads", "1", "--no-backbone", "--out", str(out)]) == 0
+    assert gc.isenabled()  # the timed loops switch the collector off, main puts it back
+    text = out.read_text()
+    assert text.count("## stage") == 2 and "infer 1T (ms)" in text and "backbone rows skipped" in text
+
+
+def test_render_lsconv_figure_smoke(tmp_path, one_thread):
+    fig = _load("render_lsconv_figure")
+    out = tmp_path / "fig.png"
+    assert fig.main(["--steps", "2", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

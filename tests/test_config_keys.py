@@ -1,11 +1,14 @@
 """Strict configuration: every key a user can type is declared in hmpe.utils.keys and checked."""
 
 import inspect
+import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 from hmpe.cli import main
-from hmpe.utils.config import apply_overrides, load_model_config, model_presets
+from hmpe.utils.config import CONFIG_DIR, apply_overrides, load_model_config, load_yaml, model_presets
 from hmpe.utils.keys import MODEL, TASKS, ConfigKeyError, check_model_config, check_task_args
 
 
@@ -94,3 +97,98 @@ def test_cfg_lists_every_task_and_marks_figure_only_keys(capsys):
     assert all(f"# hmpe {t}" in out for t in TASKS)
     line = next(ln for ln in out.splitlines() if ln.startswith("heatmap.temperature"))
     assert "figures only" in line
+
+
+# ------------------------------------------------------------------------------------------------ composition
+FROZEN = Path(__file__).parent / "data" / "resolved_model_configs.json"
+
+
+def _shipped_model_yamls() -> list[str]:
+    root = CONFIG_DIR / "models"
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+
+
+def test_shipped_presets_resolve_to_the_frozen_configs():
+    """Every shipped model YAML, composed through ``base:``, gives exactly the config it gave when each file was
+    written out in full (tests/data/resolved_model_configs.json, written before the files were composed)."""
+    frozen = json.loads(FROZEN.read_text())
+    assert sorted(frozen) == _shipped_model_yamls()
+    for name, cfg in frozen.items():
+        resolved = load_model_config(name)
+        assert "base" not in resolved
+        assert resolved == cfg, name
+
+
+def test_one_heatmap_block_in_the_shipped_yamls():
+    blocks = [p for p in (CONFIG_DIR / "models").rglob("*.yaml") if "tau:" in p.read_text()]
+    assert [p.name for p in blocks] == ["rtdetr-n-heat.yaml"]
+
+
+def test_base_chain_deep_merges_and_is_removed(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: hmpe-n\ndecoder: {num_layers: 4}\nname: my-a\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.yaml").write_text("base: ../a.yaml\nheatmap: {tau: 0.1}\nhidq: null\n")
+    cfg = load_model_config(str(tmp_path / "sub" / "b.yaml"))
+    ref = load_model_config("hmpe-n")
+    assert "base" not in cfg and cfg["name"] == "b"  # named after its own file, not a parent's name
+    assert cfg["decoder"] == {**ref["decoder"], "num_layers": 4}
+    assert cfg["heatmap"] == {**ref["heatmap"], "tau": 0.1} and cfg["hidq"] is None
+    assert cfg["backbone"] == ref["backbone"] and cfg["mohfe"] == ref["mohfe"]
+    assert load_model_config({"base": str(tmp_path / "a.yaml"), "hidden_dim": 64})["hidden_dim"] == 64
+
+
+def test_base_cycle_and_unknown_base_name_the_files(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nhidden_dim: 64\n")
+    with pytest.raises(ValueError, match=r"base cycle: .*a\.yaml -> .*b\.yaml -> .*a\.yaml"):
+        load_model_config(str(tmp_path / "a.yaml"))
+    (tmp_path / "c.yaml").write_text("base: rtdetr-m\n")
+    with pytest.raises(ValueError, match=r"c\.yaml: base 'rtdetr-m' is not a preset \(.*rtdetr-n.*\)"):
+        load_model_config(str(tmp_path / "c.yaml"))
+    (tmp_path / "d.yaml").write_text("base: rtdetr-n\ndecoder: {num_layer: 3}\n")
+    with pytest.raises(ConfigKeyError, match=r"d\.yaml.*'decoder.num_layers'"):
+        load_model_config(str(tmp_path / "d.yaml"))
+
+
+def test_builder_refuses_an_unresolved_base():
+    from hmpe.models.detector import build_model
+
+    check_model_config({"base": "rtdetr-n", "hidden_dim": 64}, file=True)
+    with pytest.raises(ConfigKeyError, match="load_model_config"):
+        build_model({"base": "rtdetr-n", "hidden_dim": 64}, 3)
+
+
+def test_load_yaml_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml: not valid YAML"):
+        load_yaml(bad)
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(ValueError, match=r"list\.yaml: expected a mapping"):
+        load_yaml(tmp_path / "list.yaml")
+    with pytest.raises(FileNotFoundError, match=r"none\.yaml"):
+        load_yaml(tmp_path / "none.yaml")
+
+
+def test_cfg_prints_the_resolved_preset(capsys):
+    assert main(["cfg", "model=ablation/lsconv"]) == 0
+    out = capsys.readouterr().out
+    body = yaml.safe_load(out.split("\nmodel presets:")[0])
+    assert body == load_model_config("ablation/lsconv") and "base" not in body
+    assert "hmpe-n" in out.split("\nmodel presets:")[1]
+
+
+def test_checkpoint_stores_the_resolved_config(tmp_path):
+    from conftest import tiny_data, tiny_model_yaml, tiny_train_cfg
+    from hmpe.engine.checkpoint import load_checkpoint
+    from hmpe.engine.trainer import train
+
+    tiny_model_yaml(tmp_path)
+    child = tmp_path / "child.yaml"
+    child.write_text("base: tiny.yaml\ndecoder: {num_layers: 2}\n")
+    cfg = tiny_train_cfg(tmp_path, model=str(child), epochs=1, imgsz=64, batch=2,
+                         data=tiny_data(num_train=2, num_val=2, imgsz=64))
+    trainer, _ = train(cfg)
+    stored = load_checkpoint(trainer.run_dir / "weights" / "last.pt")["model_cfg"]
+    assert stored == load_model_config(str(child)) and "base" not in stored
+    assert stored["decoder"]["num_layers"] == 2 and stored["hidden_dim"] == 64

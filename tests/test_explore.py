@@ -256,13 +256,11 @@ def test_explore_page_in_chromium(ckpt, tmp_path):
 
 
 def test_explore_slider_benchmark_smoke(ckpt, tmp_path, monkeypatch):
-    """benchmarks/explore_slider.py end to end (2 moves per slider, 128 px), so that it does not rot."""
+    """python -m benchmarks.explore_slider end to end (2 moves per slider, 128 px), so that it does not rot."""
     if CHROMIUM is None:
         pytest.skip("no Chromium on this machine (Debian: apt-get install chromium; .ci/run installs it)")
     pytest.importorskip("playwright.sync_api", reason="playwright (pip) is not installed")
-    bench = Path(__file__).resolve().parents[1] / "benchmarks"
-    monkeypatch.syspath_prepend(str(bench))
-    import explore_slider
+    from benchmarks import explore_slider
 
     image = _images(tmp_path / "img", 1)[0]
     out = tmp_path / "slider.md"

@@ -3,13 +3,12 @@ presets and the decoder-depth benchmark's smoke mode."""
 
 import copy
 import os
-import sys
 import warnings
 
 import pytest
 import torch
 
-from conftest import REPO, tiny_data, tiny_model_cfg, tiny_train_cfg
+from conftest import tiny_data, tiny_model_cfg, tiny_train_cfg
 from hmpe.models.decoder import RTDETRDecoder, generate_anchors
 from hmpe.models.detector import build_criterion, build_model
 from hmpe.models.hidq import HeatmapQuerySelector, flatten_heatmap
@@ -302,11 +301,8 @@ def test_tiny_hmpe_overfits(tmp_path):
 
 
 def test_decoder_depth_smoke(tmp_path):
-    """benchmarks/decoder_depth.py --smoke: 3 tiny trainings (1 and 2 epochs, few-shot 0.5), Det^0..Det^2."""
-    bench = str(REPO / "benchmarks")
-    if bench not in sys.path:
-        sys.path.insert(0, bench)
-    import decoder_depth
+    """python -m benchmarks.decoder_depth --smoke: 3 tiny trainings (1 and 2 epochs, few-shot 0.5), Det^0..Det^2."""
+    from benchmarks import decoder_depth
 
     out = tmp_path / "decoder_depth.md"
     assert decoder_depth.main(["--smoke", "--threads", "1", "--out", str(out), "--project", str(tmp_path / "runs")]) == 0

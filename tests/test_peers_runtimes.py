@@ -1,21 +1,16 @@
-"""benchmarks/peers.py --fuse --backends ...: every model in each runtime, in one interleaved run (smoke)."""
+"""python -m benchmarks.peers --fuse --backends ...: every model in each runtime, in one interleaved run (smoke)."""
 
-import importlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def test_peers_runtimes_smoke(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("openvino")
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    peers = importlib.import_module("peers")
+    from benchmarks import peers
+
     out = peers.main(["--smoke", "--threads", "1", "--fuse", "--backends", "torch,onnxruntime,openvino",
                       "--models", "hmpe-n", "--workdir", str(tmp_path)])
     saved = json.loads(Path(out["markdown"]).with_suffix(".json").read_text())

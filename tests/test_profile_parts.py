@@ -1,17 +1,9 @@
-"""benchmarks/profile_parts.py in smoke mode: every part of hmpe-n is timed, and the parts add up."""
+"""python -m benchmarks.profile_parts in smoke mode: every part of hmpe-n is timed, and the parts add up."""
 
-import importlib
-import sys
-from pathlib import Path
-
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from benchmarks import profile_parts as prof
 
 
 def test_profile_parts_smoke(tmp_path):
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    prof = importlib.import_module("profile_parts")
     out = tmp_path / "p.md"
     per_part = prof.main(["--smoke", "--threads", "1", "--out", str(out)])
     for p in prof.PARTS:  # hmpe-n has every part: LSConv, heatmap path, MOHFE, HIDQ

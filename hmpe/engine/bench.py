@@ -1,7 +1,7 @@
 """Efficiency report: parameters, GFLOPs, latency, throughput, memory, per-part parameter split.
 
 Conventions (the same for every model this library reports on, including the peers in
-``benchmarks/peers.py``):
+``python -m benchmarks.peers``):
 
 * **GFLOPs** are counted by torch's ``FlopCounterMode`` on one forward of the module at batch 1,
   in eval mode under ``no_grad``. It counts 2 FLOPs per multiply-accumulate for convolutions and

@@ -13,15 +13,18 @@ from typing import Any
 
 import yaml
 
-from hmpe.utils.keys import MODEL_SECTIONS, defaults
+from hmpe.utils.keys import BASE_KEY, MODEL_SECTIONS, check_model_config, defaults
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # shipped presets: models/, datasets/
 
 
-def read_yaml(path: str | Path) -> dict:
+def load_yaml(path: str | Path) -> dict:
+    """The one YAML reader of the package: a file whose top level is a mapping -> that dict (``{}`` if empty).
+
+    Errors name the file: FileNotFoundError if it is missing, ValueError for bad YAML or a non-mapping top level."""
     path = Path(path)
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
@@ -38,21 +41,70 @@ def model_presets() -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / "models").glob("*.yaml"))
 
 
+def deep_merge(base: dict, over: dict) -> dict:
+    """``over`` laid on ``base``: mappings merge key by key, anything else (a list, a scalar, ``null``) replaces."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _base_path(base: Any, owner: str | Path) -> Path:
+    """The file a ``base:`` value names; ``owner`` is the YAML that wrote it (a folder for in-memory dicts)."""
+    if not isinstance(base, str) or not base.strip():
+        raise ValueError(f"{owner}: base: expected a preset name or a YAML path, got {base!r}")
+    if base.endswith((".yaml", ".yml")):
+        folder = Path(owner) if Path(owner).is_dir() else Path(owner).parent
+        path = folder / base
+        if path.is_file():
+            return path.resolve()
+        raise ValueError(f"{owner}: base {base!r}: no such file {path}")
+    preset = CONFIG_DIR / "models" / f"{base}.yaml"
+    if preset.is_file():
+        return preset.resolve()
+    raise ValueError(f"{owner}: base {base!r} is not a preset ({', '.join(model_presets())}); "
+                     "name a preset or a YAML path ending in .yaml, relative to this file")
+
+
+def _resolve(cfg: dict, owner: str | Path, chain: tuple[Path, ...]) -> dict:
+    """``cfg`` with its ``base`` chain merged under it and the ``base`` key removed."""
+    if chain:  # read from a file: a typo is reported with the file it is in
+        check_model_config(cfg, str(owner), file=True)
+    cfg = copy.deepcopy(cfg)
+    base = cfg.pop(BASE_KEY, None)
+    if base is None:
+        return cfg
+    path = _base_path(base, owner)
+    if path in chain:
+        loop = " -> ".join(str(p) for p in (*chain, path))
+        raise ValueError(f"{owner}: base cycle: {loop}; remove one of these base: keys")
+    parent = _resolve(load_yaml(path), path, (*chain, path))
+    parent.pop("name", None)  # a derived model is named after its own file, not its parent
+    return deep_merge(parent, cfg)
+
+
 def load_model_config(name_or_path: str | dict) -> dict:
-    """A preset name (``rtdetr-n``) or a YAML path -> model config dict (with ``name``)."""
+    """A preset name (``rtdetr-n``, ``ablation/lsconv``), a YAML path or a dict -> the resolved model config.
+
+    Resolved: a ``base:`` (a preset name, or a YAML path relative to the file naming it; relative to the working
+    directory for a dict) is loaded, itself resolved, and merged under the file's own keys (:func:`deep_merge`);
+    ``base`` is gone from the result, which has a ``name`` (the file's stem or the preset name unless it sets one).
+    """
     if isinstance(name_or_path, dict):
-        return copy.deepcopy(name_or_path)
+        return _resolve(name_or_path, Path.cwd(), ())
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") and p.is_file():
-        cfg = read_yaml(p)
-        cfg.setdefault("name", p.stem)
-        return cfg
-    preset = CONFIG_DIR / "models" / f"{name_or_path}.yaml"
-    if preset.is_file():
-        cfg = read_yaml(preset)
-        cfg.setdefault("name", str(name_or_path))
-        return cfg
-    raise ValueError(f"model {name_or_path!r}: not a YAML file nor a preset ({', '.join(model_presets())})")
+        path, name = p.resolve(), p.stem
+    else:
+        path, name = (CONFIG_DIR / "models" / f"{name_or_path}.yaml").resolve(), str(name_or_path)
+        if not path.is_file():
+            raise ValueError(f"model {name_or_path!r}: not a YAML file nor a preset ({', '.join(model_presets())})")
+    cfg = _resolve(load_yaml(path), path, (path,))
+    cfg.setdefault("name", name)
+    return cfg
 
 
 def default_train_config() -> dict:

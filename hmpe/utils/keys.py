@@ -292,7 +292,10 @@ MODEL: dict[str, tuple[Key, ...]] = {
 MODEL_SCALARS = (Key("hidden_dim", 256, "model width"),)
 # top-level keys that route a command-line override into the model config (`name` stays the run folder's)
 MODEL_SECTIONS = (*MODEL, *(k.name for k in MODEL_SCALARS))
-MODEL_TOP = (*MODEL_SECTIONS, "name")  # a model YAML may also carry its display name
+MODEL_TOP = (*MODEL_SECTIONS, "name")  # a model config may also carry its display name
+# a model YAML file may also name a parent to build on: hmpe.utils.config.load_model_config merges the parent
+# under the file and removes the key, so a config that reaches a builder never has it
+BASE_KEY = "base"
 
 # ------------------------------------------------------------------------------------------------ data
 DATA = (
@@ -331,8 +334,14 @@ def unknown_key_error(key: str, known: Iterable[str], where: str | None = None) 
     return ConfigKeyError(f"unknown key {key!r}{f' in {where}' if where else ''}{hint}")
 
 
-def check_model_key(dotted: str, where: str = "the model config") -> None:
+def check_model_key(dotted: str, where: str = "the model config", file: bool = False) -> None:
+    """One (dotted) model key; ``file``: as written in a model YAML, where ``base`` is allowed."""
     parts = dotted.split(".")
+    if parts[0] == BASE_KEY and len(parts) == 1:
+        if file:
+            return
+        raise ConfigKeyError(f"key 'base' in {where}: a model YAML's parent, resolved by "
+                             "hmpe.utils.config.load_model_config; load the config through it")
     if parts[0] not in MODEL_TOP:
         raise unknown_key_error(parts[0], MODEL_TOP, where)
     if len(parts) > 1 and parts[0] in MODEL:
@@ -341,10 +350,11 @@ def check_model_key(dotted: str, where: str = "the model config") -> None:
             raise unknown_key_error(f"{parts[0]}.{parts[1]}", [f"{parts[0]}.{n}" for n in names], where)
 
 
-def check_model_config(cfg: dict, where: str = "the model config") -> None:
-    """Every key of a model config (preset, YAML, checkpoint) against :data:`MODEL`."""
+def check_model_config(cfg: dict, where: str = "the model config", file: bool = False) -> None:
+    """Every key of a model config (preset, YAML, checkpoint) against :data:`MODEL`; ``file``: the keys of one
+    model YAML as written, which may also name its ``base``."""
     for top, value in cfg.items():
-        check_model_key(top, where)
+        check_model_key(top, where, file)
         if isinstance(value, dict) and top in MODEL:
             for sub in value:
                 check_model_key(f"{top}.{sub}", where)

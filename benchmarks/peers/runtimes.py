@@ -1,4 +1,5 @@
-"""Deployed runtimes for benchmarks/peers.py: deploy-mode fusion, ONNX export, ONNX Runtime / OpenVINO runners.
+"""Deployed runtimes of the peers benchmark (``--backends``, ``--fuse``): deploy-mode fusion, ONNX export,
+ONNX Runtime / OpenVINO runners.
 
 Every model (hmpe or peer) goes the same way, so that the runtimes compare like with like:
 

@@ -1,0 +1,88 @@
+"""Part B of the peers benchmark: a same-budget training comparison (train split -> val split), from scratch,
+the same minutes of this CPU and the same image size for every row.
+
+hmpe rows train with ``hmpe train`` and ``time_limit=MINUTES`` (the trainer sizes the epochs after the first one
+so that the whole schedule fits); yolo11n with ultralytics' trainer (:mod:`benchmarks.peers.train_yolo`);
+dfine-n in a short loop over the HF model (:mod:`benchmarks.peers.train_dfine`).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from pathlib import Path
+
+import torch
+
+from hmpe.engine.bench import count_params
+from hmpe.engine.trainer import Trainer
+from hmpe.utils.config import apply_overrides, default_train_config, parse_overrides, split_overrides
+from benchmarks._common import RESULTS, SkipRow, load_avg, load_hmpe_model_config, no_network, parse_row_spec
+from benchmarks.peers.models import PEER_NAMES, split_models
+from benchmarks.peers.report import plain_metrics, train_markdown, write_report
+from benchmarks.peers.train_dfine import train_dfine
+from benchmarks.peers.train_yolo import train_yolo
+
+
+def smoke_data() -> dict:
+    return {"format": "synthetic", "num_train": 8, "num_val": 4, "imgsz": 96, "seed": 0, "overfit": False,
+            "min_size": 8, "max_size": 32, "max_objects": 4, "negative_fraction": 0.0,
+            "names": ["circle", "square", "triangle", "cross", "ring"]}
+
+
+def train_hmpe(spec: str, args, data, workdir: Path) -> dict:
+    """hmpe's trainer with ``time_limit``: its default recipe, overridable with ``--hmpe-args key=value``."""
+    model, over = parse_row_spec(spec)
+    model_cfg = load_hmpe_model_config(model, over)
+    cfg = default_train_config()
+    cfg.update(model=model, data=data, imgsz=args.imgsz, batch=args.batch, workers=args.workers, device="cpu",
+               epochs=args.max_epochs, time_limit=args.minutes, val_interval=10**6, project=str(workdir),
+               name=spec.replace(":", "_").replace("/", "_"), exist_ok=True, seed=args.seed, heatmaps_per_epoch=0)
+    model_extra, train_extra = split_overrides(parse_overrides(args.hmpe_args))
+    cfg.update(train_extra)
+    if args.smoke:
+        cfg.update(epochs=1, time_limit=None, augment=False, warmup_iters=2)
+    model_cfg = apply_overrides(model_cfg, model_extra)
+    t0 = time.time()
+    trainer = Trainer(cfg, model_cfg)
+    metrics = trainer.fit()
+    return {"metrics": metrics, "epochs": trainer.epochs, "train_min": (time.time() - t0) / 60,
+            "params": count_params(trainer.model), "run_dir": str(trainer.run_dir)}
+
+
+def train_row(spec: str, args, data, workdir: Path) -> dict:
+    if spec == "yolo11n":
+        return train_yolo(args, data, workdir)
+    if spec == "dfine-n":
+        return train_dfine(args, data, workdir)
+    if spec in PEER_NAMES:
+        raise SkipRow(f"{spec} has no training recipe in this script (yolo11n, dfine-n, hmpe presets)")
+    return train_hmpe(spec, args, data, workdir)
+
+
+def run_train(args) -> dict:
+    started_load = load_avg()
+    torch.set_num_threads(args.threads[0])
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = smoke_data() if args.smoke else args.data
+    results, skipped = {}, []
+    attempts: list[str] = []
+    with no_network(attempts):
+        for spec in split_models(args.models):
+            print(f"=== training {spec} ({args.minutes} min budget, {args.imgsz} px)", flush=True)
+            try:
+                results[spec] = train_row(spec, args, data, workdir)
+            except SkipRow as e:
+                skipped.append((spec, str(e)))
+                print(f"skipped {spec}: {e}", flush=True)
+            gc.collect()
+    if attempts:
+        raise SystemExit(f"benchmarks.peers: network access was attempted: {attempts}")
+    report = {"results": results, "skipped": skipped, "load_start": started_load, "load_end": load_avg()}
+    out = Path(args.out) if args.out else (workdir / "peers_train.md" if args.smoke else RESULTS / "peers_train.md")
+    saved = {k: {kk: vv for kk, vv in v.items() if kk != "metrics"} | {"metrics": plain_metrics(v["metrics"])}
+             for k, v in results.items()} | {"_skipped": skipped}
+    write_report(out, train_markdown(report, args, data), saved)
+    report["markdown"] = str(out)
+    return report

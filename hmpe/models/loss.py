@@ -55,6 +55,9 @@ class SetCriterion(nn.Module):
         self.weight_dict = dict(weight_dict) if weight_dict is not None else {"loss_vfl": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
         self.alpha = alpha
         self.gamma = gamma
+        # term name -> group, declared for every term forward() returns (loss_vfl_aux_0 -> loss_vfl, ...):
+        # the trainer sums its log by these groups
+        self.loss_groups: dict[str, str] = {k: k for k in self.weight_dict}
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -104,7 +107,9 @@ class SetCriterion(nn.Module):
         return {"loss_vfl": loss_vfl, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
 
     def _weighted(self, terms: dict[str, Tensor], suffix: str) -> dict[str, Tensor]:
-        return {k + suffix: v * self.weight_dict[k] for k, v in terms.items() if k in self.weight_dict}
+        out = {k + suffix: v * self.weight_dict[k] for k, v in terms.items() if k in self.weight_dict}
+        self.loss_groups.update({k + suffix: k for k in terms if k in self.weight_dict})
+        return out
 
     def _prepare_targets(self, targets: list[dict], device) -> list[dict]:
         return [

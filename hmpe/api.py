@@ -372,5 +372,5 @@ def make_train_config(args: dict) -> tuple[dict, dict, tuple[str, ...]]:
     return apply_overrides(default_train_config(), train_over), model_over, tuple(train_over)
 
 
-__all__ = ["Detector", "Prediction", "load_for_inference", "resolve_source", "make_train_config",
+__all__ = ["Detector", "Prediction", "detections", "load_for_inference", "resolve_source", "make_train_config",
            "load_model_config"]

@@ -1,4 +1,6 @@
-"""Training engine, readable top to bottom: build -> (resume) -> for each epoch: train, validate, save.
+"""The training loop, readable top to bottom: for each epoch: train, (size the run to ``time_limit``), validate,
+save, log, callbacks. What the loop runs on is built beforehand by :mod:`hmpe.engine.train_setup`; the run
+folder's files are written by :mod:`hmpe.engine.run_log`.
 
 Exact resume: every epoch starts by reseeding Python, NumPy and torch from ``seed + epoch`` and the
 data order comes from a generator seeded the same way, so epoch e draws the same augmentations and

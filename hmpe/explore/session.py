@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hmpe.api import Detector, resolve_source
+from hmpe.api import Detector, detections, resolve_source
 from hmpe.data.dataset import load_image
 from hmpe.data.formats import load_dataset, shipped_datasets
 from hmpe.engine.evaluator import coco_match_image
@@ -147,9 +147,9 @@ class ExploreSession:
         finally:
             hook.remove()
         heat = dataclasses.replace(outputs.pop("heatmap"), probe=[])
-        o = self.detector._post(outputs, torch.tensor([self.pre.post_size(W, H)], device=self.detector.device))[0]
-        keep = o["scores"] >= self.floor
-        dets = {k: o[k][keep].cpu().numpy() for k in ("boxes", "scores", "labels")}
+        sizes = torch.tensor([self.pre.post_size(W, H)], device=self.detector.device)
+        pred = detections(outputs, self.detector._post, sizes, [path], [(W, H)], self.floor, self.names)[0]
+        dets = {"boxes": pred.boxes, "scores": pred.scores, "labels": pred.labels}
         small, _ = fit_for_display(image, np.zeros((0, 4)), self.max_side)
         return {"heat": heat, "probe": probe, "width": W, "height": H, "display": small, "dets": dets,
                 "summary": self._summarise(index, dets, W, H)}

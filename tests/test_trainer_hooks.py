@@ -128,7 +128,10 @@ def test_results_csv_appends_widens_and_truncates(tmp_path):
 
 def test_resume_cuts_results_csv_back_to_the_checkpoint(tmp_path):
     cfg = _cfg(tmp_path, epochs=3, val_interval=10)
-    parts = lambda: ModelParts(FakeExternal(), FakeCriterion(), PostProcessor(NC, 10), {"name": "fake"})  # noqa: E731
+    def parts(names=None):  # as a factory (names given) and as a built object
+        assert names in (None, tiny_data()["names"])
+        return ModelParts(FakeExternal(), FakeCriterion(), PostProcessor(NC, 10), {"name": "fake"})
+
     # a resume state after epoch 1 (0-based 0), as an interrupted run leaves it, with three rows on disk
     first = Trainer(dict(cfg, name="again", epochs=1), model=parts())
     first.fit()
@@ -137,7 +140,7 @@ def test_resume_cuts_results_csv_back_to_the_checkpoint(tmp_path):
     torch.save(ckpt, first.weights_dir / "resume.pt")
     append_row(first.run_dir, {"epoch": 2, "time_s": 0.0})
     append_row(first.run_dir, {"epoch": 3, "time_s": 0.0})
-    resumed = Trainer(dict(cfg, resume=str(first.weights_dir / "resume.pt")), model=parts(),
+    resumed = Trainer(dict(cfg, resume=str(first.weights_dir / "resume.pt")), model=parts,
                       explicit_keys=("epochs",))
     assert resumed.start_epoch == 1 and [r["epoch"] for r in _rows(first.run_dir)] == ["1"]
     resumed.fit()

@@ -208,7 +208,7 @@ def _external_parts(parts: ModelParts, cfg: dict, device: torch.device) -> Model
 
 
 def build_train_setup(cfg: dict, model_cfg: dict | None = None, *, explicit_keys: Iterable[str] = (),
-                      parts: ModelParts | None = None) -> TrainSetup:
+                      parts: ModelParts | Callable[[list[str]], ModelParts] | None = None) -> TrainSetup:
     """Build a run from a merged training config (see :class:`hmpe.engine.trainer.Trainer` for the
     arguments). Side effects: the process group, the global seed, the run folder with ``args.yaml``."""
     cfg = dict(cfg)
@@ -218,15 +218,17 @@ def build_train_setup(cfg: dict, model_cfg: dict | None = None, *, explicit_keys
         explicit_keys = (*explicit_keys, *cfg.pop("_explicit"))
     device, local_rank = start_runtime(cfg)
     cfg, model_cfg, ckpt = resume_config(cfg, model_cfg, explicit_keys)
-    if parts is not None:
-        model_cfg = parts.model_cfg
-    model_cfg = model_cfg if model_cfg is not None else load_model_config(cfg["model"])
+    if parts is None and model_cfg is None:
+        model_cfg = load_model_config(cfg["model"])
     seed_everything(cfg["seed"])
     if cfg.get("deterministic"):
         torch.use_deterministic_algorithms(True, warn_only=True)
     data = build_data(cfg, ckpt.get("data_cfg") if ckpt is not None else None)
-    parts = (_external_parts(parts, cfg, device) if parts is not None
-             else build_model_parts(model_cfg, cfg, data.names, device, fresh=ckpt is None))
+    if parts is None:
+        parts = build_model_parts(model_cfg, cfg, data.names, device, fresh=ckpt is None)
+    else:  # a factory is called here: after the seed and with the dataset's class names, as hmpe's own model
+        parts = _external_parts(parts if isinstance(parts, ModelParts) else parts(data.names), cfg, device)
+    model_cfg = parts.model_cfg
     optimizer = build_optimizer(parts, cfg)
     dtype = amp_dtype(cfg.get("amp", "auto"), device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -88,8 +88,9 @@ class Trainer:
     * ``model_cfg``: the model config (default: ``cfg["model"]`` loaded; a resumed run uses its checkpoint's).
     * ``explicit_keys``: the training keys the user typed; on ``resume`` only those of ``epochs``, ``workers``,
       ``device`` replace the checkpoint's config (a default value never does).
-    * ``model``: an externally built detector as :class:`~hmpe.engine.train_setup.ModelParts` (instead of
-      building one from ``model_cfg``); it then trains through this same loop - hmpe's data pipeline,
+    * ``model``: an externally built detector as :class:`~hmpe.engine.train_setup.ModelParts`, or a factory
+      ``model(names) -> ModelParts`` called once the run is seeded and the dataset's class names are known
+      (instead of building one from ``model_cfg``); it then trains through this same loop - hmpe's data pipeline,
       AdamW with warm-up and the lr schedule, ``time_limit`` sizing, gradient clipping, EMA, checkpoints,
       ``results.csv`` and validation with hmpe's evaluator. The contract:
 
@@ -118,7 +119,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: dict, model_cfg: dict | None = None, *, explicit_keys: Iterable[str] = (),
-                 model: ModelParts | None = None, callbacks: Iterable = ()):
+                 model: ModelParts | Callable[[list[str]], ModelParts] | None = None, callbacks: Iterable = ()):
         s = build_train_setup(cfg, model_cfg, explicit_keys=explicit_keys, parts=model)
         self.cfg, self.model_cfg, self.device, self.local_rank = s.cfg, s.model_cfg, s.device, s.local_rank
         self.resume_ckpt, self.run_dir, self.weights_dir = s.resume_ckpt, s.run_dir, s.run_dir / "weights"

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 import glob
 import json
 import sys
@@ -22,13 +21,22 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
-from hmpe.data.formats import IMAGE_SUFFIXES
+from hmpe.data.dataset import build_dataset, collate_fn, load_image
+from hmpe.data.formats import IMAGE_SUFFIXES, DataError, format_note, load_data_config
 from hmpe.data.preprocess import Preprocess
-from hmpe.engine.checkpoint import PRETRAINED_CONFIG, inference_state, load_checkpoint, save_pretrained
+from hmpe.engine.checkpoint import (PRETRAINED_CONFIG, checkpoint_data_config, load_checkpoint, load_for_inference,
+                                    save_pretrained)
+from hmpe.engine.evaluator import COCOEvaluator
+from hmpe.engine.export import export_onnx, export_openvino
+from hmpe.engine.slicing import evaluate_sliced, model_predict_fn, sliced_predict
+from hmpe.engine.trainer import evaluate, train
 from hmpe.utils.config import apply_overrides, default_train_config, load_model_config, split_overrides
 from hmpe.utils.keys import check_task_args
-
+from hmpe.utils.runtime import increment_run_dir, select_device
+from hmpe.viz.draw import draw_detections
+from hmpe.viz.heatmap import detector_heatmaps, fit_for_display, render_heatmap_figure
 
 
 @dataclass
@@ -78,22 +86,17 @@ def resolve_source(source: str | Path | list) -> list[Path]:
     return files
 
 
-def load_for_inference(weights: str | Path, device: torch.device, fuse: bool = True):
-    """Checkpoint (``.pt`` or pretrained folder) -> (model in eval mode with EMA weights when present,
-    postprocessor, ckpt).
-
-    ``fuse`` (default): deploy mode (:meth:`hmpe.models.detector.DetectionModel.fuse`, same outputs,
-    inference only); ``False`` keeps the trained structure (e.g. to inspect or fine-tune it)."""
-    from hmpe.models.detector import build_model, build_postprocessor
-
-    ckpt = load_checkpoint(weights)
-    model = build_model(ckpt["model_cfg"], len(ckpt["names"]))
-    state = inference_state(ckpt)
-    model.load_state_dict(state)
-    model.to(device).eval()
-    if fuse:
-        model.fuse()
-    return model, build_postprocessor(ckpt["model_cfg"], len(ckpt["names"])), ckpt
+def detections(outputs: dict, postprocessor, sizes: torch.Tensor, paths: list, shapes: list[tuple[int, int]],
+               conf: float, names: list[str]) -> list[Prediction]:
+    """Model ``outputs`` for a batch -> one :class:`Prediction` per image: ``postprocessor`` maps the boxes to
+    ``sizes`` ([B,2] (w, h), from :meth:`Preprocess.post_sizes`), detections below ``conf`` are dropped;
+    ``shapes``: the original (width, height) of each image."""
+    out = []
+    for p, (w, h), o in zip(paths, shapes, postprocessor(outputs, sizes)):
+        keep = o["scores"] >= conf
+        out.append(Prediction(str(p), w, h, o["boxes"][keep].cpu().numpy(), o["scores"][keep].cpu().numpy(),
+                              o["labels"][keep].cpu().numpy(), names))
+    return out
 
 
 class Detector:
@@ -117,8 +120,6 @@ class Detector:
 
     # ------------------------------------------------------------------ train
     def train(self, data: str = "synthetic", **kwargs) -> dict:
-        from hmpe.engine.trainer import train
-
         check_task_args("train", {"data": data, **self.overrides, **kwargs})
         cfg = default_train_config()
         model_over, train_over = split_overrides({**self.overrides, **kwargs})
@@ -154,8 +155,6 @@ class Detector:
 
     # ------------------------------------------------------------------ shared
     def _ensure_model(self):
-        from hmpe.engine.trainer import select_device
-
         if self._model is None:
             if not self.weights:
                 raise ValueError("no weights: train first, or pass a checkpoint (Detector('best.pt'))")
@@ -175,14 +174,6 @@ class Detector:
 
     # ------------------------------------------------------------------ val
     def val(self, data: str | None = None, **kwargs) -> dict:
-        from torch.utils.data import DataLoader
-
-        from hmpe.data.dataset import build_dataset, collate_fn
-        from hmpe.data.formats import format_note, load_data_config
-        from hmpe.engine.checkpoint import checkpoint_data_config
-        from hmpe.engine.evaluator import COCOEvaluator
-        from hmpe.engine.trainer import evaluate, increment_run_dir
-
         check_task_args("val", {"data": data, **kwargs})
         if "conf" in kwargs and not kwargs.get("slice"):
             print("warning: conf= applies to sliced evaluation (slice=N) only; the COCO evaluation scores every "
@@ -201,8 +192,6 @@ class Detector:
                             collate_fn=collate_fn)
         evaluator = COCOEvaluator(ds.samples, self.names, max_dets=tcfg["max_dets"])
         if kwargs.get("slice"):  # full images, tiled (hmpe.engine.slicing); conf defaults to 0.001 here
-            from hmpe.engine.slicing import evaluate_sliced, model_predict_fn
-
             metrics = evaluate_sliced(model_predict_fn(model, self._post, self.device, pre.imgsz), ds, evaluator,
                                       int(kwargs["slice"]), pre, overlap=kwargs.get("overlap", 0.2),
                                       batch=tcfg["batch"], conf=kwargs.get("conf", 0.001),
@@ -237,8 +226,6 @@ class Detector:
         if fmt == "safetensors":
             src = Path(self.weights)
             return self.save_pretrained(out or src.with_name(f"{src.stem}_pretrained"))
-        from hmpe.engine.export import export_onnx, export_openvino
-
         fn = export_onnx if fmt == "onnx" else export_openvino
         return fn(self.weights, imgsz=imgsz, opset=opset, gather_sampling=gather_sampling, out=out, check=check,
                   image=image)
@@ -246,9 +233,6 @@ class Detector:
     def _read(self, path: Path, strict: bool) -> np.ndarray | None:
         """Decode one input (:func:`hmpe.data.dataset.load_image`); unreadable: a warning and None, or with
         ``strict`` an error naming the file."""
-        from hmpe.data.dataset import load_image
-        from hmpe.data.formats import DataError
-
         try:
             return load_image(path)
         except DataError as e:
@@ -261,8 +245,6 @@ class Detector:
     def _predict_arrays(self, paths: list[Path], images: list[np.ndarray], conf: float, pre: Preprocess, batch: int,
                         slice: int | None, overlap: float, merge: str, merge_iou: float, full_image: bool
                         ) -> list[Prediction]:
-        from hmpe.engine.slicing import model_predict_fn, sliced_predict
-
         model = self._ensure_model()
         out = []
         if slice:  # one image at a time, its tiles batched
@@ -272,13 +254,10 @@ class Detector:
                                          full_image=full_image)
                 out.append(Prediction(str(p), im.shape[1], im.shape[0], b.numpy(), s.numpy(), l.numpy(), self.names))
             return out
+        shapes = [(im.shape[1], im.shape[0]) for im in images]
         x = torch.stack([pre(im) for im in images]).to(self.device)
-        sizes = pre.post_sizes(torch.tensor([[im.shape[1], im.shape[0]] for im in images])).to(self.device)
-        for p, im, o in zip(paths, images, self._post(model(x), sizes)):
-            keep = o["scores"] >= conf
-            out.append(Prediction(str(p), im.shape[1], im.shape[0], o["boxes"][keep].cpu().numpy(),
-                                  o["scores"][keep].cpu().numpy(), o["labels"][keep].cpu().numpy(), self.names))
-        return out
+        sizes = pre.post_sizes(torch.tensor(shapes)).to(self.device)
+        return detections(model(x), self._post, sizes, paths, shapes, conf, self.names)
 
     # ------------------------------------------------------------------ predict
     @torch.no_grad()
@@ -298,9 +277,6 @@ class Detector:
         and cut into N x N tiles overlapping by ``overlap``; ``batch`` tiles per forward pass; detections are
         merged across tiles (border fragments by intersection-over-smaller, then class-wise NMS at IoU
         ``merge_iou``, or ``merge="wbf"``); ``full_image=True`` adds a pass on the whole image."""
-        from hmpe.engine.trainer import increment_run_dir
-        from hmpe.viz.draw import draw_detections
-
         pre = self.preprocess(imgsz)
         paths = resolve_source(source)
         self.skipped: list[str] = []
@@ -343,9 +319,6 @@ class Detector:
         ``png`` (None when ``save=False``), ``maps`` (name -> [h,w] array on the model's grid) and
         ``prediction`` (:class:`Prediction`). One image at a time, no hooks, no autograd graph.
         """
-        from hmpe.engine.trainer import increment_run_dir
-        from hmpe.viz.heatmap import detector_heatmaps, fit_for_display, render_heatmap_figure
-
         model = self._ensure_model()
         if getattr(model, "heatmap", None) is None:
             raise ValueError(f"{self.weights}: model {self._ckpt['model_cfg'].get('name', '?')!r} has no heatmap "
@@ -365,10 +338,8 @@ class Detector:
             arr = self._read(p, strict=True)
             h, w = arr.shape[:2]
             outputs, maps = detector_heatmaps(model, pre(arr)[None].to(self.device), level)
-            o = self._post(outputs, torch.tensor([pre.post_size(w, h)], device=self.device))[0]
-            keep = o["scores"] >= conf
-            pred = Prediction(str(p), w, h, o["boxes"][keep].cpu().numpy(),
-                              o["scores"][keep].cpu().numpy(), o["labels"][keep].cpu().numpy(), self.names)
+            pred = detections(outputs, self._post, torch.tensor([pre.post_size(w, h)], device=self.device), [p],
+                              [(w, h)], conf, self.names)[0]
             png = None
             if save:
                 png = run_dir / f"{p.stem}_heatmap.png"
@@ -393,14 +364,13 @@ class Detector:
         return serve(self, source, host=host, port=port, block=block, **kwargs)
 
 
-def make_train_config(args: dict) -> tuple[dict, dict]:
-    """CLI overrides -> (training config, model overrides)."""
+def make_train_config(args: dict) -> tuple[dict, dict, tuple[str, ...]]:
+    """CLI overrides -> (training config, model overrides, the training keys given: on resume those of
+    epochs / workers / device replace the checkpoint's, see :class:`hmpe.engine.trainer.Trainer`)."""
     check_task_args("train", args)
     model_over, train_over = split_overrides(args)
-    cfg = apply_overrides(default_train_config(), train_over)
-    cfg["_explicit"] = tuple(train_over)
-    return cfg, model_over
+    return apply_overrides(default_train_config(), train_over), model_over, tuple(train_over)
 
 
-__all__ = ["Detector", "Prediction", "load_for_inference", "resolve_source", "make_train_config",
+__all__ = ["Detector", "Prediction", "detections", "load_for_inference", "resolve_source", "make_train_config",
            "load_model_config"]

@@ -25,6 +25,16 @@ from __future__ import annotations
 
 import sys
 
+import yaml
+
+from hmpe import __version__
+from hmpe.utils.config import apply_overrides, load_model_config, model_presets, parse_overrides, split_overrides
+from hmpe.utils.keys import (MODEL_KEY_TASKS, TASKS, UsageError, check_task_args, describe, describe_model,
+                             unknown_key_error)
+
+# Everything that imports torch, the data formats or the models is imported inside the command that needs it,
+# so that `hmpe --help`, `hmpe cfg` and a mistyped key answer without loading torch.
+
 USAGE = __doc__
 
 
@@ -32,23 +42,18 @@ def _split_source(argv: list[str]) -> tuple[str | None, list[str]]:
     positional = [a for a in argv if "=" not in a]
     rest = [a for a in argv if "=" in a]
     if len(positional) > 1:
-        from hmpe.utils.keys import UsageError
-
         raise UsageError(f"expected at most one SOURCE before key=value arguments, got {positional}")
     return (positional[0] if positional else None), rest
 
 
 def _source_and_weights(argv: list[str], usage: str) -> tuple[str, str, dict]:
     """``SOURCE weights=PATH key=value ...`` -> (source, weights, the other arguments); ``usage`` on error."""
-    from hmpe.utils.config import parse_overrides
 
     source, rest = _split_source(argv)
     args = parse_overrides(rest)
     source = source or args.pop("source", None)
     weights = args.pop("weights", None)
     if not source or not weights:
-        from hmpe.utils.keys import UsageError
-
         raise UsageError(f"{'weights=PATH' if source else 'a SOURCE'} is required; {usage}")
     return source, weights, args
 
@@ -56,22 +61,18 @@ def _source_and_weights(argv: list[str], usage: str) -> tuple[str, str, dict]:
 def cmd_train(argv: list[str]) -> int:
     from hmpe.api import make_train_config
     from hmpe.engine.trainer import train
-    from hmpe.utils.config import parse_overrides
 
-    cfg, model_over = make_train_config(parse_overrides(argv))
-    train(cfg, model_over)
+    cfg, model_over, given = make_train_config(parse_overrides(argv))
+    train(cfg, model_over, explicit_keys=given)
     return 0
 
 
 def cmd_val(argv: list[str]) -> int:
     from hmpe.api import Detector
-    from hmpe.utils.config import parse_overrides
 
     args = parse_overrides(argv)
     weights = args.pop("weights", None)
     if not weights:
-        from hmpe.utils.keys import UsageError
-
         raise UsageError("weights=PATH is required (a checkpoint written by hmpe train)")
     det = Detector(weights=weights, device=args.pop("device", "auto"))
     det.val(data=args.pop("data", None), **args)
@@ -121,13 +122,10 @@ def cmd_export(argv: list[str]) -> int:
     or a safetensors folder that ``weights=DIR`` / ``Detector.from_pretrained(DIR)`` read back."""
     from hmpe.api import Detector
     from hmpe.engine.export import ExportParityError
-    from hmpe.utils.config import parse_overrides
 
     args = parse_overrides(argv)
     weights = args.pop("weights", None)
     if not weights:
-        from hmpe.utils.keys import UsageError
-
         raise UsageError("weights=PATH is required; usage: hmpe export weights=PATH format=onnx|openvino [imgsz=... opset=17 "
                          "gather_sampling=false out=PATH image=IMG check=true] | format=safetensors [out=DIR]")
     try:
@@ -141,11 +139,6 @@ def cmd_export(argv: list[str]) -> int:
 def cmd_cfg(argv: list[str]) -> int:
     """``hmpe cfg``: every key of every task with its default and meaning (hmpe.utils.keys), the model keys,
     the presets; ``hmpe cfg model=NAME``: that model's config as the builder receives it."""
-    import yaml
-
-    from hmpe.utils.config import load_model_config, model_presets, parse_overrides
-    from hmpe.utils.keys import TASKS, describe, describe_model, unknown_key_error
-
     args = parse_overrides(argv)
     for key in args:
         if key != "model":
@@ -164,9 +157,6 @@ def cmd_cfg(argv: list[str]) -> int:
 
 def check_args(task: str, argv: list[str]) -> None:
     """Strict keys before any work: an unknown key raises ConfigKeyError (exit status 2)."""
-    from hmpe.utils.config import parse_overrides
-    from hmpe.utils.keys import TASKS, check_task_args
-
     if task in TASKS:
         check_task_args(task, parse_overrides([a for a in argv if "=" in a]))
 
@@ -176,7 +166,6 @@ def cmd_bench(argv: list[str]) -> int:
 
     from hmpe.engine.bench import benchmark_model, count_params, format_report, param_split, save_report
     from hmpe.models.detector import build_model
-    from hmpe.utils.config import apply_overrides, load_model_config, parse_overrides, split_overrides
 
     args = parse_overrides(argv)
     model_over, args = split_overrides(args)
@@ -247,8 +236,6 @@ COMMANDS = {
 def task_help(task: str) -> str:
     """``hmpe TASK --help``: the task's usage lines and every key with its default and meaning (the table
     the strict key check uses, :mod:`hmpe.utils.keys`)."""
-    from hmpe.utils.keys import MODEL_KEY_TASKS, TASKS, describe
-
     lines = [line.strip() for line in USAGE.splitlines() if line.strip().startswith(f"hmpe {task}")]
     if task in TASKS:
         lines += ["", "keys (key=value; values are YAML):", describe(task)]
@@ -270,8 +257,6 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     if argv[0] in ("-V", "--version", "version"):
-        from hmpe import __version__
-
         print(f"hmpe {__version__}")
         return 0
     task, rest = argv[0], argv[1:]
@@ -283,7 +268,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rest, verbose = _pop_verbose(rest)
     from hmpe.data.formats import DataError
-    from hmpe.utils.keys import UsageError
 
     try:
         check_args(task, rest)

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from conftest import tiny_data, tiny_model_cfg, tiny_train_cfg
-from hmpe.engine.trainer import Trainer, amp_dtype
+from hmpe.engine.trainer import Trainer
 from hmpe.models.detector import build_criterion, build_model
 from hmpe.utils.config import apply_overrides, load_model_config, model_presets
+from hmpe.utils.runtime import amp_dtype
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -34,9 +34,10 @@ def test_keys_reach_the_code():
     from hmpe.api import make_train_config
     from hmpe.models.detector import build_postprocessor
 
-    cfg, model_over = make_train_config({"epochs": 3, "postprocess.num_top_queries": 7, "decoder.num_layers": 2,
-                                         "name": "run1", "hidden_dim": 64})
+    cfg, model_over, given = make_train_config({"epochs": 3, "postprocess.num_top_queries": 7,
+                                                "decoder.num_layers": 2, "name": "run1", "hidden_dim": 64})
     assert cfg["epochs"] == 3 and "postprocess.num_top_queries" not in cfg
+    assert set(given) == {"epochs", "name"} and "_explicit" not in cfg  # resume reads the typed keys from here
     assert cfg["name"] == "run1" and "name" not in model_over and model_over["hidden_dim"] == 64  # run folder
     model_cfg = apply_overrides(load_model_config("rtdetr-n"), model_over)
     assert build_postprocessor(model_cfg, 5).num_top_queries == 7

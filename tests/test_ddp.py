@@ -34,8 +34,8 @@ DRIVER = textwrap.dedent("""
             f.write(os.path.basename(str(path)) + "\\n")
         real_save(obj, path)
     T.save_atomic = recording_save
-    cfg, model_over = make_train_config(parse_overrides(sys.argv[2:]))
-    trainer, metrics = T.train(cfg, model_over)
+    cfg, model_over, given = make_train_config(parse_overrides(sys.argv[2:]))
+    trainer, metrics = T.train(cfg, model_over, explicit_keys=given)
     torch.save({"model": T.unwrap(trainer.model).state_dict(), "ema": trainer.ema.module.state_dict(),
                 "metrics": {k: metrics[k] for k in ("mAP50", "mAP50_95")}, "run_dir": str(trainer.run_dir),
                 "iterations": trainer.iteration}, os.path.join(out, f"rank{rank}.pt"))

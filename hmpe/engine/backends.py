@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from hmpe.engine.bench import percentile
+from hmpe.engine.export import onnx_to_openvino, runtime_session, write_onnx
 
 BENCH_BACKENDS = ("torch", "onnxruntime", "openvino")
 
@@ -69,8 +70,6 @@ def backend_latencies(model: nn.Module, postprocessor: nn.Module, imgsz: tuple[i
                       runs: int = 20) -> dict[str, dict]:
     """``{backend: {latency_ms_median, latency_ms_p90, latency_ms_min, runs}}`` for the same eval-mode
     ``model`` on a random ``[batch,3,H,W]`` input (see the module docstring); CPU only."""
-    from hmpe.engine.export import onnx_to_openvino, runtime_session, write_onnx
-
     backends = parse_backends(backends)
     model = model.cpu().eval()
     x = torch.rand(batch, 3, *imgsz, generator=torch.Generator().manual_seed(0))

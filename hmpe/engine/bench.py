@@ -26,6 +26,7 @@ Conventions (the same for every model this library reports on, including the pee
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -222,8 +223,6 @@ def environment() -> dict:
                     break
     except OSError:
         pass
-    import os
-
     env = {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch": torch.__version__,
            "python": platform.python_version(), "torch_threads": torch.get_num_threads()}
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import tempfile
@@ -10,8 +11,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from hmpe.data.formats import DataError, load_data_config
+from hmpe.models.detector import build_model, build_postprocessor
 
 
 def rng_state() -> dict:
@@ -84,10 +87,6 @@ def save_pretrained(ckpt: dict, out_dir: str | Path) -> Path:
     (no optimizer, no RNG state), so ``Detector(folder)``, ``weights=folder`` and ``hmpe val/predict/export``
     take it like a ``.pt``.
     """
-    import json
-
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = inference_state(ckpt)
@@ -103,10 +102,6 @@ def save_pretrained(ckpt: dict, out_dir: str | Path) -> Path:
 
 def load_pretrained_dir(path: str | Path) -> dict:
     """A :func:`save_pretrained` folder -> a checkpoint dict (``model``, ``model_cfg``, ``names``, ``train_cfg``)."""
-    import json
-
-    from safetensors.torch import load_file
-
     path = Path(path)
     cfg_file, weights = path / PRETRAINED_CONFIG, path / PRETRAINED_WEIGHTS
     if not cfg_file.is_file() or not weights.is_file():
@@ -140,3 +135,18 @@ def checkpoint_data_config(ckpt: dict, where: str | Path | None = None) -> dict:
         raise DataError(where or "checkpoint", f"the dataset it was trained on ({cfg['_source']}) is no longer at "
                                                f"{cfg['path']}; pass data=PATH/TO/data.yaml to use another copy")
     return cfg
+
+
+def load_for_inference(weights: str | Path, device: torch.device, fuse: bool = True):
+    """Checkpoint (``.pt`` or pretrained folder) -> (model in eval mode with EMA weights when present,
+    postprocessor, ckpt).
+
+    ``fuse`` (default): deploy mode (:meth:`hmpe.models.detector.DetectionModel.fuse`, same outputs,
+    inference only); ``False`` keeps the trained structure (e.g. to inspect or fine-tune it)."""
+    ckpt = load_checkpoint(weights)
+    model = build_model(ckpt["model_cfg"], len(ckpt["names"]))
+    model.load_state_dict(inference_state(ckpt))
+    model.to(device).eval()
+    if fuse:
+        model.fuse()
+    return model, build_postprocessor(ckpt["model_cfg"], len(ckpt["names"])), ckpt

@@ -43,7 +43,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from hmpe.data.dataset import load_image
 from hmpe.data.preprocess import Preprocess
+from hmpe.engine.checkpoint import load_for_inference
+from hmpe.models.sampling import gather_sampling as gather_ctx
 
 __all__ = ["BACKENDS", "ExportWrapper", "ExportParityError", "compare_detections", "export_onnx", "export_openvino",
            "onnx_to_openvino", "parity_check", "runtime_session", "write_onnx"]
@@ -117,8 +120,6 @@ def compare_detections(ref: tuple[Tensor, ...], got: tuple[Tensor, ...], imgsz: 
 def _input_batch(batch: int, imgsz: tuple[int, int], image: str | Path | None, seed: int,
                  pre: Preprocess | None = None) -> Tensor:
     if image is not None:
-        from hmpe.data.dataset import load_image
-
         arr = load_image(image)
         if imgsz[0] == imgsz[1]:  # the checkpoint's own preprocessing (resize or letterbox)
             x = (pre if pre is not None and pre.imgsz == imgsz[0] else Preprocess(imgsz[0]))(arr)
@@ -205,8 +206,6 @@ def write_onnx(model: nn.Module, postprocessor: nn.Module, size: tuple[int, int]
     ``meta`` as metadata properties); returns the path and the wrapper (the PyTorch reference)."""
     import onnx
 
-    from hmpe.models.sampling import gather_sampling as gather_ctx
-
     if int(opset) < 17:
         raise ValueError(f"opset={opset}: 17 or newer is required (LayerNormalization, GridSample is 16+)")
     out = Path(out)
@@ -253,7 +252,6 @@ def export_onnx(weights: str | Path, imgsz=None, opset: int = 17, gather_samplin
 
     ``imgsz`` defaults to the checkpoint's training size; ``out`` to the checkpoint path with ``.onnx``;
     ``image`` (optional) is a real image for the parity check (default: random input)."""
-    from hmpe.api import load_for_inference
 
     if int(opset) < 17:
         raise ValueError(f"opset={opset}: 17 or newer is required (LayerNormalization, GridSample is 16+)")
@@ -296,7 +294,6 @@ def export_openvino(weights: str | Path, imgsz=None, opset: int = 17, gather_sam
     runs in the OpenVINO CPU runtime on batch 1 and 3 against PyTorch (raises :class:`ExportParityError`)."""
     import openvino as ov
 
-    from hmpe.api import load_for_inference
 
     weights = Path(weights)
     out = Path(out) if out else weights.parent / f"{weights.stem}_openvino" / f"{weights.stem}.xml"

@@ -54,6 +54,12 @@ def lr_factor(it: int, total_iters: int, warmup_iters: int, schedule: str = "cos
     raise ValueError(f"unknown lr schedule {schedule!r} (cosine, step, constant)")
 
 
+def epochs_for_budget(budget_s: float, first_epoch_s: float, min_epochs: int = 1) -> int:
+    """How many epochs fit a time budget (``time_limit``) once the first epoch took ``first_epoch_s``
+    seconds: ``budget // first_epoch_s``, at least ``min_epochs`` (the epochs already done + 1)."""
+    return max(int(min_epochs), int(budget_s // max(first_epoch_s, 1e-6)))
+
+
 class ModelEMA:
     """Exponential moving average of weights with a warm-up ramp on the decay.
 

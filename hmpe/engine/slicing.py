@@ -39,12 +39,15 @@ large objects in step (a).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.ops import batched_nms, box_iou
+from tqdm import tqdm
 
 from hmpe.data.preprocess import Preprocess
 
@@ -215,8 +218,6 @@ def resolve_fragments(boxes: Tensor, scores: Tensor, labels: Tensor, tile_ids: T
 def weighted_box_fusion(boxes: Tensor, scores: Tensor, labels: Tensor, iou_thr: float = 0.5
                         ) -> tuple[Tensor, Tensor, Tensor]:
     """Class-wise weighted box fusion (see the module doc) -> ``(boxes, scores, labels)`` by score."""
-    from torchvision.ops import box_iou
-
     out_b, out_s, out_l = [], [], []
     for c in labels.unique().tolist():
         idx = torch.nonzero(labels == c).flatten()
@@ -260,8 +261,6 @@ def merge_detections(boxes: Tensor, scores: Tensor, labels: Tensor, tile_ids: Te
         raise ValueError(f"merge={method!r}: expected nms or wbf")
     boxes, scores, labels = resolve_fragments(boxes, scores, labels, tile_ids, cut, ios_thr, tiles)
     if method == "nms":
-        from torchvision.ops import batched_nms
-
         keep = batched_nms(boxes.float(), scores.float(), labels, iou_thr)  # sorted by score
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     else:
@@ -316,8 +315,6 @@ def sliced_predict(predict_fn: PredictFn, image: np.ndarray, size: int, imgsz: i
 def model_predict_fn(model: torch.nn.Module, postprocessor, device: torch.device, imgsz: int,
                      autocast_dtype=None) -> PredictFn:
     """``PredictFn`` of a detector + ``PostProcessor``: boxes in pixels of the ``imgsz`` input."""
-    from contextlib import nullcontext
-
     sizes = torch.tensor([[imgsz, imgsz]], device=device)
 
     def fn(x: Tensor):
@@ -336,8 +333,6 @@ def evaluate_sliced(predict_fn: PredictFn, dataset, evaluator, size: int, imgsz:
                     full_image: bool = False, max_det: int | None = None, progress: bool = True) -> dict:
     """Score sliced prediction on the full images of ``dataset`` (a ``DetectionDataset``: each image is
     decoded once by its loader, tiled, merged and compared to the original-image annotations)."""
-    from tqdm import tqdm
-
     for sample in tqdm(dataset.samples, desc=f"val (slice {size})", leave=False, disable=not progress):
         image = np.asarray(dataset.image_loader(sample), dtype=np.uint8)
         b, s, l = sliced_predict(predict_fn, image, size, imgsz, overlap, batch, conf, merge, merge_iou,

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from hmpe.engine.checkpoint import inference_state, load_checkpoint
+from hmpe.models.detector import build_model
+from hmpe.models.pretrained import load_pretrained_backbone
 
 __all__ = ["TransferReport", "class_dependent_keys", "load_start_weights", "transfer_weights"]
 
@@ -29,8 +31,6 @@ def class_dependent_keys(model_cfg: dict, num_classes: int, own: dict[str, Tenso
     Found by building the same config for one class more and comparing shapes, so no list of heads has to
     be kept in step with the model code. The extra build runs on a forked RNG: the run's seed is untouched.
     """
-    from hmpe.models.detector import build_model
-
     with torch.random.fork_rng(devices=[]):
         other = build_model(model_cfg, num_classes + 1).state_dict()
     return {k for k, v in own.items() if k in other and tuple(other[k].shape) != tuple(v.shape)}
@@ -92,8 +92,6 @@ def load_start_weights(model: nn.Module, model_cfg: dict, cfg: dict, names: list
     each. ``log=None`` (a resumed run, whose weights come from its checkpoint) loads nothing. Returns whether
     the run starts from pretrained weights (the backbone then trains at ``lr_backbone``, 0.1 x lr by default).
     """
-    from hmpe.models.pretrained import load_pretrained_backbone
-
     bb_file = (model_cfg.get("backbone") or {}).get("pretrained")
     if log is not None and bb_file:
         log(str(load_pretrained_backbone(model.backbone, bb_file)))

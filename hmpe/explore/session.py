@@ -11,6 +11,7 @@ the cached maps, then :func:`~hmpe.viz.heatmap.heatmap_maps` and
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -19,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hmpe.api import Detector, resolve_source
+from hmpe.api import Detector, detections, resolve_source
 from hmpe.data.dataset import load_image
+from hmpe.data.formats import load_dataset, shipped_datasets
 from hmpe.engine.evaluator import coco_match_image
 from hmpe.models.mask_stats import mask_statistics, object_cells, remask
 from hmpe.viz.draw import class_colour
@@ -45,8 +47,6 @@ class SourceImage:
 
 
 def _is_dataset(source: str) -> bool:
-    from hmpe.data.formats import shipped_datasets
-
     p = Path(source)
     return p.suffix.lower() in (".yaml", ".yml") or (not p.exists() and source in shipped_datasets())
 
@@ -56,8 +56,6 @@ def load_source(source: str | Path, split: str = "val") -> tuple[Path, list[Sour
     ground truth) -> (root, images, dataset class names or None). Every image lies under ``root``."""
     source = str(source)
     if _is_dataset(source):
-        from hmpe.data.formats import load_dataset
-
         samples, names = load_dataset(source, split)
         paths = [_absolute(s.path) for s in samples if s.path]
         if not paths:
@@ -73,14 +71,10 @@ def load_source(source: str | Path, split: str = "val") -> tuple[Path, list[Sour
 
 def _absolute(path) -> Path:
     """Absolute and normalised, symlinks kept: a link leading out of the source is caught by ``resolve``."""
-    import os
-
     return Path(os.path.abspath(path))
 
 
 def _common_root(paths: list[Path]) -> Path:
-    import os
-
     return Path(os.path.commonpath([str(p.parent) for p in paths]))
 
 
@@ -153,9 +147,9 @@ class ExploreSession:
         finally:
             hook.remove()
         heat = dataclasses.replace(outputs.pop("heatmap"), probe=[])
-        o = self.detector._post(outputs, torch.tensor([self.pre.post_size(W, H)], device=self.detector.device))[0]
-        keep = o["scores"] >= self.floor
-        dets = {k: o[k][keep].cpu().numpy() for k in ("boxes", "scores", "labels")}
+        sizes = torch.tensor([self.pre.post_size(W, H)], device=self.detector.device)
+        pred = detections(outputs, self.detector._post, sizes, [path], [(W, H)], self.floor, self.names)[0]
+        dets = {"boxes": pred.boxes, "scores": pred.scores, "labels": pred.labels}
         small, _ = fit_for_display(image, np.zeros((0, 4)), self.max_side)
         return {"heat": heat, "probe": probe, "width": W, "height": H, "display": small, "dets": dets,
                 "summary": self._summarise(index, dets, W, H)}

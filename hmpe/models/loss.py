@@ -80,6 +80,9 @@ class SetCriterion(nn.Module):
         self.alpha = alpha
         self.gamma = gamma
         self.mal_gamma = mal_gamma
+        # term name -> group, declared for every term forward() returns (loss_vfl_aux_0 -> loss_vfl, ...):
+        # the trainer sums its log by these groups
+        self.loss_groups: dict[str, str] = {k: k for k in self.weight_dict}
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -132,7 +135,9 @@ class SetCriterion(nn.Module):
         return {self.cls_term: loss_cls, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
 
     def _weighted(self, terms: dict[str, Tensor], suffix: str) -> dict[str, Tensor]:
-        return {k + suffix: v * self.weight_dict[k] for k, v in terms.items() if k in self.weight_dict}
+        out = {k + suffix: v * self.weight_dict[k] for k, v in terms.items() if k in self.weight_dict}
+        self.loss_groups.update({k + suffix: k for k in terms if k in self.weight_dict})
+        return out
 
     def _prepare_targets(self, targets: list[dict], device) -> list[dict]:
         return [

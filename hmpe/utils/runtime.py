@@ -1,0 +1,57 @@
+"""Runtime helpers shared by the trainer, the Python API and the command line: device choice, seeding,
+autocast dtype and run folders. One definition each; nothing here knows about models or data."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["amp_dtype", "increment_run_dir", "seed_everything", "select_device"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (NumPy's takes the seed modulo 2**32)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def select_device(spec: str | None = "auto") -> torch.device:
+    """``auto`` / None / "": CUDA when available, else the CPU; otherwise ``torch.device(spec)``, with an error
+    naming the key when CUDA is asked for and absent."""
+    if spec in (None, "auto", ""):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(spec)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={spec}: no CUDA device here; use device=cpu")
+    return dev
+
+
+def increment_run_dir(project: str | Path, task: str, name: str | None, exist_ok: bool = False) -> Path:
+    """runs/<task>/<name>, or exp, exp2, ... when no name is given or the name is taken. Creates nothing."""
+    base = Path(project) / task
+    stem = name or "exp"
+    path = base / stem
+    if exist_ok or not path.exists():
+        return path
+    i = 2
+    while (base / f"{stem}{i}").exists():
+        i += 1
+    return base / f"{stem}{i}"
+
+
+def amp_dtype(spec, device: torch.device):
+    """None (fp32), torch.bfloat16 or torch.float16. ``auto``: bf16 on CUDA, fp32 on the CPU; ``bf16`` and
+    ``fp16`` autocast on any device (the CPU through torch's CPU autocast, slow but the same code paths)."""
+    if spec in (False, None, "false", "off"):
+        return None
+    if spec in ("auto", True):
+        return torch.bfloat16 if device.type == "cuda" else None
+    if spec == "bf16":
+        return torch.bfloat16
+    if spec == "fp16":
+        return torch.float16
+    raise ValueError(f"amp={spec!r}: expected auto, bf16, fp16 or false")

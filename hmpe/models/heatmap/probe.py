@@ -23,7 +23,7 @@ class _DWBlock(nn.Sequential):
     """Pointwise 1x1 + depthwise 3x3 + GroupNorm + ReLU (GN: the head is shared over levels).
 
     Pointwise first: the depthwise conv then runs on ``cout <= cin`` channels (on CPU a depthwise conv
-    costs about as much time as a dense 1x1 of the same width, far above its FLOP share)."""
+    costs far more time than its FLOP share)."""
 
     def __init__(self, cin: int, cout: int):
         super().__init__(

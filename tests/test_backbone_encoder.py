@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
-
 import pytest
 import torch
 from torch import nn
@@ -101,14 +98,12 @@ def test_strip_conv_hook_injected_factory():
         HGNetv2("B0", strip_conv={"kind": "lsconv", "stage": [3]}, strip_factory=factory)
 
 
-def test_strip_conv_default_factory_is_lazy(monkeypatch, tmp_path):
-    # Stand-in for hmpe.models.lsconv so that this test does not depend on that file.
-    fake = types.ModuleType("hmpe.models.lsconv")
-    fake.build_strip_block = lambda kind, channels, kernel_size=9: _Stand(kind, channels, kernel_size)
-    monkeypatch.setitem(sys.modules, "hmpe.models.lsconv", fake)
-    import hmpe.models
+def test_strip_conv_default_factory_is_build_strip_block(monkeypatch, tmp_path):
+    # Stand-in for hmpe.models.lsconv.build_strip_block so that this test does not depend on that file.
+    import hmpe.models.backbone
 
-    monkeypatch.setattr(hmpe.models, "lsconv", fake, raising=False)
+    monkeypatch.setattr(hmpe.models.backbone, "build_strip_block",
+                        lambda kind, channels, kernel_size=9: _Stand(kind, channels, kernel_size))
     m = HGNetv2("B1", strip_conv={"kind": "dsconv", "stages": [4], "kernel_size": 7})
     (name, mod), = _strip_layers(m).items()
     assert name == "stages.3.blocks.0.layers.2" and (mod.kind, mod.channels, mod.kernel_size) == ("dsconv", 192, 7)

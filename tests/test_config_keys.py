@@ -92,12 +92,12 @@ def test_dataset_yaml_unknown_key_names_file_and_key(tmp_path):
         load_data_config(y)
 
 
-def test_cfg_lists_every_task_and_marks_figure_only_keys(capsys):
+def test_cfg_lists_every_task_and_the_heatmap_pe_keys_as_encoder_defaults(capsys):
     assert main(["cfg"]) == 0
     out = capsys.readouterr().out
     assert all(f"# hmpe {t}" in out for t in TASKS)
     line = next(ln for ln in out.splitlines() if ln.startswith("heatmap.temperature"))
-    assert "figures only" in line
+    assert "encoder.pe_temperature" in line
 
 
 # ------------------------------------------------------------------------------------------------ composition

@@ -398,3 +398,27 @@ def test_closed_form_exports_to_onnx(tmp_path):
     outs = sess.run(None, {i.name: f.numpy() for i, f in zip(sess.get_inputs(), feats)})
     for o, r in zip(outs, ref):
         np.testing.assert_allclose(o, r.numpy(), atol=1e-5)
+
+
+def test_one_position_encoding_for_the_encoder_and_the_heatmap_output():
+    """The detector's heatmap path draws the PE the encoder masks: the encoder's own settings object, whose
+    defaults come from heatmap.pe / heatmap.temperature unless the encoder sets them."""
+    from conftest import tiny_model_cfg
+    from hmpe.models.detector import build_model
+
+    cfg = tiny_model_cfg()
+    cfg["heatmap"] = {"enabled": True, "pe": "paper", "temperature": 20.0}
+    torch.manual_seed(0)
+    model = build_model(cfg, 3).eval()
+    assert model.heatmap.position is model.encoder.position
+    assert (model.encoder.pe, model.encoder.pe_temperature) == ("paper", 20.0)
+    cfg["encoder"] = {**cfg["encoder"], "pe_temperature": 100.0}
+    assert build_model(cfg, 3).heatmap.position.temperature == 100.0  # the encoder's setting wins
+    with torch.no_grad():
+        heat = model(torch.rand(1, 3, 64, 64))["heatmap"]
+    lvl = model.encoder.use_encoder_idx[0]
+    h, w = heat.mask[lvl].shape[-2:]
+    expected = masked_position_encoding(model.encoder.position_encoding(h, w, torch.device("cpu"), torch.float32),
+                                        heat.mask[lvl])
+    assert torch.equal(heat.masked_pe(lvl), expected)
+    assert torch.equal(expected[0], sincos_2d_additive(h, w, 64, 20.0) * heat.mask[lvl].flatten()[:, None])

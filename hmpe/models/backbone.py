@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from hmpe.models.lsconv import build_strip_block
+
 __all__ = [
     "ARCH_CONFIGS",
     "PUBLIC_USE_LAB",
@@ -259,13 +261,6 @@ class HG_Stage(nn.Module):  # noqa: N801 - public name
         return self.blocks(self.downsample(x))
 
 
-def _default_strip_factory(kind: str, channels: int, kernel_size: int) -> nn.Module:
-    # Imported lazily: the plain backbone must work without hmpe.models.lsconv.
-    from hmpe.models import lsconv
-
-    return lsconv.build_strip_block(kind, channels, kernel_size=kernel_size)
-
-
 def _freeze_bn(module: nn.Module) -> nn.Module:
     """Replace every BatchNorm2d below ``module`` with a FrozenBatchNorm2d holding the same statistics."""
     if isinstance(module, nn.BatchNorm2d):
@@ -300,7 +295,7 @@ class HGNetv2(nn.Module):
             ``strip_prefixes`` lists the state-dict prefixes of the replaced layers (a pretrained file's
             tensors there have no counterpart; :mod:`hmpe.models.pretrained` reports them).
         strip_factory: builder for the strip block; defaults to ``hmpe.models.lsconv.build_strip_block``
-            (imported only when a strip conv is requested).
+            (called only when a strip conv is requested).
     """
 
     def __init__(
@@ -346,7 +341,7 @@ class HGNetv2(nn.Module):
         self.strip_conv = strip  # normalised config (None = baseline), kept for reporting
         self.strip_prefixes: list[str] = []
         if strip is not None:  # after the freezes: the new layers start fresh and train
-            self._apply_strip_conv(strip, strip_factory or _default_strip_factory)
+            self._apply_strip_conv(strip, strip_factory or build_strip_block)
 
     # -- strip conv -------------------------------------------------------------------------------
     @staticmethod

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hmpe.models.sampling import grid_sample_gather
+from hmpe.models.sampling import SamplerSwitch, grid_sample_gather
 
 __all__ = ["MSDeformableAttention", "ms_deform_attn_core", "ms_deform_attn_naive"]
 
@@ -96,7 +96,7 @@ def ms_deform_attn_naive(
     return out.reshape(B, Q, M * Dh)
 
 
-class MSDeformableAttention(nn.Module):
+class MSDeformableAttention(nn.Module, SamplerSwitch):
     """Multi-scale deformable attention with RT-DETR's parametrisation and initialisation.
 
     ``reference_points`` is either ``[B, Q, 1|L, 4]`` normalised cxcywh boxes (offsets are scaled by

@@ -57,12 +57,39 @@ def get_contrastive_denoising_training_group(
         return None, None, None, None
 
     device = targets[0]["labels"].device
-    B = len(targets)
     num_group = max(1, num_denoising // max_gt)
     group_size = 2 * max_gt
     Ndn = group_size * num_group
 
-    # One padded group template, [B, max_gt]
+    # One padded group template [B, max_gt], tiled to 2 * num_group copies: [pos, neg] per group.
+    labels, boxes, valid = _padded_group(targets, num_gts, max_gt, num_classes, device)
+    labels, valid = labels.tile(1, 2 * num_group), valid.tile(1, 2 * num_group)  # [B, Ndn]
+    boxes = boxes.tile(1, 2 * num_group, 1)  # [B, Ndn, 4]
+    slot = torch.arange(Ndn, device=device)
+    is_neg = (slot % group_size) >= max_gt  # [Ndn]
+    dn_positive_idx = _positive_indices(num_gts, num_group, group_size, device)
+
+    # the random draws in this order: label flips, new labels, box signs, box magnitudes
+    if label_noise_ratio > 0:
+        labels = _noise_labels(labels, valid, label_noise_ratio, num_classes)
+    if box_noise_scale > 0:
+        boxes = _noise_boxes(boxes, is_neg, box_noise_scale)
+    ref_unact = inverse_sigmoid(boxes)
+
+    content = class_embed(labels)  # [B, Ndn, D]; padding rows -> zeros of the padding_idx row
+    attn_mask = _attention_mask(slot, group_size, num_queries)
+    dn_meta = {
+        "dn_positive_idx": dn_positive_idx,
+        "dn_num_group": num_group,
+        "dn_num_split": [Ndn, num_queries],
+    }
+    return content, ref_unact, attn_mask, dn_meta
+
+
+def _padded_group(targets: list[dict], num_gts: list[int], max_gt: int, num_classes: int, device
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+    """Labels [B,max_gt] (padding: ``num_classes``), boxes [B,max_gt,4] (padding: 0), valid [B,max_gt]."""
+    B = len(targets)
     labels = torch.full((B, max_gt), num_classes, dtype=torch.long, device=device)
     boxes = torch.zeros((B, max_gt, 4), dtype=torch.float32, device=device)
     valid = torch.zeros((B, max_gt), dtype=torch.bool, device=device)
@@ -71,52 +98,45 @@ def get_contrastive_denoising_training_group(
             labels[i, :n] = t["labels"].to(device=device, dtype=torch.long)
             boxes[i, :n] = t["boxes"].to(device=device, dtype=torch.float32)
             valid[i, :n] = True
+    return labels, boxes, valid
 
-    # Tile to 2 * num_group copies: [pos, neg] per group.
-    labels = labels.tile(1, 2 * num_group)  # [B, Ndn]
-    boxes = boxes.tile(1, 2 * num_group, 1)  # [B, Ndn, 4]
-    valid = valid.tile(1, 2 * num_group)  # [B, Ndn]
-    slot = torch.arange(Ndn, device=device)
-    is_neg = (slot % group_size) >= max_gt  # [Ndn]
 
-    # Positive indices per image, group-major; within a group GT order is kept.
-    dn_positive_idx = []
+def _positive_indices(num_gts: list[int], num_group: int, group_size: int, device) -> list[Tensor]:
+    """Positive query indices per image, group-major; within a group GT order is kept."""
+    out = []
     for n in num_gts:
         g = torch.arange(num_group, device=device).unsqueeze(1) * group_size
-        dn_positive_idx.append((g + torch.arange(n, device=device).unsqueeze(0)).flatten())
+        out.append((g + torch.arange(n, device=device).unsqueeze(0)).flatten())
+    return out
 
-    if label_noise_ratio > 0:
-        # RT-DETR flips half of the ratio (a random label may equal the true one).
-        flip = (torch.rand(labels.shape, device=device) < label_noise_ratio * 0.5) & valid
-        new_labels = torch.randint_like(labels, 0, num_classes)
-        labels = torch.where(flip, new_labels, labels)
 
-    if box_noise_scale > 0:
-        xyxy = box_cxcywh_to_xyxy(boxes)
-        # each corner moves by up to half the box side; positives |noise| in [0,1) x that, negatives
-        # in [1,2) x that, so negatives are always further from the GT than positives
-        half = (boxes[..., 2:] * 0.5).tile(1, 1, 2) * box_noise_scale
-        sign = torch.randint(0, 2, boxes.shape, device=device).float() * 2.0 - 1.0
-        mag = torch.rand(boxes.shape, device=device) + is_neg.float().view(1, Ndn, 1)
-        xyxy = (xyxy + sign * mag * half).clamp(0.0, 1.0)
-        boxes = box_xyxy_to_cxcywh(xyxy)
-    ref_unact = inverse_sigmoid(boxes)
+def _noise_labels(labels: Tensor, valid: Tensor, ratio: float, num_classes: int) -> Tensor:
+    # RT-DETR flips half of the ratio (a random label may equal the true one).
+    flip = (torch.rand(labels.shape, device=labels.device) < ratio * 0.5) & valid
+    new_labels = torch.randint_like(labels, 0, num_classes)
+    return torch.where(flip, new_labels, labels)
 
-    content = class_embed(labels)  # [B, Ndn, D]; padding rows -> zeros of the padding_idx row
 
-    # Attention mask over [dn | matching] queries.
+def _noise_boxes(boxes: Tensor, is_neg: Tensor, scale: float) -> Tensor:
+    """Each corner moves by up to half the box side; positives |noise| in [0,1) x that, negatives in
+    [1,2) x that, so negatives are always further from the GT than positives."""
+    xyxy = box_cxcywh_to_xyxy(boxes)
+    half = (boxes[..., 2:] * 0.5).tile(1, 1, 2) * scale
+    sign = torch.randint(0, 2, boxes.shape, device=boxes.device).float() * 2.0 - 1.0
+    mag = torch.rand(boxes.shape, device=boxes.device) + is_neg.float().view(1, -1, 1)
+    xyxy = (xyxy + sign * mag * half).clamp(0.0, 1.0)
+    return box_xyxy_to_cxcywh(xyxy)
+
+
+def _attention_mask(slot: Tensor, group_size: int, num_queries: int) -> Tensor:
+    """Self-attention mask over [dn (Ndn) | matching] queries, True = blocked."""
+    Ndn = slot.numel()
     T = Ndn + num_queries
     group_id = torch.div(slot, group_size, rounding_mode="floor")
-    attn_mask = torch.zeros((T, T), dtype=torch.bool, device=device)
+    attn_mask = torch.zeros((T, T), dtype=torch.bool, device=slot.device)
     attn_mask[Ndn:, :Ndn] = True  # matching queries never see denoising queries
     attn_mask[:Ndn, :Ndn] = group_id.unsqueeze(1) != group_id.unsqueeze(0)  # groups are isolated
-
-    dn_meta = {
-        "dn_positive_idx": dn_positive_idx,
-        "dn_num_group": num_group,
-        "dn_num_split": [Ndn, num_queries],
-    }
-    return content, ref_unact, attn_mask, dn_meta
+    return attn_mask
 
 
 def dn_matched_indices(dn_meta: dict, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:

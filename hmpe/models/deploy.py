@@ -31,6 +31,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from hmpe.models.encoder import RepVggBlock
+
 __all__ = ["bn_affine", "conv_with_affine", "fuse_conv_bn_pairs", "fuse_model", "is_fused"]
 
 _NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
@@ -82,8 +84,6 @@ def is_fused(model: nn.Module) -> bool:
 @torch.no_grad()
 def fuse_model(model: nn.Module, channels_last: bool = True) -> nn.Module:
     """Deploy mode in place (see the module docstring); idempotent. Returns ``model`` in eval mode."""
-    from hmpe.models.encoder import RepVggBlock
-
     model.eval()
     if is_fused(model):
         return model

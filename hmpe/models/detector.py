@@ -97,9 +97,13 @@ def build_model(cfg: dict, num_classes: int) -> DetectionModel:
     if heat_cfg.pop("enabled", bool(cfg.get("heatmap"))):
         heatmap = HeatmapEmbedding(hidden, num_classes, num_levels=len(backbone.out_strides),
                                    strides=tuple(backbone.out_strides), **heat_cfg)
-        enc_cfg.setdefault("pe", heatmap.pe)  # one position-encoding form for encoder and heatmap path
+        # one position encoding: the heatmap's settings are the encoder's defaults, the encoder's PE its PE'
+        enc_cfg.setdefault("pe", heatmap.position.mode)
+        enc_cfg.setdefault("pe_temperature", heatmap.position.temperature)
     encoder = HybridEncoder(in_channels=list(backbone.out_channels), hidden_dim=hidden,
                             feat_strides=tuple(backbone.out_strides), **enc_cfg)
+    if heatmap is not None:
+        heatmap.position = encoder.position
     mohfe_cfg, hidq_cfg = _switch(cfg, "mohfe"), _switch(cfg, "hidq")
     if heatmap is None and (mohfe_cfg is not None or hidq_cfg is not None):
         raise ValueError("mohfe / hidq use the heatmap embedding's maps: enable `heatmap` in the model config "

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hmpe.models.position import sincos_2d, sincos_2d_additive
+from hmpe.models.common import get_activation
+from hmpe.models.position import MODES, PositionEncoding, masked_position_encoding
 
 __all__ = [
     "CSPRepLayer",
@@ -36,19 +37,7 @@ __all__ = [
     "RepVggBlock",
     "TransformerEncoder",
     "TransformerEncoderLayer",
-    "get_activation",
 ]
-
-
-def get_activation(name: str | None) -> nn.Module:
-    """Activation module by name; None / "none" gives Identity."""
-    if name is None or name.lower() in ("none", "identity"):
-        return nn.Identity()
-    table = {"silu": nn.SiLU, "swish": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU}
-    try:
-        return table[name.lower()]()
-    except KeyError:
-        raise ValueError(f"unknown activation {name!r}; choose from {sorted(table)} or 'none'") from None
 
 
 class ConvNormLayer(nn.Module):
@@ -182,6 +171,18 @@ class TransformerEncoder(nn.Module):
         return self.norm(x) if self.norm is not None else x
 
 
+def _check_encoder_args(in_channels: list[int], feat_strides: Sequence[int], use_encoder_idx: list[int],
+                        hidden_dim: int, pe: str) -> None:
+    if len(feat_strides) != len(in_channels):
+        raise ValueError(f"{len(in_channels)} in_channels but {len(feat_strides)} feat_strides")
+    if any(i < 0 or i >= len(in_channels) for i in use_encoder_idx):
+        raise ValueError(f"use_encoder_idx {use_encoder_idx} out of range for {len(in_channels)} levels")
+    if pe not in MODES:
+        raise ValueError(f"pe must be 'rtdetr' or 'paper', got {pe!r}")
+    if pe == "rtdetr" and hidden_dim % 4 != 0:
+        raise ValueError(f"hidden_dim must be divisible by 4 for the 2D sin-cos encoding, got {hidden_dim}")
+
+
 class HybridEncoder(nn.Module):
     """RT-DETR hybrid encoder; see the module docstring for the data flow and HMPE hooks.
 
@@ -215,23 +216,15 @@ class HybridEncoder(nn.Module):
         pe: str = "rtdetr",
     ) -> None:
         super().__init__()
-        in_channels = list(in_channels)
-        if len(feat_strides) != len(in_channels):
-            raise ValueError(f"{len(in_channels)} in_channels but {len(feat_strides)} feat_strides")
-        use_encoder_idx = [int(i) for i in use_encoder_idx]
-        if any(i < 0 or i >= len(in_channels) for i in use_encoder_idx):
-            raise ValueError(f"use_encoder_idx {use_encoder_idx} out of range for {len(in_channels)} levels")
-        if pe not in ("rtdetr", "paper"):
-            raise ValueError(f"pe must be 'rtdetr' or 'paper', got {pe!r}")
-        if pe == "rtdetr" and hidden_dim % 4 != 0:
-            raise ValueError(f"hidden_dim must be divisible by 4 for the 2D sin-cos encoding, got {hidden_dim}")
+        in_channels, use_encoder_idx = list(in_channels), [int(i) for i in use_encoder_idx]
+        _check_encoder_args(in_channels, feat_strides, use_encoder_idx, hidden_dim, pe)
         self.in_channels = in_channels
         self.feat_strides = list(feat_strides)
         self.hidden_dim = hidden_dim
         self.use_encoder_idx = use_encoder_idx
         self.num_encoder_layers = num_encoder_layers
-        self.pe_temperature = float(pe_temperature)
-        self.pe = pe
+        # the PE of AIFI; the detector hands the same object to the heatmap path (one PE for both)
+        self.position = PositionEncoding(pe, hidden_dim, float(pe_temperature))
         self.out_channels = [hidden_dim] * len(in_channels)
         self.out_strides = list(feat_strides)
 
@@ -246,20 +239,27 @@ class HybridEncoder(nn.Module):
         self.encoder = nn.ModuleList(
             TransformerEncoder(layer, num_encoder_layers) for _ in (use_encoder_idx if num_encoder_layers > 0 else [])
         )
+        self._build_ccfm(len(in_channels), hidden_dim, round(3 * depth_mult), expansion, act)
 
-        # CCFM: top-down (deepest level first), then bottom-up
-        n_blocks = round(3 * depth_mult)
-        n = len(in_channels)
-        self.lateral_convs = nn.ModuleList(ConvNormLayer(hidden_dim, hidden_dim, 1, act=act) for _ in range(n - 1))
+    def _build_ccfm(self, n: int, dim: int, n_blocks: int, expansion: float, act: str) -> None:
+        """CCFM's layers: top-down (deepest level first), then bottom-up; ``n_blocks`` RepVGG blocks each."""
+        self.lateral_convs = nn.ModuleList(ConvNormLayer(dim, dim, 1, act=act) for _ in range(n - 1))
         self.fpn_blocks = nn.ModuleList(
-            CSPRepLayer(hidden_dim * 2, hidden_dim, n_blocks, expansion=expansion, act=act) for _ in range(n - 1)
+            CSPRepLayer(dim * 2, dim, n_blocks, expansion=expansion, act=act) for _ in range(n - 1)
         )
-        self.downsample_convs = nn.ModuleList(
-            ConvNormLayer(hidden_dim, hidden_dim, 3, stride=2, act=act) for _ in range(n - 1)
-        )
+        self.downsample_convs = nn.ModuleList(ConvNormLayer(dim, dim, 3, stride=2, act=act) for _ in range(n - 1))
         self.pan_blocks = nn.ModuleList(
-            CSPRepLayer(hidden_dim * 2, hidden_dim, n_blocks, expansion=expansion, act=act) for _ in range(n - 1)
+            CSPRepLayer(dim * 2, dim, n_blocks, expansion=expansion, act=act) for _ in range(n - 1)
         )
+
+    @property
+    def pe(self) -> str:
+        """Form of the position encoding ("rtdetr" | "paper")."""
+        return self.position.mode
+
+    @property
+    def pe_temperature(self) -> float:
+        return self.position.temperature
 
     # -- pieces -----------------------------------------------------------------------------------
     def project(self, feats: Sequence[Tensor]) -> list[Tensor]:
@@ -275,8 +275,7 @@ class HybridEncoder(nn.Module):
         key = (h, w, str(device), dtype)
         if cache is not None and key in cache:
             return cache[key]
-        fn = sincos_2d if self.pe == "rtdetr" else sincos_2d_additive
-        pe = fn(h, w, self.hidden_dim, self.pe_temperature, device=device, dtype=dtype)[None]
+        pe = self.position(h, w, device, dtype)[None]
         if cache is not None and not torch.jit.is_tracing():
             cache[key] = pe
         return pe
@@ -296,8 +295,7 @@ class HybridEncoder(nn.Module):
             pos = self.position_encoding(h, w, x.device, x.dtype)
             mask = pos_masks[lvl] if pos_masks is not None else None
             if mask is not None:
-                # PE' = Mask * PE (eq. 6-7): [1,N,D] * [B,N,1] -> [B,N,D]
-                pos = pos * mask.flatten(2).transpose(1, 2).to(pos.dtype)
+                pos = masked_position_encoding(pos, mask)  # PE' = Mask * PE (eq. 6-7): [B,N,D]
             emb = embeds[lvl] if embeds is not None else None
             if emb is not None:
                 emb = emb.flatten(2).transpose(1, 2)

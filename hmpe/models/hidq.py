@@ -31,7 +31,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from hmpe.models.decoder import QuerySelector, _gather_tokens
+from hmpe.models.common import gather_tokens
+from hmpe.models.query_selection import QuerySelector
 
 __all__ = ["HeatmapQuerySelector", "flatten_heatmap", "SCORES"]
 
@@ -50,7 +51,7 @@ class HeatmapQuerySelector(QuerySelector):
     """Top-K tokens by ``H_mixed`` -> content ``W'_Q W_m (memory * H_mixed)``, encoder-head references.
 
     Args:
-        hidden_dim, num_classes, num_queries: as :class:`hmpe.models.decoder.QuerySelector`.
+        hidden_dim, num_classes, num_queries: as :class:`hmpe.models.query_selection.QuerySelector`.
         score: ``"heat"`` (H_mixed alone, eq. 8) or ``"heat*cls"`` (H_mixed x the encoder head's
             class confidence ``sigmoid(max_c logit)``).
         tie_break: with ``score="heat"``, ``score = h + tie_break * sigmoid(max_c probe logit)`` when
@@ -110,18 +111,18 @@ class HeatmapQuerySelector(QuerySelector):
         if self.score == "heat":
             score = self.token_scores(heat, valid_mask, probe_logits=extra.get("probe_logits"))
             index = torch.topk(score, K, dim=1).indices  # [B,K]
-            mem = _gather_tokens(memory, index)  # [B,K,D]
+            mem = gather_tokens(memory, index)  # [B,K,D]
             # the per-token encoder head on the selected tokens only
-            selected = self.head.project(mem, _gather_tokens(valid_mask.expand(B, -1, -1), index))  # [B,K,D]
+            selected = self.head.project(mem, gather_tokens(valid_mask.expand(B, -1, -1), index))  # [B,K,D]
             topk_logits = self.head.classify(selected)
         else:
             projected = self.head.project(memory, valid_mask)  # [B,N,D]
             logits = self.head.classify(projected)  # [B,N,C]: heat*cls needs the dense class scores
             score = self.token_scores(heat, valid_mask, logits=logits)
             index = torch.topk(score, K, dim=1).indices  # [B,K]
-            selected = _gather_tokens(projected, index)
-            topk_logits = _gather_tokens(logits, index)
-            mem = _gather_tokens(memory, index)  # [B,K,D]
+            selected = gather_tokens(projected, index)
+            topk_logits = gather_tokens(logits, index)
+            mem = gather_tokens(memory, index)  # [B,K,D]
         ref_unact, topk_boxes = self.boxes_at(selected, anchors, index)  # the box MLP on the K tokens only
         if self.detach_memory:
             mem = mem.detach()

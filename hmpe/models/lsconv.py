@@ -66,6 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hmpe.models.deploy import bn_affine, conv_with_affine
+from hmpe.models.sampling import SamplerSwitch
 
 __all__ = [
     "DSConv",
@@ -110,9 +111,9 @@ def _gather_lerp(table: Tensor, idx: Tensor, frac: Tensor, step: int | Tensor) -
 
     ``table [N, C]`` (channels-last rows of the zero-padded input), ``idx [M]`` int64, ``frac [M, 1]``,
     ``step`` an int or ``[M]`` int64 (one per row) -> ``[M, C]``. Eager: one ``F.embedding_bag`` (a bag of
-    the 2 rows, weighted ``(1 - frac, frac)``), which writes a single K-fold output and keeps only the table, indices and weights for backward
-    (not the two gathered K-fold tensors that two gathers + arithmetic would keep); on CPU ~7x faster
-    than the unfused form. Export/tracing: two row gathers (ONNX ``Gather``) and the arithmetic, which
+    the 2 rows, weighted ``(1 - frac, frac)``), which writes a single K-fold output and keeps only the
+    table, indices and weights for backward (not the two gathered K-fold tensors that two gathers +
+    arithmetic would keep). Export/tracing: two row gathers (ONNX ``Gather``) and the arithmetic, which
     every runtime supports (``embedding_bag`` exports to an ONNX Loop). ``frac = 0`` gives
     ``table[idx]`` exactly in both forms.
     """
@@ -132,7 +133,7 @@ def padded_table(x: Tensor, p: int) -> Tensor:
     return F.pad(x, (p, p, p, p)).permute(0, 2, 3, 1).reshape(B * (H + 2 * p) * (W + 2 * p), C)
 
 
-class SnakeConv(nn.Module):
+class SnakeConv(nn.Module, SamplerSwitch):
     """Dynamic snake convolution along one axis (eq. 10 for ``morph=0``, eq. 11 for ``morph=1``).
 
     ``[B, in_ch, H, W] -> [B, out_ch, H, W]``; no bias, no norm (the enclosing block adds them).

@@ -16,10 +16,16 @@ code see the same encoding on square inputs, and rectangular inputs are geometri
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-__all__ = ["sincos_2d", "sincos_2d_additive"]
+__all__ = ["MODES", "PositionEncoding", "masked_position_encoding", "position_encoding", "sincos_2d",
+           "sincos_2d_additive"]
+
+MODES = ("rtdetr", "paper")
 
 
 def _grid(h: int, w: int, device, dtype=torch.float32) -> tuple[Tensor, Tensor]:
@@ -79,3 +85,51 @@ def sincos_2d_additive(
     x = jj[:, None] * inv_tau[None]
     pe = torch.cat([y.sin() + x.cos(), y.cos() + x.sin()], dim=1)
     return pe if dtype is None else pe.to(dtype)
+
+
+def position_encoding(mode: str, h: int, w: int, dim: int, temperature: float = 10000.0,
+                      device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Tensor:
+    """The encoding ``[h*w, dim]`` of one grid in form ``mode``: "rtdetr" (:func:`sincos_2d`) or "paper"
+    (:func:`sincos_2d_additive`). The one entry point of the encoder's PE and of the figures' PE'."""
+    if mode == "rtdetr":
+        return sincos_2d(h, w, dim, temperature, device=device, dtype=dtype)
+    if mode == "paper":
+        return sincos_2d_additive(h, w, dim, temperature, device=device, dtype=dtype)
+    raise ValueError(f"pe must be 'rtdetr' or 'paper', got {mode!r}")
+
+
+# a constant per grid: figures and the explorer ask for the same grids again and again
+_cached_position_encoding = functools.lru_cache(maxsize=8)(position_encoding)
+
+
+def masked_position_encoding(pe: Tensor, mask: Tensor) -> Tensor:
+    """Eq. 7: ``PE' = Mask * PE``.
+
+    pe: [H*W, D] or [B, H*W, D] tokens h-major, or a map [B|1, D, H, W]; mask: [B,1,H,W].
+    Returns [B, H*W, D] for token input, [B, D, H, W] for map input.
+    Hot cells keep the encoding bit for bit; cold cells are exactly zero.
+    """
+    if pe.dim() == 4:
+        return pe * mask
+    m = mask.flatten(2).transpose(1, 2).to(pe.dtype)  # [B,HW,1]
+    return (pe if pe.dim() == 3 else pe[None]) * m
+
+
+@dataclass(frozen=True)
+class PositionEncoding:
+    """The settings of one position encoding: form ``mode`` ("rtdetr" | "paper"), channels ``dim`` and
+    ``temperature``. The hybrid encoder owns one; the detector hands the same object to the heatmap
+    embedding, so the PE' of the figures (:class:`hmpe.models.heatmap.HeatmapOutput`) is the encoder's."""
+
+    mode: str = "rtdetr"
+    dim: int = 256
+    temperature: float = 10000.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"pe must be 'rtdetr' or 'paper', got {self.mode!r}")
+
+    def __call__(self, h: int, w: int, device=None, dtype=None, cached: bool = False) -> Tensor:
+        """``[h*w, dim]``; ``cached=True`` shares one tensor per grid (callers must not modify it in place)."""
+        fn = _cached_position_encoding if cached else position_encoding
+        return fn(self.mode, h, w, self.dim, self.temperature, device, dtype)

@@ -6,7 +6,8 @@ Some ONNX runtimes (older TensorRT, several NPU / mobile runtimes, opset < 16 co
 ``floor``, one ``GatherElements`` per bilinear corner and arithmetic, which every runtime supports.
 
 Switching is a per-module flag, not global state: modules that sample (``MSDeformableAttention`` of the
-decoder, ``SnakeConv`` of LSConv/DSConv) carry a ``sampler`` attribute; :func:`gather_sampling` is a
+decoder, ``SnakeConv`` of LSConv/DSConv) are :class:`SamplerSwitch` es and carry a ``sampler`` attribute;
+:func:`gather_sampling` is a
 context manager that sets it to ``"gather"`` on every such module of one model and restores the
 previous values on exit (also on an exception), so nothing leaks to other models or later calls.
 """
@@ -20,7 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["grid_sample_gather", "gather_sampling", "sampling_modules"]
+__all__ = ["SamplerSwitch", "grid_sample_gather", "gather_sampling", "sampling_modules"]
+
+
+class SamplerSwitch:
+    """Mixin of the modules that sample bilinearly: their ``sampler`` attribute is ``"grid_sample"``
+    (``F.grid_sample``) or ``"gather"`` (:func:`grid_sample_gather`), which :func:`gather_sampling` switches."""
+
+    sampler: str
 
 
 def grid_sample_gather(x: Tensor, grid: Tensor) -> Tensor:
@@ -62,10 +70,7 @@ def grid_sample_gather(x: Tensor, grid: Tensor) -> Tensor:
 
 def sampling_modules(model: nn.Module) -> list[nn.Module]:
     """The modules of ``model`` that carry a ``sampler`` switch ("grid_sample" | "gather")."""
-    from hmpe.models.deformable import MSDeformableAttention
-    from hmpe.models.lsconv import SnakeConv
-
-    return [m for m in model.modules() if isinstance(m, (MSDeformableAttention, SnakeConv))]
+    return [m for m in model.modules() if isinstance(m, SamplerSwitch)]
 
 
 @contextmanager

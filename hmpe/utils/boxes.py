@@ -55,31 +55,30 @@ def generalized_box_iou(a: Tensor, b: Tensor) -> Tensor:
     return iou - (hull - union) / hull.clamp(min=1e-12)
 
 
-def elementwise_giou(a: Tensor, b: Tensor) -> Tensor:
-    """GIoU of matched xyxy boxes a (N,4), b (N,4) -> (N,)."""
+def elementwise_iou_union(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """IoU and union of matched xyxy boxes a (N,4), b (N,4); each (N,)."""
     area_a, area_b = box_area(a), box_area(b)
     lt = torch.max(a[:, :2], b[:, :2])
     rb = torch.min(a[:, 2:], b[:, 2:])
     wh = (rb - lt).clamp(min=0)
     inter = wh[:, 0] * wh[:, 1]
     union = area_a + area_b - inter
-    iou = inter / union.clamp(min=1e-12)
-    lt2 = torch.min(a[:, :2], b[:, :2])
-    rb2 = torch.max(a[:, 2:], b[:, 2:])
-    wh2 = (rb2 - lt2).clamp(min=0)
-    hull = wh2[:, 0] * wh2[:, 1]
-    return iou - (hull - union) / hull.clamp(min=1e-12)
+    return inter / union.clamp(min=1e-12), union
 
 
 def elementwise_box_iou(a: Tensor, b: Tensor) -> Tensor:
     """IoU of matched xyxy boxes a (N,4), b (N,4) -> (N,)."""
-    area_a, area_b = box_area(a), box_area(b)
-    lt = torch.max(a[:, :2], b[:, :2])
-    rb = torch.min(a[:, 2:], b[:, 2:])
+    return elementwise_iou_union(a, b)[0]
+
+
+def elementwise_giou(a: Tensor, b: Tensor) -> Tensor:
+    """GIoU of matched xyxy boxes a (N,4), b (N,4) -> (N,)."""
+    iou, union = elementwise_iou_union(a, b)
+    lt = torch.min(a[:, :2], b[:, :2])
+    rb = torch.max(a[:, 2:], b[:, 2:])
     wh = (rb - lt).clamp(min=0)
-    inter = wh[:, 0] * wh[:, 1]
-    union = area_a + area_b - inter
-    return inter / union.clamp(min=1e-12)
+    hull = wh[:, 0] * wh[:, 1]
+    return iou - (hull - union) / hull.clamp(min=1e-12)
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:

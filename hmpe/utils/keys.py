@@ -25,7 +25,6 @@ class Key:
     name: str
     default: Any = None
     help: str = ""
-    figure_only: bool = False  # changes only figures / displays, not the model's outputs
 
 
 class UsageError(ValueError):
@@ -228,7 +227,7 @@ MODEL: dict[str, tuple[Key, ...]] = {
         Key("enc_act", "gelu", "AIFI activation"),
         Key("use_encoder_idx", [2], "levels with AIFI attention"),
         Key("num_encoder_layers", 1, "AIFI layers"),
-        Key("pe_temperature", 10000, "position-encoding temperature"),
+        Key("pe_temperature", None, "position-encoding temperature (default: heatmap.temperature, else 10000)"),
         Key("expansion", 1.0, "CCFM width factor"),
         Key("depth_mult", 1.0, "CCFM depth factor"),
         Key("act", "silu", "CCFM activation"),
@@ -245,7 +244,7 @@ MODEL: dict[str, tuple[Key, ...]] = {
         Key("probe_convs", 2, "probe tower convolutions"),
         Key("probe_hidden", None, "probe tower width (default hidden_dim)"),
         Key("fuse_levels", "down", "down | max | none"),
-        Key("temperature", 10000.0, "temperature of the PE shown in heatmap figures", figure_only=True),
+        Key("temperature", 10000.0, "position-encoding temperature; also the default of encoder.pe_temperature"),
         Key("radius", 1.5, "probe target centre radius (strides)"),
         Key("scale_ranges", None, "probe target size range per level"),
         Key("huber_beta", 1.0, "probe regression Huber beta (strides)"),
@@ -392,7 +391,7 @@ def describe(task: str) -> str:
     lines = []
     for k in TASKS[task]:
         value = yaml.safe_dump({k.name: k.default}, default_flow_style=True, width=1000).strip()[1:-1]
-        lines.append(f"{value:<34} # {k.help}{' (figures only)' if k.figure_only else ''}")
+        lines.append(f"{value:<34} # {k.help}")
     return "\n".join(lines)
 
 
@@ -400,6 +399,5 @@ def describe_model() -> str:
     lines = []
     for sec, keys in MODEL.items():
         for k in keys:
-            tag = " (figures only: does not change the model)" if k.figure_only else ""
-            lines.append(f"{sec}.{k.name:<22} # {k.help}{tag}")
+            lines.append(f"{sec}.{k.name:<22} # {k.help}")
     return "\n".join(lines)

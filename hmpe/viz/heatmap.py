@@ -62,60 +62,14 @@ def render_heatmap_figure(
     and the fraction of masked cells in their title. The colour map defaults to viridis (perceptually
     uniform, readable with colour-vision deficiency); box labels are clipped to the input panel. Writes ``out_png`` when given and returns the rendered figure as an RGB uint8 array.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
-    from mpl_toolkits.axes_grid1 import make_axes_locatable
-
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be HxWx3, got shape {image.shape}")
-    if image.dtype != np.uint8:
-        image = np.clip(image * (255.0 if image.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    image = _as_uint8_image(image)
     H, W = image.shape[:2]
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    labels = np.asarray(labels).reshape(-1)
-    n = 1 + len(maps)
-    ncols = max(1, min(ncols, n))
-    nrows = math.ceil(n / ncols)
-    pw = panel_width
-    ph = pw * H / W
-    fig = Figure(figsize=(ncols * pw * 1.12, nrows * (ph + 0.45) + (0.4 if title else 0.0)), dpi=dpi)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    if title:
-        fig.suptitle(title)
-
-    def panel(ax, name):
-        ax.imshow(image, interpolation="bilinear")
-        ax.set_title(name, fontsize=10)
-        ax.set_xticks([]), ax.set_yticks([])
-        return make_axes_locatable(ax).append_axes("right", size="4%", pad=0.05)  # heatbar axes
-
-    cax = panel(axes[0], "input")
-    cax.set_axis_off()  # same geometry as the other panels, no bar
-    for b, c in zip(boxes, labels):
-        col = tuple(v / 255.0 for v in class_colour(int(c)))
-        x1, y1, x2, y2 = (float(v) for v in b)
-        axes[0].add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=col, linewidth=1.5))
-        text = names[int(c)] if int(c) < len(names) else str(int(c))
-        above = y1 > 0.04 * H  # a label above a box at the top edge would cover the panel title
-        axes[0].text(x1, y1 if above else y1 + 1, text, fontsize=7, color="black", va="bottom" if above else "top",
-                     bbox=dict(facecolor=col, edgecolor="none", pad=1.0), clip_on=True)
+    fig, axes = _figure(1 + len(maps), H / W, ncols, panel_width, dpi, title)
+    _panel(axes[0], image, "input").set_axis_off()  # same geometry as the other panels, no bar
+    _draw_boxes(axes[0], boxes, labels, names, H)
     for ax, (name, m) in zip(axes[1:], maps.items()):
-        m = np.asarray(m, dtype=np.float32)
-        up = upsample_map(m, (H, W), nearest=any(k in name.lower() for k in NEAREST_KEYS))
-        if "mask" in name.lower():
-            _mask_panel(ax, panel(ax, f"{name} ({masked_fraction(m):.0%} masked)"), up, cmap, alpha)
-            continue
-        lo, hi = ranges[name] if ranges and name in ranges else map_range(m)
-        norm = Normalize(vmin=lo, vmax=hi)
-        cax = panel(ax, name)
-        ax.imshow(up, cmap=cmap, norm=norm, alpha=alpha, interpolation="nearest")
-        fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax)  # opaque heatbar
-    for ax in axes[n:]:
+        _map_panel(fig, ax, image, name, np.asarray(m, dtype=np.float32), cmap, alpha, ranges)
+    for ax in axes[1 + len(maps):]:
         ax.set_axis_off()
     fig.tight_layout()
     fig.canvas.draw()
@@ -124,6 +78,73 @@ def render_heatmap_figure(
         Path(out_png).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out_png, dpi=dpi)
     return rgb
+
+
+def _as_uint8_image(image) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be HxWx3, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        image = np.clip(image * (255.0 if image.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    return image
+
+
+def _figure(n: int, aspect: float, ncols: int, panel_width: float, dpi: int, title: str | None):
+    """An Agg figure with ``n`` panels of ``panel_width`` inches and height ``aspect * panel_width``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    ph = panel_width * aspect
+    fig = Figure(figsize=(ncols * panel_width * 1.12, nrows * (ph + 0.45) + (0.4 if title else 0.0)), dpi=dpi)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    if title:
+        fig.suptitle(title)
+    return fig, axes
+
+
+def _panel(ax, image: np.ndarray, name: str):
+    """The image under a titled panel; returns the axes of its heatbar, on its right."""
+    from mpl_toolkits.axes_grid1 import make_axes_locatable
+
+    ax.imshow(image, interpolation="bilinear")
+    ax.set_title(name, fontsize=10)
+    ax.set_xticks([]), ax.set_yticks([])
+    return make_axes_locatable(ax).append_axes("right", size="4%", pad=0.05)
+
+
+def _draw_boxes(ax, boxes, labels, names: Sequence[str], H: int) -> None:
+    """xyxy pixel boxes in their class colours, labelled (labels clipped to the panel)."""
+    from matplotlib.patches import Rectangle
+
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    for b, c in zip(boxes, np.asarray(labels).reshape(-1)):
+        col = tuple(v / 255.0 for v in class_colour(int(c)))
+        x1, y1, x2, y2 = (float(v) for v in b)
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=col, linewidth=1.5))
+        text = names[int(c)] if int(c) < len(names) else str(int(c))
+        above = y1 > 0.04 * H  # a label above a box at the top edge would cover the panel title
+        ax.text(x1, y1 if above else y1 + 1, text, fontsize=7, color="black", va="bottom" if above else "top",
+                bbox=dict(facecolor=col, edgecolor="none", pad=1.0), clip_on=True)
+
+
+def _map_panel(fig, ax, image: np.ndarray, name: str, m: np.ndarray, cmap: str, alpha: float,
+               ranges: Mapping[str, tuple[float, float]] | None) -> None:
+    """One map over the image: a binary mask with its legend, any other map with its colour bar."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    up = upsample_map(m, image.shape[:2], nearest=any(k in name.lower() for k in NEAREST_KEYS))
+    if "mask" in name.lower():
+        _mask_panel(ax, _panel(ax, image, f"{name} ({masked_fraction(m):.0%} masked)"), up, cmap, alpha)
+        return
+    lo, hi = ranges[name] if ranges and name in ranges else map_range(m)
+    norm = Normalize(vmin=lo, vmax=hi)
+    cax = _panel(ax, image, name)
+    ax.imshow(up, cmap=cmap, norm=norm, alpha=alpha, interpolation="nearest")
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax)  # opaque heatbar
 
 
 def map_range(m: np.ndarray) -> tuple[float, float]:
@@ -191,15 +212,8 @@ def heatmap_maps(out, index: int = 0, level: int | str = 0, pe: str | None = "ch
     levels = list(range(L)) if level == "max" else [int(level)]
     size = tuple(out.mask[levels[0]].shape[-2:])
 
-    def pick(ms, nearest=False, i=index):
-        vals = []
-        for l in levels:
-            m = ms[l][i:i + 1].float()  # [1,1,h,w]
-            if tuple(m.shape[-2:]) != size:
-                m = Fn.interpolate(m, size=size, mode="nearest") if nearest else \
-                    Fn.interpolate(m, size=size, mode="bilinear", align_corners=False)
-            vals.append(m)
-        return _to_np(torch.stack(vals).amax(0)[0, 0])
+    def pick(ms, nearest=False, i=index):  # the per-pixel max over the levels shown, on the first's grid
+        return np.max([upsample_map(_to_np(ms[l][i, 0]), size, nearest) for l in levels], axis=0)
 
     maps = {
         "H_class": pick(out.h_class),
@@ -215,7 +229,7 @@ def heatmap_maps(out, index: int = 0, level: int | str = 0, pe: str | None = "ch
         l = levels[0]
         h, w = out.mask[l].shape[-2:]
         pe_l = out.masked_pe(l)[index].float()  # [h*w, D]
-        k = visible_row_channel(pe_l.shape[-1], h, out.temperature, out.pe_mode)
+        k = visible_row_channel(pe_l.shape[-1], h, out.position.temperature, out.position.mode)
         maps[f"PE' ch.{k}"] = _to_np(pe_l[:, k].reshape(h, w))
     return maps
 

@@ -1,0 +1,165 @@
+"""Grad-CAM++ heatmaps of the probe (paper eqs. 1-3; docs/method.md).
+
+Interpretations (every one is also in ``docs/method.md``):
+- ``A`` of eqs. 1-3 is ``F``, the input of the probe's final 1x1 layers (non-negative: the tower ends
+  with ReLU).
+- ``y^c = sum_l sum_ij sigmoid(s_c(i,j))`` is summed over *all* levels of the image, so the channel
+  weights ``beta_k^c`` are one vector per image and class (the probe's channels mean the same thing on
+  every level, its weights are shared), and the raw maps of the levels share one scale.
+- ``alpha`` (one of :data:`ALPHAS`; every function here and the module default to ``"gradcam++"``):
+  ``"gradcam++"`` is classic Grad-CAM++ (Chattopadhay et al.), ``alpha = d2 / (2 d2 + sum_ab A_ab d3)``
+  with the exponential trick ``d2 = g^2, d3 = g^3``; ``"design"`` is ``alpha = d2 + d3`` (eq. 1 taken
+  literally). With the exact derivatives of a sigmoid the design alpha is negative where
+  ``sigmoid(s) > 0.5`` (for ``|w_k| < ~1``); once the probe is confident those locations dominate
+  eq. 2, every beta_k <= 0 and the map is identically zero (docs/method.md).
+- For the sigmoid of a 1x1 layer, ``g = sigma'(s) w_k``, ``d2 = sigma''(s) w_k^2``,
+  ``d3 = sigma'''(s) w_k^3``; since ``sigma' > 0``, ``ReLU(g) = sigma' ReLU(w_k)`` and eq. 2 factorises:
+  ``beta_k = ReLU(w_k) (w_k^2 sum_ij sigma' sigma'' + w_k^3 sum_ij sigma' sigma''')`` -- O(HW + K).
+
+The functions compute eqs. 1-3 for three forms of the target ``y``: the sigmoid of a 1x1 layer's logits
+(:func:`gradcampp_sigmoid_linear`: the class and quality maps), an element-wise function of a 1x1
+layer's outputs (:func:`gradcampp_linear`: the loss-based box map) and any per-location head by
+autograd (:func:`gradcampp_autograd`: ``closed_form=False`` and the reference the closed forms are
+tested against). Each closed form is the general formula specialised where that is exact (the
+factorisation above needs ``sigma' > 0``), so the three round differently and stay separate.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["ALPHAS", "check_alpha", "elementwise_derivatives", "gradcampp_autograd", "gradcampp_linear",
+           "gradcampp_sigmoid_linear", "sigmoid_derivatives"]
+
+ALPHAS = ("gradcam++", "design")
+
+
+def sigmoid_derivatives(s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """sigma and its first three derivatives as polynomials of sigma = sigmoid(s)."""
+    p = torch.sigmoid(s)
+    d1 = p * (1 - p)
+    d2 = d1 * (1 - 2 * p)
+    d3 = d1 * (1 - 6 * p + 6 * p * p)
+    return p, d1, d2, d3
+
+
+def check_alpha(alpha: str) -> None:
+    """Raise unless ``alpha`` names one of :data:`ALPHAS`."""
+    if alpha not in ALPHAS:
+        raise ValueError(f"alpha must be 'design' or 'gradcam++', got {alpha!r}")
+
+
+def gradcampp_sigmoid_linear(feats: Sequence[Tensor], logits: Sequence[Tensor], weight: Tensor,
+                             alpha: str = "gradcam++") -> list[Tensor]:
+    """Closed form of eqs. 1-3 for ``y^t = sum_l sum_ij sigmoid(s_t)``, ``s_t = w_t . F + b_t`` (1x1 layer).
+
+    feats: per level F [B,K,H,W]; logits: per level s [B,T,H,W] (T targets, e.g. the top-3 classes);
+    weight: w [B,T,K] or [T,K]. Returns raw (un-normalised) maps per level [B,T,H,W].
+    g = s1 w_k, d2 = s2 w_k^2, d3 = s3 w_k^3 with s1, s2, s3 the sigmoid's derivatives at s.
+    ``alpha="design"``: alpha = d2 + d3 (eq. 1 taken literally); since s1 > 0, ReLU(g) = s1 ReLU(w_k)
+    and eq. 2 factorises: beta_k = ReLU(w_k) (w_k^2 sum_ij s1 s2 + w_k^3 sum_ij s1 s3), O(HW + K).
+    ``alpha="gradcam++"``: classic alpha = g^2 / (2 g^2 + S_k g^3) = 1 / (2 + S_k g) where g > 0,
+    S_k = sum_ab A_k(ab) over all levels. H = ReLU(sum_k beta_k F_k) (eq. 3).
+    """
+    check_alpha(alpha)
+    B = feats[0].shape[0]
+    w = weight if weight.dim() == 3 else weight[None].expand(B, -1, -1)  # [B,T,K]
+    if alpha == "design":
+        a2 = a3 = 0
+        for s in logits:
+            _, d1, d2, d3 = sigmoid_derivatives(s)
+            a2 = a2 + (d1 * d2).sum((2, 3))  # [B,T]
+            a3 = a3 + (d1 * d3).sum((2, 3))
+        beta = w.clamp(min=0) * (w * w * a2[..., None] + w * w * w * a3[..., None])  # [B,T,K] eqs. 1-2
+    else:
+        # ReLU(g) = s1 ReLU(w_k) (s1 > 0); with u = S_k ReLU(g): g / (2 + S_k g) = (u / (2 + u)) / S_k, so one
+        # [B,T,K,HW] buffer, divided in place (cheaper than the literal form). S_k = 0 means F_k = 0
+        # everywhere, so beta_k does not matter there (eq. 3 multiplies it by F_k): it is set to 0.
+        S = sum(f.sum((2, 3)) for f in feats)  # [B,K]; A = F >= 0
+        c = (S[:, None, :] * w.clamp(min=0))[..., None]  # [B,T,K,1]
+        beta = 0
+        for s in logits:
+            u = sigmoid_derivatives(s)[1].flatten(2)[:, :, None, :] * c  # [B,T,K,HW] = S_k ReLU(g)
+            beta = beta + u.div_(u + 2).sum(-1)  # [B,T,K]
+        beta = beta / torch.where(S > 0, S, torch.ones_like(S))[:, None, :]
+    return [torch.einsum("btk,bkhw->bthw", beta, f).clamp(min=0) for f in feats]  # eq. 3
+
+
+def gradcampp_linear(feats: Sequence[Tensor], derivs: Sequence[tuple[Tensor, Tensor, Tensor]],
+                     weight: Tensor, alpha: str = "gradcam++") -> list[Tensor]:
+    """Closed form of eqs. 1-3 for a separable target over a 1x1 layer ``z = W F + b``:
+    ``y = sum_l sum_ij sum_m phi_m(z_m(i,j))``.
+
+    derivs: per level (phi', phi'', phi''') each [B,M,H,W] evaluated at z; weight W [M,K].
+    Then g_k = sum_m phi'_m W_mk, d2_k = sum_m phi''_m W_mk^2, d3_k = sum_m phi'''_m W_mk^3 exactly
+    (the cross terms vanish because phi is separable in m). Returns raw maps per level [B,1,H,W].
+    """
+    check_alpha(alpha)
+    S = sum(f.sum((2, 3)) for f in feats)[:, :, None, None]  # [B,K,1,1]
+    beta = 0
+    for f, (d1, d2, d3) in zip(feats, derivs):
+        g = torch.einsum("bmhw,mk->bkhw", d1, weight)
+        if alpha == "design":
+            a = torch.einsum("bmhw,mk->bkhw", d2, weight ** 2) + torch.einsum("bmhw,mk->bkhw", d3, weight ** 3)
+            beta = beta + (a * g.clamp(min=0)).sum((2, 3))  # [B,K] eq. 2 (alpha: eq. 1)
+        else:
+            gp = g.clamp(min=0)
+            beta = beta + (gp / (2 + S * gp)).sum((2, 3))
+    return [torch.einsum("bk,bkhw->bhw", beta, f).clamp(min=0)[:, None] for f in feats]  # eq. 3
+
+
+def _grad(out: Tensor, inputs: Sequence[Tensor], create_graph: bool) -> list[Tensor]:
+    if not out.requires_grad:
+        return [torch.zeros_like(x) for x in inputs]
+    gs = torch.autograd.grad(out, list(inputs), create_graph=create_graph, retain_graph=True,
+                             allow_unused=True, materialize_grads=True)
+    return list(gs)
+
+
+def gradcampp_autograd(feats: Sequence[Tensor], y_fn: Callable[[list[Tensor]], Tensor],
+                       alpha: str = "gradcam++") -> list[Tensor]:
+    """Reference eqs. 1-3 by ``torch.autograd.grad`` (create_graph for the 2nd and 3rd order).
+
+    feats: per level F [B,K,H,W]; y_fn(list of F) -> y [B] (one target per image, e.g.
+    ``sum_l sum_ij sigmoid(s_c)``). Exact for any head in which the score at (i,j) depends on F at
+    (i,j) only (a 1x1 final layer, a per-location MLP, any element-wise loss on top): then
+    ``d/dF_k(ij) sum_ab g_k(ab)`` is the diagonal second derivative. Costs 2K backward passes.
+    ``alpha="gradcam++"`` uses the classic alpha (first derivatives only). Returns raw maps [B,1,H,W].
+    """
+    check_alpha(alpha)
+    with torch.inference_mode(False), torch.enable_grad():  # clone: usable under inference_mode too
+        fs = [f.detach().clone().requires_grad_(True) for f in feats]
+        y = y_fn(fs).sum()  # images are independent: grads of the batch sum are per-image grads
+        g = _grad(y, fs, create_graph=alpha == "design")
+        if alpha == "gradcam++":
+            S = sum(f.detach().sum((2, 3)) for f in fs)[:, :, None, None]  # [B,K,1,1]
+            beta = 0
+            for gl in g:
+                gl = gl.detach()
+                a = gl ** 2 / (2 * gl ** 2 + S * gl ** 3)
+                a = torch.where(gl != 0, a, torch.zeros_like(a))
+                beta = beta + (a * gl.clamp(min=0)).sum((2, 3))
+        else:
+            K = fs[0].shape[1]
+            beta = torch.zeros(fs[0].shape[0], K, dtype=fs[0].dtype, device=fs[0].device)
+            for k in range(K):
+                d2 = [d[:, k] for d in _grad(sum(gl[:, k].sum() for gl in g), fs, create_graph=True)]
+                d3 = [d[:, k] for d in _grad(sum(d.sum() for d in d2), fs, create_graph=False)]
+                for gl, a2, a3 in zip(g, d2, d3):
+                    beta[:, k] += ((a2 + a3) * gl[:, k].clamp(min=0)).sum((1, 2)).detach()  # eqs. 1-2
+    return [torch.einsum("bk,bkhw->bhw", beta, f.detach()).clamp(min=0)[:, None] for f in feats]  # eq. 3
+
+
+def elementwise_derivatives(phi: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """phi', phi'', phi''' of an element-wise function at z, by autograd (grad of the sum is element-wise)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        z = z.detach().clone().requires_grad_(True)
+        y = phi(z)
+        d1 = _grad(y.sum(), [z], create_graph=True)[0]
+        d2 = _grad(d1.sum(), [z], create_graph=True)[0]
+        d3 = _grad(d2.sum(), [z], create_graph=False)[0]
+    return d1.detach(), d2.detach(), d3.detach()
+

@@ -1,0 +1,78 @@
+"""Normalisation, resizing and fusion of the per-level heatmaps, and the mask filter (eqs. 4, 6).
+
+The masked position encoding (eq. 7) is :func:`hmpe.models.position.masked_position_encoding`, the one
+the hybrid encoder applies.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as Fn
+from torch import Tensor, nn
+
+from hmpe.models.mask_stats import threshold_mask
+
+__all__ = ["MaskFilter", "fuse_levels", "minmax_per_image", "resize_map"]
+
+
+def minmax_per_image(maps: Sequence[Tensor], eps: float = 1e-12) -> list[Tensor]:
+    """Min-max normalise [B,1,H_l,W_l] maps to [0,1] per image, jointly over the levels."""
+    lo = torch.stack([m.amin((1, 2, 3)) for m in maps], 0).amin(0)[:, None, None, None]
+    hi = torch.stack([m.amax((1, 2, 3)) for m in maps], 0).amax(0)[:, None, None, None]
+    den = (hi - lo).clamp(min=eps)
+    return [(m - lo) / den for m in maps]
+
+
+def resize_map(m: Tensor, size: Sequence[int]) -> Tensor:
+    """Resize [B,1,h,w] to ``size``: max pooling when shrinking (a one-cell hot spot of a small object
+    survives), bilinear (align_corners=False) when enlarging."""
+    size = (int(size[0]), int(size[1]))
+    if tuple(m.shape[-2:]) == size:
+        return m
+    if size[0] <= m.shape[-2] and size[1] <= m.shape[-1]:
+        h, w = int(m.shape[-2]), int(m.shape[-1])  # Python ints: static kernel sizes in a trace
+        kh, kw = h // size[0], w // size[1]
+        if kh * size[0] == h and kw * size[1] == w:
+            # whole factors (strides 8/16/32): the same bins as adaptive pooling, and an ONNX export with a
+            # dynamic batch axis works (adaptive_max_pool2d's exporter needs fully static input shapes)
+            return Fn.max_pool2d(m, (kh, kw))
+        return Fn.adaptive_max_pool2d(m, size)
+    return Fn.interpolate(m, size=size, mode="bilinear", align_corners=False)
+
+
+def fuse_levels(maps: Sequence[Tensor], mode: str = "max") -> list[Tensor]:
+    """"Three upsampled masks": combine the per-level maps [B,1,H_l,W_l] (finest level first).
+
+    ``"max"``: every level's map resized to every level's H_l x W_l, fused by per-pixel max;
+    ``"down"``: only finer levels are max-pooled into coarser ones (a level keeps its own sharp map and
+    also shows every smaller object); ``"none"``: each level keeps its own map.
+    """
+    if mode == "none":
+        return list(maps)
+    if mode not in ("max", "down"):
+        raise ValueError(f"fuse mode must be 'max', 'down' or 'none', got {mode!r}")
+    out = []
+    for l, target in enumerate(maps):
+        size = target.shape[-2:]
+        fused = target
+        for m in (maps if mode == "max" else maps[:l]):
+            if m is not target:
+                fused = torch.maximum(fused, resize_map(m, size))
+        out.append(fused)
+    return out
+
+
+class MaskFilter(nn.Module):
+    """Eq. 6: ``Mask(i,j) = 1[H_mixed(i,j) > tau]`` (tau = 0 is eq. 6 literally). Not differentiated."""
+
+    def __init__(self, tau: float = 0.05):
+        super().__init__()
+        self.tau = float(tau)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return threshold_mask(h, self.tau)
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}"

@@ -250,6 +250,7 @@ MODEL: dict[str, tuple[Key, ...]] = {
         Key("scale_ranges", None, "probe target size range per level"),
         Key("huber_beta", 1.0, "probe regression Huber beta (strides)"),
         Key("alpha", "gradcam++", "gradcam++ | design (eq. 1 literally)"),
+        Key("score_pool", "sum", "score y of eqs. 1-3: sum over cells (paper) | mean (class-specific at any size)"),
         Key("loss_weights", None, "probe loss weights {cls, reg, quality}"),
     ),
     "mohfe": (_SWITCH, Key("levels", None, "levels that receive heatmap embeddings, e.g. [0,1,2]")),

@@ -20,10 +20,12 @@ from torch import Tensor, nn
 
 from hmpe.models.heatmap.gradcam import (
     check_alpha,
+    check_pool,
     elementwise_derivatives,
     gradcampp_autograd,
     gradcampp_linear,
     gradcampp_sigmoid_linear,
+    pool_scale,
 )
 from hmpe.models.heatmap.losses import probe_loss
 from hmpe.models.heatmap.maps import MaskFilter, fuse_levels, minmax_per_image
@@ -95,6 +97,8 @@ class HeatmapEmbedding(nn.Module):
       resized to every level, max) or ``"none"``.
     - ``alpha``: ``"gradcam++"`` (classic Grad-CAM++, default) or ``"design"`` (eq. 1 taken literally;
       goes dark once the probe is confident, see docs/method.md).
+    - ``score_pool``: the score y of eqs. 1-3 summed over the cells (``"sum"``, the paper) or averaged
+      (``"mean"``: class-specific maps at any image size, :func:`~hmpe.models.heatmap.gradcam.pool_scale`).
     """
 
     def __init__(
@@ -117,9 +121,12 @@ class HeatmapEmbedding(nn.Module):
         huber_beta: float = 1.0,
         alpha: str = "gradcam++",
         loss_weights: dict[str, float] | None = None,
+        score_pool: str = "sum",
     ):
         super().__init__()
         check_alpha(alpha)
+        check_pool(score_pool)
+        self.score_pool = score_pool
         if fuse_levels not in ("max", "down", "none"):
             raise ValueError(f"fuse_levels must be 'max', 'down' or 'none', got {fuse_levels!r}")
         if bbox_heat not in ("quality", "loss"):
@@ -158,14 +165,14 @@ class HeatmapEmbedding(nn.Module):
         w = self.probe.cls.weight.flatten(1).to(fs[0].dtype)  # [C,K]
         if self.closed_form:
             sel = [s.gather(1, top[:, :, None, None].expand(-1, -1, *s.shape[-2:])) for s in cls]  # [B,T,H,W]
-            maps = gradcampp_sigmoid_linear(fs, sel, w[top], self.alpha)  # [B,T,H,W] per level
+            maps = gradcampp_sigmoid_linear(fs, sel, w[top], self.alpha, self.score_pool)  # [B,T,H,W] per level
             return [m.amax(1, keepdim=True) for m in maps]
-        out = None
+        out, r = None, pool_scale(fs, self.score_pool)
         for t in range(top.shape[1]):
             idx = top[:, t][:, None, None, None]
 
             def y_fn(xs, idx=idx):
-                return sum(torch.sigmoid(self._head(self.probe.cls, x).gather(
+                return r * sum(torch.sigmoid(self._head(self.probe.cls, x).gather(
                     1, idx.expand(-1, 1, *x.shape[-2:]))).sum((1, 2, 3)) for x in xs)
 
             maps = gradcampp_autograd(fs, y_fn, self.alpha)
@@ -179,9 +186,12 @@ class HeatmapEmbedding(nn.Module):
     def _quality_maps(self, fs: list[Tensor], qual: list[Tensor]) -> list[Tensor]:
         """Raw H_bbox per level [B,1,H,W] with y = sum sigmoid(q)."""
         if self.closed_form:
-            return gradcampp_sigmoid_linear(fs, qual, self.probe.quality.weight.flatten(1).to(fs[0].dtype), self.alpha)
+            return gradcampp_sigmoid_linear(fs, qual, self.probe.quality.weight.flatten(1).to(fs[0].dtype), self.alpha,
+                                            self.score_pool)
+        r = pool_scale(fs, self.score_pool)
         return gradcampp_autograd(
-            fs, lambda xs: sum(torch.sigmoid(self._head(self.probe.quality, x)).sum((1, 2, 3)) for x in xs), self.alpha)
+            fs, lambda xs: r * sum(torch.sigmoid(self._head(self.probe.quality, x)).sum((1, 2, 3)) for x in xs),
+            self.alpha)
 
     def _loss_maps(self, fs: list[Tensor], targets, image_size) -> tuple[list[Tensor], Tensor]:
         """Raw H_bbox per level with y = L_reg (Huber of softplus(reg) vs the assigned l,t,r,b).
@@ -215,9 +225,10 @@ class HeatmapEmbedding(nn.Module):
             for f, t, pw in zip(fs, tgt_l, pos_l):
                 z = self._head(layer, f)  # [B,4,H,W]
                 derivs.append(elementwise_derivatives(lambda zz, t=t, pw=pw: phi(zz, t, pw), z))
-            maps = gradcampp_linear(fs, derivs, layer.weight.flatten(1).to(fs[0].dtype), self.alpha)
+            maps = gradcampp_linear(fs, derivs, layer.weight.flatten(1).to(fs[0].dtype), self.alpha, self.score_pool)
         else:
-            maps = gradcampp_autograd(fs, lambda xs: sum(
+            r = pool_scale(fs, self.score_pool)
+            maps = gradcampp_autograd(fs, lambda xs: r * sum(
                 phi(self._head(layer, x), t, pw).sum((1, 2, 3)) for x, t, pw in zip(xs, tgt_l, pos_l)), self.alpha)
         return maps, pos.any(1)
 
@@ -289,4 +300,5 @@ class HeatmapEmbedding(nn.Module):
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, num_classes={self.num_classes}, strides={self.strides}, "
                 f"bbox_heat={self.bbox_heat!r}, pe={self.pe!r}, topk_classes={self.topk_classes}, "
-                f"closed_form={self.closed_form}, alpha={self.alpha!r}, fuse_levels={self.fuse!r}")
+                f"closed_form={self.closed_form}, alpha={self.alpha!r}, score_pool={self.score_pool!r}, "
+                f"fuse_levels={self.fuse!r}")

@@ -31,10 +31,11 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["ALPHAS", "check_alpha", "elementwise_derivatives", "gradcampp_autograd", "gradcampp_linear",
-           "gradcampp_sigmoid_linear", "sigmoid_derivatives"]
+__all__ = ["ALPHAS", "POOLS", "check_alpha", "check_pool", "elementwise_derivatives", "gradcampp_autograd",
+           "gradcampp_linear", "gradcampp_sigmoid_linear", "pool_scale", "sigmoid_derivatives"]
 
 ALPHAS = ("gradcam++", "design")
+POOLS = ("sum", "mean")  # how the score y of eqs. 1-3 pools the cells: the paper's sum, or their mean
 
 
 def sigmoid_derivatives(s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -53,8 +54,9 @@ def check_alpha(alpha: str) -> None:
 
 
 def gradcampp_sigmoid_linear(feats: Sequence[Tensor], logits: Sequence[Tensor], weight: Tensor,
-                             alpha: str = "gradcam++") -> list[Tensor]:
-    """Closed form of eqs. 1-3 for ``y^t = sum_l sum_ij sigmoid(s_t)``, ``s_t = w_t . F + b_t`` (1x1 layer).
+                             alpha: str = "gradcam++", pool: str = "sum") -> list[Tensor]:
+    """Closed form of eqs. 1-3 for ``y^t = sum_l sum_ij sigmoid(s_t)``, ``s_t = w_t . F + b_t`` (1x1 layer);
+    ``pool="mean"``: ``y^t`` divided by the number of cells N of all levels (:func:`pool_scale`).
 
     feats: per level F [B,K,H,W]; logits: per level s [B,T,H,W] (T targets, e.g. the top-3 classes);
     weight: w [B,T,K] or [T,K]. Returns raw (un-normalised) maps per level [B,T,H,W].
@@ -67,19 +69,20 @@ def gradcampp_sigmoid_linear(feats: Sequence[Tensor], logits: Sequence[Tensor], 
     check_alpha(alpha)
     B = feats[0].shape[0]
     w = weight if weight.dim() == 3 else weight[None].expand(B, -1, -1)  # [B,T,K]
+    r = pool_scale(feats, pool)  # every derivative of y is r x that of the summed score
     if alpha == "design":
         a2 = a3 = 0
         for s in logits:
             _, d1, d2, d3 = sigmoid_derivatives(s)
             a2 = a2 + (d1 * d2).sum((2, 3))  # [B,T]
             a3 = a3 + (d1 * d3).sum((2, 3))
-        beta = w.clamp(min=0) * (w * w * a2[..., None] + w * w * w * a3[..., None])  # [B,T,K] eqs. 1-2
+        beta = w.clamp(min=0) * (w * w * a2[..., None] + w * w * w * a3[..., None]) * r * r  # [B,T,K] eqs. 1-2
     else:
         # ReLU(g) = s1 ReLU(w_k) (s1 > 0); with u = S_k ReLU(g): g / (2 + S_k g) = (u / (2 + u)) / S_k, so one
         # [B,T,K,HW] buffer, divided in place (cheaper than the literal form). S_k = 0 means F_k = 0
         # everywhere, so beta_k does not matter there (eq. 3 multiplies it by F_k): it is set to 0.
         S = sum(f.sum((2, 3)) for f in feats)  # [B,K]; A = F >= 0
-        c = (S[:, None, :] * w.clamp(min=0))[..., None]  # [B,T,K,1]
+        c = (S[:, None, :] * w.clamp(min=0) * r)[..., None]  # [B,T,K,1]
         beta = 0
         for s in logits:
             u = sigmoid_derivatives(s)[1].flatten(2)[:, :, None, :] * c  # [B,T,K,HW] = S_k ReLU(g)
@@ -89,7 +92,7 @@ def gradcampp_sigmoid_linear(feats: Sequence[Tensor], logits: Sequence[Tensor], 
 
 
 def gradcampp_linear(feats: Sequence[Tensor], derivs: Sequence[tuple[Tensor, Tensor, Tensor]],
-                     weight: Tensor, alpha: str = "gradcam++") -> list[Tensor]:
+                     weight: Tensor, alpha: str = "gradcam++", pool: str = "sum") -> list[Tensor]:
     """Closed form of eqs. 1-3 for a separable target over a 1x1 layer ``z = W F + b``:
     ``y = sum_l sum_ij sum_m phi_m(z_m(i,j))``.
 
@@ -99,8 +102,10 @@ def gradcampp_linear(feats: Sequence[Tensor], derivs: Sequence[tuple[Tensor, Ten
     """
     check_alpha(alpha)
     S = sum(f.sum((2, 3)) for f in feats)[:, :, None, None]  # [B,K,1,1]
+    r = pool_scale(feats, pool)
     beta = 0
     for f, (d1, d2, d3) in zip(feats, derivs):
+        d1, d2, d3 = d1 * r, d2 * r, d3 * r  # derivatives of the pooled target
         g = torch.einsum("bmhw,mk->bkhw", d1, weight)
         if alpha == "design":
             a = torch.einsum("bmhw,mk->bkhw", d2, weight ** 2) + torch.einsum("bmhw,mk->bkhw", d3, weight ** 3)
@@ -109,6 +114,25 @@ def gradcampp_linear(feats: Sequence[Tensor], derivs: Sequence[tuple[Tensor, Ten
             gp = g.clamp(min=0)
             beta = beta + (gp / (2 + S * gp)).sum((2, 3))
     return [torch.einsum("bk,bkhw->bhw", beta, f).clamp(min=0)[:, None] for f in feats]  # eq. 3
+
+
+def check_pool(pool: str) -> None:
+    """Raise unless ``pool`` names one of :data:`POOLS`."""
+    if pool not in POOLS:
+        raise ValueError(f"score_pool must be one of {POOLS}, got {pool!r}")
+
+
+def pool_scale(feats: Sequence[Tensor], pool: str) -> float:
+    """Factor from the summed target ``y = sum_l sum_ij score`` to the pooled one: 1 (``"sum"``, the paper's
+    y) or 1 / N with N the cells of all levels (``"mean"``).
+
+    Why ``"mean"``: classic Grad-CAM++ gives ``beta_k = sum_ij g / (2 + S_k g)`` with ``S_k = sum_ab F_k`` over
+    all N cells. With the summed score ``S_k g`` grows with N, every term tends to ``1 / S_k`` and ``beta_k``
+    to ``N / S_k``: the same weights for every class (the map stops depending on the class score) once the
+    image is large. Dividing y by N divides g by N, so ``S_k g = mean(F_k) g_sum`` no longer grows with the
+    image; the maps keep following the class's weights at any resolution (docs/method.md)."""
+    check_pool(pool)
+    return 1.0 if pool == "sum" else 1.0 / sum(f.shape[-2] * f.shape[-1] for f in feats)
 
 
 def _grad(out: Tensor, inputs: Sequence[Tensor], create_graph: bool) -> list[Tensor]:

@@ -105,3 +105,45 @@ def test_module_mean_pool_closed_form_equals_reference(bbox_heat):
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="score_pool"):
         HeatmapEmbedding(16, 5, score_pool="max")
+
+
+# --------------------------------------------------------------------------------------------------
+# the mask (eq. 6): absolute threshold or per-image quantile, and its diagnostics
+# --------------------------------------------------------------------------------------------------
+def test_quantile_mask_masks_the_stated_fraction_per_image():
+    from hmpe.models.mask_stats import threshold_mask
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.rand(3, 1, 10, 10, generator=g)
+    h[1] *= 0.01  # an image whose map is dim everywhere: an absolute tau masks all of it
+    m = threshold_mask(h, 0.3, "quantile")
+    assert m.shape == h.shape and m.dtype == h.dtype
+    for b in range(3):
+        assert float(1 - m[b].mean()) == pytest.approx(0.3, abs=0.011)  # 30 of 100 cells masked
+    assert float(threshold_mask(h, 0.05)[1].sum()) == 0  # absolute tau: the dim image loses every cell
+    with pytest.raises(ValueError, match="tau_mode"):
+        threshold_mask(h, 0.3, "percentile")
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        HeatmapEmbedding(16, 5, tau=2.0, tau_mode="quantile")
+
+
+def test_module_tau_mode_reaches_the_mask():
+    torch.manual_seed(0)
+    m = HeatmapEmbedding(16, 5, probe_hidden=8, tau=0.5, tau_mode="quantile").eval()
+    out = m([torch.randn(2, 16, h, w) for h, w in [(8, 12), (4, 6), (2, 3)]])
+    for mask in out.mask:  # at least half of each level masked, per image
+        assert (1 - mask.flatten(1).mean(1) >= 0.5 - 1e-6).all()
+    assert "mode='quantile'" in repr(m.mask_filter)
+
+
+def test_mask_stats_accumulator_counts_background_and_objects():
+    from hmpe.models.mask_stats import MaskStatsAccumulator
+
+    acc = MaskStatsAccumulator()
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[0, 0, 0, 0] = 1  # image 0: only the object's cell hot (box over cell (0,0) of a 32 x 32 input)
+    mask[1, 0] = 1  # image 1: no objects, everything hot
+    acc.update([mask], [torch.tensor([[0.0, 0.0, 8.0, 8.0]]), torch.zeros(0, 4)], (32, 32))
+    s = acc.summary(["S3"])
+    assert s["mask_obj_hot/S3"] == 1.0
+    assert s["mask_bg_masked/S3"] == pytest.approx(15 / (15 + 16))  # 15 masked background cells of 31

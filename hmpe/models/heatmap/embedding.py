@@ -122,6 +122,7 @@ class HeatmapEmbedding(nn.Module):
         alpha: str = "gradcam++",
         loss_weights: dict[str, float] | None = None,
         score_pool: str = "sum",
+        tau_mode: str = "absolute",
     ):
         super().__init__()
         check_alpha(alpha)
@@ -146,7 +147,7 @@ class HeatmapEmbedding(nn.Module):
         self.loss_weights = w
         self.probe = ProbeHead(dim, num_classes, hidden=probe_hidden, num_convs=probe_convs)
         self.gate = nn.Parameter(torch.zeros(num_levels))  # p_l; lambda_l = sigmoid(p_l) = 0.5 (eq. 4)
-        self.mask_filter = MaskFilter(tau)
+        self.mask_filter = MaskFilter(tau, tau_mode)
 
     @property
     def pe(self) -> str:
@@ -273,7 +274,7 @@ class HeatmapEmbedding(nn.Module):
             h_bbox = [h.to(feats[0].dtype) for h in h_bbox]
 
         lam = torch.sigmoid(self.gate).to(feats[0].dtype)  # [L]
-        h_mixed, mask = mix_and_mask(h_class, h_bbox, lam, self.mask_filter.tau)  # eqs. 4 and 6
+        h_mixed, mask = mix_and_mask(h_class, h_bbox, lam, self.mask_filter.tau, self.mask_filter.mode)  # eqs. 4, 6
         return HeatmapOutput(
             h_class=h_class, h_bbox=h_bbox, h_mixed=h_mixed, mask=mask, probe=probe,
             class_scores=scores.to(feats[0].dtype), topk_classes=top, gate=lam, strides=self.strides,

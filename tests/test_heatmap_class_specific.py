@@ -87,19 +87,17 @@ def test_mean_pooled_closed_form_matches_autograd(alpha):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
 
 
-@pytest.mark.parametrize("bbox_heat", ["quality", "loss"])
-def test_module_mean_pool_closed_form_equals_reference(bbox_heat):
+def test_module_mean_pool_closed_form_equals_reference():
     g = torch.Generator().manual_seed(1)
-    m = HeatmapEmbedding(16, 5, probe_hidden=8, bbox_heat=bbox_heat, score_pool="mean").double()
+    m = HeatmapEmbedding(16, 5, probe_hidden=8, score_pool="mean").double()
     with torch.no_grad():
-        for layer in (m.probe.cls, m.probe.quality, m.probe.reg):
+        for layer in (m.probe.cls, m.probe.quality):
             layer.weight.copy_(torch.randn(layer.weight.shape, generator=g, dtype=torch.float64) * 0.5)
             layer.bias.fill_(-3.0)
     feats = [torch.randn(1, 16, h, w, generator=g, dtype=torch.float64) for h, w in [(8, 12), (4, 6), (2, 3)]]
-    tg = [{"boxes": torch.tensor([[0.3, 0.4, 0.2, 0.3]], dtype=torch.float64), "labels": torch.tensor([1])}]
-    a = m(feats, tg)
+    a = m(feats)
     m.closed_form = False
-    b = m(feats, tg)
+    b = m(feats)
     for key in ("h_class", "h_bbox"):
         for x, y in zip(getattr(a, key), getattr(b, key)):
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)

@@ -239,7 +239,7 @@ MODEL: dict[str, tuple[Key, ...]] = {
         Key("mask_pe", True, "multiply the AIFI position encoding by the mask (eq. 7)"),
         Key("tau", 0.05, "mask threshold (eq. 6); tau_mode=quantile: the fraction of cells masked per image"),
         Key("tau_mode", "absolute", "absolute (H_mixed > tau; 0 = eq. 6's ReLU zeros) | quantile (per image)"),
-        Key("bbox_heat", "quality", "H_bbox target: quality | loss"),
+        Key("bbox_heat", "quality", "H_bbox target: quality (the only form; 'loss' of older configs reads as quality)"),
         Key("pe", "rtdetr", "position-encoding form; also the default of encoder.pe (and the form drawn in figures)"),
         Key("topk_classes", 3, "classes whose maps make H_class"),
         Key("closed_form", True, "closed-form Grad-CAM++ (false: the autograd reference)"),

@@ -11,7 +11,7 @@ downstream (MOHFE / HIDQ embeddings).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -21,16 +21,14 @@ from torch import Tensor, nn
 from hmpe.models.heatmap.gradcam import (
     check_alpha,
     check_pool,
-    elementwise_derivatives,
     gradcampp_autograd,
-    gradcampp_linear,
     gradcampp_sigmoid_linear,
     pool_scale,
 )
 from hmpe.models.heatmap.losses import probe_loss
 from hmpe.models.heatmap.maps import MaskFilter, fuse_levels, minmax_per_image
 from hmpe.models.heatmap.probe import ProbeHead
-from hmpe.models.heatmap.targets import assign_dense_targets, default_scale_ranges
+from hmpe.models.heatmap.targets import default_scale_ranges
 from hmpe.models.mask_stats import mix_and_mask
 from hmpe.models.position import PositionEncoding, masked_position_encoding
 
@@ -63,7 +61,6 @@ class HeatmapOutput:
     strides: tuple[int, ...]
     image_size: tuple[int, int]
     position: PositionEncoding
-    bbox_source: list[str] = field(default_factory=list)  # per image: "quality" or "loss"
 
     @property
     def num_levels(self) -> int:
@@ -86,11 +83,10 @@ class HeatmapOutput:
 class HeatmapEmbedding(nn.Module):
     """Probe head + Grad-CAM++ heatmaps + gate + mask filter (eqs. 1-4, 6, 7; docs/method.md).
 
-    ``forward(feats, targets=None, image_size=None) -> HeatmapOutput`` with feats per level
+    ``forward(feats, image_size=None) -> HeatmapOutput`` with feats per level
     ``[B,dim,H_l,W_l]``; ``loss(out, targets, image_size=None) -> dict`` (the probe losses).
-    - ``bbox_heat="quality"``: ``y = sum_l sum_ij sigmoid(q)`` (works at inference);
-      ``"loss"``: ``y = L_reg`` (Huber of the probe's l,t,r,b against the assigned targets) when
-      ``targets`` are given and the image has positives; other images fall back to quality.
+    - ``bbox_heat="quality"`` (the only form): H_bbox from ``y = sum_l sum_ij sigmoid(q)``, the same map in
+      training and at inference (a loss-based map needs targets, so it had no inference meaning).
     - ``closed_form=True``: the closed form (default, export-friendly); ``False``: the autograd reference.
     - ``fuse_levels``: how the per-level maps become "three upsampled masks" (:func:`fuse_levels`):
       ``"down"`` (default: finer maps max-pooled into every coarser level), ``"max"`` (every map
@@ -130,8 +126,9 @@ class HeatmapEmbedding(nn.Module):
         self.score_pool = score_pool
         if fuse_levels not in ("max", "down", "none"):
             raise ValueError(f"fuse_levels must be 'max', 'down' or 'none', got {fuse_levels!r}")
-        if bbox_heat not in ("quality", "loss"):
-            raise ValueError(f"bbox_heat must be 'quality' or 'loss', got {bbox_heat!r}")
+        if bbox_heat != "quality":
+            raise ValueError(f"bbox_heat must be 'quality' (the loss-based H_bbox was dropped: it needs targets, "
+                             f"so inference silently used the quality map), got {bbox_heat!r}")
         if len(strides) != num_levels:
             raise ValueError(f"{num_levels} levels but strides {tuple(strides)}")
         self.dim, self.num_classes, self.num_levels = dim, num_classes, num_levels
@@ -194,47 +191,7 @@ class HeatmapEmbedding(nn.Module):
             fs, lambda xs: r * sum(torch.sigmoid(self._head(self.probe.quality, x)).sum((1, 2, 3)) for x in xs),
             self.alpha)
 
-    def _loss_maps(self, fs: list[Tensor], targets, image_size) -> tuple[list[Tensor], Tensor]:
-        """Raw H_bbox per level with y = L_reg (Huber of softplus(reg) vs the assigned l,t,r,b).
-
-        Returns the maps and has_pos [B] (images without positives must fall back)."""
-        sizes = [tuple(f.shape[-2:]) for f in fs]
-        B = fs[0].shape[0]
-        pos_l, tgt_l = [], []
-        pos_all, tgt_all = [], []
-        for t in targets:
-            p, _, ltrb = assign_dense_targets(t["boxes"].to(fs[0].device), sizes, self.strides, image_size,
-                                              self.radius, self.scale_ranges)
-            pos_all.append(p), tgt_all.append(ltrb.to(fs[0].dtype))
-        pos = torch.stack(pos_all)  # [B,P]
-        tgt = torch.stack(tgt_all)  # [B,P,4]
-        npos = pos.sum(1).clamp(min=1).to(fs[0].dtype)  # [B]
-        start = 0
-        for h, w in sizes:
-            n = h * w
-            pos_l.append(pos[:, start:start + n].reshape(B, 1, h, w).to(fs[0].dtype) / npos[:, None, None, None])
-            tgt_l.append(tgt[:, start:start + n].transpose(1, 2).reshape(B, 4, h, w))
-            start += n
-        layer = self.probe.reg
-        beta_h = self.huber_beta
-
-        def phi(z, t, pw):  # element-wise: Huber(softplus(z) - t) / 4 (mean over sides) at positives
-            return Fn.smooth_l1_loss(Fn.softplus(z), t, beta=beta_h, reduction="none") * pw / 4
-
-        if self.closed_form:
-            derivs = []
-            for f, t, pw in zip(fs, tgt_l, pos_l):
-                z = self._head(layer, f)  # [B,4,H,W]
-                derivs.append(elementwise_derivatives(lambda zz, t=t, pw=pw: phi(zz, t, pw), z))
-            maps = gradcampp_linear(fs, derivs, layer.weight.flatten(1).to(fs[0].dtype), self.alpha, self.score_pool)
-        else:
-            r = pool_scale(fs, self.score_pool)
-            maps = gradcampp_autograd(fs, lambda xs: r * sum(
-                phi(self._head(layer, x), t, pw).sum((1, 2, 3)) for x, t, pw in zip(xs, tgt_l, pos_l)), self.alpha)
-        return maps, pos.any(1)
-
-    def forward(self, feats: Sequence[Tensor], targets: Sequence[dict] | None = None,
-                image_size: Sequence[int] | None = None) -> HeatmapOutput:
+    def forward(self, feats: Sequence[Tensor], image_size: Sequence[int] | None = None) -> HeatmapOutput:
         if len(feats) != self.num_levels:
             raise ValueError(f"expected {self.num_levels} levels, got {len(feats)}")
         if image_size is None:
@@ -247,28 +204,18 @@ class HeatmapEmbedding(nn.Module):
             fs.append(f), cls.append(s), qual.append(q)
 
         cd = torch.float64 if feats[0].dtype == torch.float64 else torch.float32  # heatmap math in fp32+
-        use_loss = self.bbox_heat == "loss" and targets is not None
-        # The autograd paths (reference, bbox_heat=loss) need normal tensors even under inference_mode.
-        autograd_path = use_loss or not self.closed_form
+        # The autograd reference needs normal tensors even under inference_mode.
+        autograd_path = not self.closed_form
         ctx = torch.inference_mode(False) if autograd_path else contextlib.nullcontext()
         # no_grad: the heatmaps are not differentiated (F detached); autocast off: eqs. 1-3 (the einsums and
         # the min-max normalisation) in fp32 even inside an AMP forward (docs/method.md "Mixed precision")
         with ctx, torch.no_grad(), torch.autocast(feats[0].device.type, enabled=False):
             prep = (lambda t: t.detach().to(cd).clone()) if autograd_path else (lambda t: t.detach().to(cd))
             fs, cls, qual = [prep(f) for f in fs], [prep(s) for s in cls], [prep(q) for q in qual]
-            if use_loss:
-                targets = [{"boxes": t["boxes"].detach().clone()} for t in targets]
             scores = torch.stack([torch.sigmoid(s).amax((2, 3)) for s in cls], 0).amax(0)  # [B,C]
             top = scores.topk(min(self.topk_classes, self.num_classes), dim=1).indices  # [B,T]
             h_class = self.class_heatmaps(fs, cls, top)
             h_bbox = self._quality_maps(fs, qual)
-            B = feats[0].shape[0]
-            source = ["quality"] * B
-            if use_loss:
-                loss_maps, has_pos = self._loss_maps(fs, targets, image_size)
-                sel = has_pos[:, None, None, None]
-                h_bbox = [torch.where(sel, a, b) for a, b in zip(loss_maps, h_bbox)]
-                source = ["loss" if p else "quality" for p in has_pos.tolist()]  # one host sync
             h_bbox = fuse_levels(minmax_per_image(h_bbox), self.fuse)
             h_class = [h.to(feats[0].dtype) for h in h_class]
             h_bbox = [h.to(feats[0].dtype) for h in h_bbox]
@@ -279,7 +226,6 @@ class HeatmapEmbedding(nn.Module):
             h_class=h_class, h_bbox=h_bbox, h_mixed=h_mixed, mask=mask, probe=probe,
             class_scores=scores.to(feats[0].dtype), topk_classes=top, gate=lam, strides=self.strides,
             image_size=image_size, position=self.position,
-            bbox_source=source,
         )
 
     def loss(self, out: HeatmapOutput, targets: Sequence[dict], image_size: Sequence[int] | None = None

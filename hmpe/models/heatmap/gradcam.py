@@ -16,12 +16,12 @@ Interpretations (every one is also in ``docs/method.md``):
   ``d3 = sigma'''(s) w_k^3``; since ``sigma' > 0``, ``ReLU(g) = sigma' ReLU(w_k)`` and eq. 2 factorises:
   ``beta_k = ReLU(w_k) (w_k^2 sum_ij sigma' sigma'' + w_k^3 sum_ij sigma' sigma''')`` -- O(HW + K).
 
-The functions compute eqs. 1-3 for three forms of the target ``y``: the sigmoid of a 1x1 layer's logits
-(:func:`gradcampp_sigmoid_linear`: the class and quality maps), an element-wise function of a 1x1
-layer's outputs (:func:`gradcampp_linear`: the loss-based box map) and any per-location head by
-autograd (:func:`gradcampp_autograd`: ``closed_form=False`` and the reference the closed forms are
-tested against). Each closed form is the general formula specialised where that is exact (the
-factorisation above needs ``sigma' > 0``), so the three round differently and stay separate.
+The functions compute eqs. 1-3 for two forms of the target ``y``: the sigmoid of a 1x1 layer's logits
+(:func:`gradcampp_sigmoid_linear`: the class and quality maps) and any per-location head by autograd
+(:func:`gradcampp_autograd`: ``closed_form=False`` and the reference the closed form is tested against).
+The closed form is the general formula specialised where that is exact (the factorisation above needs
+``sigma' > 0``), so the two round differently and stay separate. ``pool`` (:func:`pool_scale`) chooses
+whether ``y`` sums or averages the cells.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["ALPHAS", "POOLS", "check_alpha", "check_pool", "elementwise_derivatives", "gradcampp_autograd",
-           "gradcampp_linear", "gradcampp_sigmoid_linear", "pool_scale", "sigmoid_derivatives"]
+__all__ = ["ALPHAS", "POOLS", "check_alpha", "check_pool", "gradcampp_autograd", "gradcampp_sigmoid_linear",
+           "pool_scale", "sigmoid_derivatives"]
 
 ALPHAS = ("gradcam++", "design")
 POOLS = ("sum", "mean")  # how the score y of eqs. 1-3 pools the cells: the paper's sum, or their mean
@@ -89,31 +89,6 @@ def gradcampp_sigmoid_linear(feats: Sequence[Tensor], logits: Sequence[Tensor], 
             beta = beta + u.div_(u + 2).sum(-1)  # [B,T,K]
         beta = beta / torch.where(S > 0, S, torch.ones_like(S))[:, None, :]
     return [torch.einsum("btk,bkhw->bthw", beta, f).clamp(min=0) for f in feats]  # eq. 3
-
-
-def gradcampp_linear(feats: Sequence[Tensor], derivs: Sequence[tuple[Tensor, Tensor, Tensor]],
-                     weight: Tensor, alpha: str = "gradcam++", pool: str = "sum") -> list[Tensor]:
-    """Closed form of eqs. 1-3 for a separable target over a 1x1 layer ``z = W F + b``:
-    ``y = sum_l sum_ij sum_m phi_m(z_m(i,j))``.
-
-    derivs: per level (phi', phi'', phi''') each [B,M,H,W] evaluated at z; weight W [M,K].
-    Then g_k = sum_m phi'_m W_mk, d2_k = sum_m phi''_m W_mk^2, d3_k = sum_m phi'''_m W_mk^3 exactly
-    (the cross terms vanish because phi is separable in m). Returns raw maps per level [B,1,H,W].
-    """
-    check_alpha(alpha)
-    S = sum(f.sum((2, 3)) for f in feats)[:, :, None, None]  # [B,K,1,1]
-    r = pool_scale(feats, pool)
-    beta = 0
-    for f, (d1, d2, d3) in zip(feats, derivs):
-        d1, d2, d3 = d1 * r, d2 * r, d3 * r  # derivatives of the pooled target
-        g = torch.einsum("bmhw,mk->bkhw", d1, weight)
-        if alpha == "design":
-            a = torch.einsum("bmhw,mk->bkhw", d2, weight ** 2) + torch.einsum("bmhw,mk->bkhw", d3, weight ** 3)
-            beta = beta + (a * g.clamp(min=0)).sum((2, 3))  # [B,K] eq. 2 (alpha: eq. 1)
-        else:
-            gp = g.clamp(min=0)
-            beta = beta + (gp / (2 + S * gp)).sum((2, 3))
-    return [torch.einsum("bk,bkhw->bhw", beta, f).clamp(min=0)[:, None] for f in feats]  # eq. 3
 
 
 def check_pool(pool: str) -> None:
@@ -175,15 +150,3 @@ def gradcampp_autograd(feats: Sequence[Tensor], y_fn: Callable[[list[Tensor]], T
                 for gl, a2, a3 in zip(g, d2, d3):
                     beta[:, k] += ((a2 + a3) * gl[:, k].clamp(min=0)).sum((1, 2)).detach()  # eqs. 1-2
     return [torch.einsum("bk,bkhw->bhw", beta, f.detach()).clamp(min=0)[:, None] for f in feats]  # eq. 3
-
-
-def elementwise_derivatives(phi: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """phi', phi'', phi''' of an element-wise function at z, by autograd (grad of the sum is element-wise)."""
-    with torch.inference_mode(False), torch.enable_grad():
-        z = z.detach().clone().requires_grad_(True)
-        y = phi(z)
-        d1 = _grad(y.sum(), [z], create_graph=True)[0]
-        d2 = _grad(d1.sum(), [z], create_graph=True)[0]
-        d3 = _grad(d2.sum(), [z], create_graph=False)[0]
-    return d1.detach(), d2.detach(), d3.detach()
-

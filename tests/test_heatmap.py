@@ -112,19 +112,32 @@ def test_design_alpha_vanishes_when_confident():
     assert any(float(m.max()) > 0 for m in gradcampp_sigmoid_linear(fs, qual, w, "gradcam++"))
 
 
-@pytest.mark.parametrize("bbox_heat", ["quality", "loss"])
-def test_module_closed_form_equals_reference(bbox_heat):
+def test_module_closed_form_equals_reference():
     torch.manual_seed(0)
-    m = HeatmapEmbedding(16, 5, probe_hidden=8, bbox_heat=bbox_heat).double()
+    m = HeatmapEmbedding(16, 5, probe_hidden=8).double()
     _spread(m.probe)
-    feats, tg = _feats(dtype=torch.float64), _targets(torch.float64)
-    a = m(feats, tg)
+    feats = _feats(dtype=torch.float64)
+    a = m(feats)
     m.closed_form = False
-    b = m(feats, tg)
+    b = m(feats)
     for key in ("h_class", "h_bbox", "h_mixed", "mask"):
         for x, y in zip(getattr(a, key), getattr(b, key)):
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)
-    assert a.bbox_source == (["loss", "quality"] if bbox_heat == "loss" else ["quality", "quality"])
+
+
+def test_loss_based_bbox_heat_is_gone_and_old_configs_read_as_quality():
+    """A loss-based H_bbox needs targets, so inference silently used the quality map: dropped; an older config
+    or checkpoint that names it builds the model it ran at inference, with a warning."""
+    from hmpe.models.detector import build_model
+    from hmpe.utils.config import load_model_config
+
+    with pytest.raises(ValueError, match="bbox_heat must be 'quality'"):
+        HeatmapEmbedding(16, 5, bbox_heat="loss")
+    cfg = load_model_config("hmpe-n")
+    cfg["heatmap"]["bbox_heat"] = "loss"
+    with pytest.warns(UserWarning, match="bbox_heat: loss was dropped"):
+        model = build_model(cfg, 3)
+    assert model.heatmap.bbox_heat == "quality"
 
 
 def test_heatmap_shapes_and_ranges():
@@ -226,9 +239,9 @@ def test_probe_loss_positive_and_empty_images():
 
 def test_gradients_reach_probe_and_gate():
     torch.manual_seed(0)
-    m = HeatmapEmbedding(16, 5, probe_hidden=8, bbox_heat="loss")
+    m = HeatmapEmbedding(16, 5, probe_hidden=8)
     feats = [f.requires_grad_(True) for f in _feats()]
-    out = m(feats, _targets())
+    out = m(feats)
     for h in out.h_class + out.h_bbox + out.mask:
         assert h.grad_fn is None  # heatmaps and mask are not differentiated
     downstream = sum((x * h).mean() for x, h in zip(feats, out.h_mixed))  # e.g. E = W (X * H_mixed)
@@ -267,17 +280,17 @@ def test_memory_flat_over_many_calls():
     tensors1, objects1 = _live_objects()
     assert tensors1 <= tensors0
     assert objects1 - objects0 < 50, (objects0, objects1)  # nothing accumulates per call
-    # training steps (loss-based H_bbox, autograd inside) free their graphs too
+    # training steps (the autograd reference inside) free their graphs too
     m.train()
-    m.bbox_heat = "loss"
+    m.closed_form = False
     tg = _targets()
     for _ in range(2):
-        out = m(feats, tg)
+        out = m(feats)
         sum(m.loss(out, tg).values()).backward()
     del out
     tensors0, _ = _live_objects()
     for _ in range(10):
-        out = m(feats, tg)
+        out = m(feats)
         (sum(m.loss(out, tg).values()) + sum(h.mean() for h in out.h_mixed)).backward()
     del out
     assert _live_objects()[0] <= tensors0

@@ -226,7 +226,7 @@ class ExploreSession:
         heat = e["heat"]
         if level != "max" and not 0 <= int(level) < heat.num_levels:
             raise ValueError(f"level={level!r}: expected 0..{heat.num_levels - 1} or max")
-        out = remask(heat, tau, gate)
+        out = remask(heat, tau, gate, self.model.heatmap.mask_filter.mode)
         if cls is not None:
             if not 0 <= int(cls) < len(self.names):
                 raise ValueError(f"cls={cls}: expected a class index 0..{len(self.names) - 1}")

@@ -6,6 +6,7 @@ Every HMPE component is a config switch; with all of them off this is the RT-DET
 from __future__ import annotations
 
 import copy
+import warnings
 
 from torch import Tensor, nn
 
@@ -53,7 +54,7 @@ class DetectionModel(nn.Module):
         feats = self.encoder.project(self.backbone(images))  # [B,D,H_l,W_l] per level
         heat = None
         if self.heatmap is not None:
-            heat = self.heatmap(feats, targets, image_size=images.shape[-2:])
+            heat = self.heatmap(feats, image_size=images.shape[-2:])
         embeds = None
         if self.mohfe is not None:
             feats, embeds = self.mohfe(feats, heat)  # eq. 5: E_l into AIFI (Q/K/V) or added before CCFM
@@ -93,6 +94,11 @@ def build_model(cfg: dict, num_classes: int) -> DetectionModel:
     backbone = HGNetv2(**bb_cfg)
     enc_cfg = dict(cfg.get("encoder") or {})
     heat_cfg = dict(cfg.get("heatmap") or {})
+    if heat_cfg.get("bbox_heat") == "loss":
+        # older configs and checkpoints: their inference already used the quality map, which is now the only one
+        warnings.warn("heatmap.bbox_heat: loss was dropped (a loss-based H_bbox needs targets, so inference used "
+                      "the quality map); reading it as bbox_heat: quality", stacklevel=2)
+        heat_cfg["bbox_heat"] = "quality"
     heatmap, mask_pe = None, heat_cfg.pop("mask_pe", True)
     if heat_cfg.pop("enabled", bool(cfg.get("heatmap"))):
         heatmap = HeatmapEmbedding(hidden, num_classes, num_levels=len(backbone.out_strides),

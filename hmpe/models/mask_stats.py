@@ -19,17 +19,37 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["threshold_mask", "mix_and_mask", "remask", "object_cells", "mask_statistics"]
+__all__ = ["TAU_MODES", "MaskStatsAccumulator", "threshold_mask", "mix_and_mask", "remask", "object_cells",
+           "mask_statistics"]
 
 
-def threshold_mask(h: Tensor, tau: float) -> Tensor:
-    """Eq. 6: ``Mask(i,j) = 1[H_mixed(i,j) > tau]`` (strict), same dtype as ``h``, never differentiated."""
-    return (h.detach() > float(tau)).to(h.dtype)
+TAU_MODES = ("absolute", "quantile")
+
+
+def threshold_mask(h: Tensor, tau: float, mode: str = "absolute") -> Tensor:
+    """Eq. 6, same dtype as ``h``, never differentiated. ``h``: [B,1,H,W] (or any [B,...]).
+
+    - ``"absolute"``: ``Mask(i,j) = 1[H_mixed(i,j) > tau]`` (strict); ``tau = 0`` is eq. 6 literally (zero
+      exactly where the ReLU'd map is zero);
+    - ``"quantile"``: per image, the cells at or below the ``tau``-quantile of ``H_mixed`` are masked: at least
+      a fraction ``tau`` of the cells whatever the maps' scale (more where cells tie at the quantile, e.g. the
+      ReLU's zeros), the calibration of a threshold on min-max normalised maps (docs/method.md)."""
+    h = h.detach()
+    if mode == "absolute":
+        return (h > float(tau)).to(h.dtype)
+    if mode != "quantile":
+        raise ValueError(f"tau_mode must be one of {TAU_MODES}, got {mode!r}")
+    if not 0.0 <= float(tau) < 1.0:
+        raise ValueError(f"tau_mode=quantile takes tau in [0, 1) (the fraction of cells masked), got {tau}")
+    flat = h.reshape(h.shape[0], -1).float()
+    q = torch.quantile(flat, float(tau), dim=1, interpolation="lower")  # [B]: a value of the map itself
+    return (flat > q[:, None]).reshape(h.shape).to(h.dtype)
 
 
 def mix_and_mask(h_class: Sequence[Tensor], h_bbox: Sequence[Tensor], lam: Tensor | Sequence[float] | float,
-                 tau: float) -> tuple[list[Tensor], list[Tensor]]:
-    """Eq. 4 then eq. 6 per level: ``H_mixed = lam_l H_class + (1 - lam_l) H_bbox``, ``Mask = 1[H_mixed > tau]``.
+                 tau: float, mode: str = "absolute") -> tuple[list[Tensor], list[Tensor]]:
+    """Eq. 4 then eq. 6 per level: ``H_mixed = lam_l H_class + (1 - lam_l) H_bbox``, ``Mask`` by
+    :func:`threshold_mask` (``mode``: absolute threshold or per-image quantile).
 
     h_class, h_bbox: per level maps of one shape each (``[B,1,H_l,W_l]``); lam: one gate value per level
     (``lambda_l = sigmoid(p_l)``, a tensor keeps its gradient) or one float for every level.
@@ -41,10 +61,10 @@ def mix_and_mask(h_class: Sequence[Tensor], h_bbox: Sequence[Tensor], lam: Tenso
     if len(lam) != n:
         raise ValueError(f"{len(lam)} gate values for {n} levels")
     mixed = [lam[l] * hc + (1 - lam[l]) * hb for l, (hc, hb) in enumerate(zip(h_class, h_bbox))]
-    return mixed, [threshold_mask(h, tau) for h in mixed]
+    return mixed, [threshold_mask(h, tau, mode) for h in mixed]
 
 
-def remask(out, tau: float, lam: Sequence[float] | float | None = None):
+def remask(out, tau: float, lam: Sequence[float] | float | None = None, mode: str = "absolute"):
     """A :class:`~hmpe.models.heatmap.HeatmapOutput` with ``h_mixed`` and ``mask`` recomputed for another
     threshold ``tau`` and, when given, other gate values ``lam`` (default: the output's own ``gate``).
     ``h_class`` / ``h_bbox`` and everything else are shared with ``out``, so this costs two element-wise ops."""
@@ -52,7 +72,7 @@ def remask(out, tau: float, lam: Sequence[float] | float | None = None):
     if isinstance(lam, (int, float)):
         lam = [float(lam)] * out.num_levels
     lam_t = torch.as_tensor(lam, dtype=out.h_class[0].dtype, device=out.h_class[0].device).reshape(-1)
-    mixed, mask = mix_and_mask(out.h_class, out.h_bbox, lam_t, tau)
+    mixed, mask = mix_and_mask(out.h_class, out.h_bbox, lam_t, tau, mode)
     return dataclasses.replace(out, h_mixed=mixed, mask=mask, gate=lam_t)
 
 
@@ -98,3 +118,33 @@ def mask_statistics(mask, objects: np.ndarray) -> dict:
         "hot": float(m.mean()) if m.size else None,
         "cells": int(m.size), "object_cells": n_obj, "background_cells": n_bg,
     }
+
+
+class MaskStatsAccumulator:
+    """Mask diagnostics over a dataset, per level: the fraction of background cells masked and of object
+    cells kept hot, pooled over all images' cells (images without objects count for the background only).
+
+    ``update(masks, boxes_xyxy, image_hw)`` per batch: masks per level ``[B,1,H_l,W_l]``, boxes per image in
+    network-input pixels; ``summary(level_names)`` -> ``{"mask_bg_masked/<level>": f, "mask_obj_hot/<level>": f}``
+    (a fraction is absent when no cell of its kind was seen)."""
+
+    def __init__(self):
+        self.counts: dict[int, np.ndarray] = {}  # level -> [bg masked, bg cells, obj hot, obj cells]
+
+    def update(self, masks: Sequence[Tensor], boxes_xyxy: Sequence, image_hw: tuple[int, int]) -> None:
+        for level, m in enumerate(masks):
+            hot = m.detach().float().cpu().numpy().reshape(m.shape[0], *m.shape[-2:]) > 0.5
+            acc = self.counts.setdefault(level, np.zeros(4, dtype=np.int64))
+            for b, boxes in enumerate(boxes_xyxy):
+                obj = object_cells(boxes, (image_hw[1], image_hw[0]), hot.shape[-2:])
+                acc += [int((~hot[b] & ~obj).sum()), int((~obj).sum()), int((hot[b] & obj).sum()), int(obj.sum())]
+
+    def summary(self, level_names: Sequence[str] | None = None) -> dict[str, float]:
+        out = {}
+        for level, (bg_masked, bg, obj_hot, obj) in sorted(self.counts.items()):
+            name = level_names[level] if level_names is not None else f"L{level}"
+            if bg:
+                out[f"mask_bg_masked/{name}"] = float(bg_masked / bg)
+            if obj:
+                out[f"mask_obj_hot/{name}"] = float(obj_hot / obj)
+        return out

@@ -21,7 +21,6 @@ from hmpe.models.heatmap.embedding import HeatmapEmbedding, HeatmapOutput
 from hmpe.models.heatmap.gradcam import (
     ALPHAS,
     gradcampp_autograd,
-    gradcampp_linear,
     gradcampp_sigmoid_linear,
     sigmoid_derivatives,
 )
@@ -41,7 +40,6 @@ __all__ = [
     "default_scale_ranges",
     "fuse_levels",
     "gradcampp_autograd",
-    "gradcampp_linear",
     "gradcampp_sigmoid_linear",
     "masked_position_encoding",
     "minmax_per_image",

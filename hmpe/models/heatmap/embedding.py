@@ -11,7 +11,7 @@ downstream (MOHFE / HIDQ embeddings).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -20,15 +20,15 @@ from torch import Tensor, nn
 
 from hmpe.models.heatmap.gradcam import (
     check_alpha,
-    elementwise_derivatives,
+    check_pool,
     gradcampp_autograd,
-    gradcampp_linear,
     gradcampp_sigmoid_linear,
+    pool_scale,
 )
 from hmpe.models.heatmap.losses import probe_loss
 from hmpe.models.heatmap.maps import MaskFilter, fuse_levels, minmax_per_image
 from hmpe.models.heatmap.probe import ProbeHead
-from hmpe.models.heatmap.targets import assign_dense_targets, default_scale_ranges
+from hmpe.models.heatmap.targets import default_scale_ranges
 from hmpe.models.mask_stats import mix_and_mask
 from hmpe.models.position import PositionEncoding, masked_position_encoding
 
@@ -61,7 +61,6 @@ class HeatmapOutput:
     strides: tuple[int, ...]
     image_size: tuple[int, int]
     position: PositionEncoding
-    bbox_source: list[str] = field(default_factory=list)  # per image: "quality" or "loss"
 
     @property
     def num_levels(self) -> int:
@@ -84,17 +83,18 @@ class HeatmapOutput:
 class HeatmapEmbedding(nn.Module):
     """Probe head + Grad-CAM++ heatmaps + gate + mask filter (eqs. 1-4, 6, 7; docs/method.md).
 
-    ``forward(feats, targets=None, image_size=None) -> HeatmapOutput`` with feats per level
+    ``forward(feats, image_size=None) -> HeatmapOutput`` with feats per level
     ``[B,dim,H_l,W_l]``; ``loss(out, targets, image_size=None) -> dict`` (the probe losses).
-    - ``bbox_heat="quality"``: ``y = sum_l sum_ij sigmoid(q)`` (works at inference);
-      ``"loss"``: ``y = L_reg`` (Huber of the probe's l,t,r,b against the assigned targets) when
-      ``targets`` are given and the image has positives; other images fall back to quality.
+    - ``bbox_heat="quality"`` (the only form): H_bbox from ``y = sum_l sum_ij sigmoid(q)``, the same map in
+      training and at inference (a loss-based map needs targets, so it had no inference meaning).
     - ``closed_form=True``: the closed form (default, export-friendly); ``False``: the autograd reference.
     - ``fuse_levels``: how the per-level maps become "three upsampled masks" (:func:`fuse_levels`):
       ``"down"`` (default: finer maps max-pooled into every coarser level), ``"max"`` (every map
       resized to every level, max) or ``"none"``.
     - ``alpha``: ``"gradcam++"`` (classic Grad-CAM++, default) or ``"design"`` (eq. 1 taken literally;
       goes dark once the probe is confident, see docs/method.md).
+    - ``score_pool``: the score y of eqs. 1-3 summed over the cells (``"sum"``, the paper) or averaged
+      (``"mean"``: class-specific maps at any image size, :func:`~hmpe.models.heatmap.gradcam.pool_scale`).
     """
 
     def __init__(
@@ -117,13 +117,18 @@ class HeatmapEmbedding(nn.Module):
         huber_beta: float = 1.0,
         alpha: str = "gradcam++",
         loss_weights: dict[str, float] | None = None,
+        score_pool: str = "sum",
+        tau_mode: str = "absolute",
     ):
         super().__init__()
         check_alpha(alpha)
+        check_pool(score_pool)
+        self.score_pool = score_pool
         if fuse_levels not in ("max", "down", "none"):
             raise ValueError(f"fuse_levels must be 'max', 'down' or 'none', got {fuse_levels!r}")
-        if bbox_heat not in ("quality", "loss"):
-            raise ValueError(f"bbox_heat must be 'quality' or 'loss', got {bbox_heat!r}")
+        if bbox_heat != "quality":
+            raise ValueError(f"bbox_heat must be 'quality' (the loss-based H_bbox was dropped: it needs targets, "
+                             f"so inference silently used the quality map), got {bbox_heat!r}")
         if len(strides) != num_levels:
             raise ValueError(f"{num_levels} levels but strides {tuple(strides)}")
         self.dim, self.num_classes, self.num_levels = dim, num_classes, num_levels
@@ -139,7 +144,7 @@ class HeatmapEmbedding(nn.Module):
         self.loss_weights = w
         self.probe = ProbeHead(dim, num_classes, hidden=probe_hidden, num_convs=probe_convs)
         self.gate = nn.Parameter(torch.zeros(num_levels))  # p_l; lambda_l = sigmoid(p_l) = 0.5 (eq. 4)
-        self.mask_filter = MaskFilter(tau)
+        self.mask_filter = MaskFilter(tau, tau_mode)
 
     @property
     def pe(self) -> str:
@@ -158,14 +163,14 @@ class HeatmapEmbedding(nn.Module):
         w = self.probe.cls.weight.flatten(1).to(fs[0].dtype)  # [C,K]
         if self.closed_form:
             sel = [s.gather(1, top[:, :, None, None].expand(-1, -1, *s.shape[-2:])) for s in cls]  # [B,T,H,W]
-            maps = gradcampp_sigmoid_linear(fs, sel, w[top], self.alpha)  # [B,T,H,W] per level
+            maps = gradcampp_sigmoid_linear(fs, sel, w[top], self.alpha, self.score_pool)  # [B,T,H,W] per level
             return [m.amax(1, keepdim=True) for m in maps]
-        out = None
+        out, r = None, pool_scale(fs, self.score_pool)
         for t in range(top.shape[1]):
             idx = top[:, t][:, None, None, None]
 
             def y_fn(xs, idx=idx):
-                return sum(torch.sigmoid(self._head(self.probe.cls, x).gather(
+                return r * sum(torch.sigmoid(self._head(self.probe.cls, x).gather(
                     1, idx.expand(-1, 1, *x.shape[-2:]))).sum((1, 2, 3)) for x in xs)
 
             maps = gradcampp_autograd(fs, y_fn, self.alpha)
@@ -179,50 +184,14 @@ class HeatmapEmbedding(nn.Module):
     def _quality_maps(self, fs: list[Tensor], qual: list[Tensor]) -> list[Tensor]:
         """Raw H_bbox per level [B,1,H,W] with y = sum sigmoid(q)."""
         if self.closed_form:
-            return gradcampp_sigmoid_linear(fs, qual, self.probe.quality.weight.flatten(1).to(fs[0].dtype), self.alpha)
+            return gradcampp_sigmoid_linear(fs, qual, self.probe.quality.weight.flatten(1).to(fs[0].dtype), self.alpha,
+                                            self.score_pool)
+        r = pool_scale(fs, self.score_pool)
         return gradcampp_autograd(
-            fs, lambda xs: sum(torch.sigmoid(self._head(self.probe.quality, x)).sum((1, 2, 3)) for x in xs), self.alpha)
+            fs, lambda xs: r * sum(torch.sigmoid(self._head(self.probe.quality, x)).sum((1, 2, 3)) for x in xs),
+            self.alpha)
 
-    def _loss_maps(self, fs: list[Tensor], targets, image_size) -> tuple[list[Tensor], Tensor]:
-        """Raw H_bbox per level with y = L_reg (Huber of softplus(reg) vs the assigned l,t,r,b).
-
-        Returns the maps and has_pos [B] (images without positives must fall back)."""
-        sizes = [tuple(f.shape[-2:]) for f in fs]
-        B = fs[0].shape[0]
-        pos_l, tgt_l = [], []
-        pos_all, tgt_all = [], []
-        for t in targets:
-            p, _, ltrb = assign_dense_targets(t["boxes"].to(fs[0].device), sizes, self.strides, image_size,
-                                              self.radius, self.scale_ranges)
-            pos_all.append(p), tgt_all.append(ltrb.to(fs[0].dtype))
-        pos = torch.stack(pos_all)  # [B,P]
-        tgt = torch.stack(tgt_all)  # [B,P,4]
-        npos = pos.sum(1).clamp(min=1).to(fs[0].dtype)  # [B]
-        start = 0
-        for h, w in sizes:
-            n = h * w
-            pos_l.append(pos[:, start:start + n].reshape(B, 1, h, w).to(fs[0].dtype) / npos[:, None, None, None])
-            tgt_l.append(tgt[:, start:start + n].transpose(1, 2).reshape(B, 4, h, w))
-            start += n
-        layer = self.probe.reg
-        beta_h = self.huber_beta
-
-        def phi(z, t, pw):  # element-wise: Huber(softplus(z) - t) / 4 (mean over sides) at positives
-            return Fn.smooth_l1_loss(Fn.softplus(z), t, beta=beta_h, reduction="none") * pw / 4
-
-        if self.closed_form:
-            derivs = []
-            for f, t, pw in zip(fs, tgt_l, pos_l):
-                z = self._head(layer, f)  # [B,4,H,W]
-                derivs.append(elementwise_derivatives(lambda zz, t=t, pw=pw: phi(zz, t, pw), z))
-            maps = gradcampp_linear(fs, derivs, layer.weight.flatten(1).to(fs[0].dtype), self.alpha)
-        else:
-            maps = gradcampp_autograd(fs, lambda xs: sum(
-                phi(self._head(layer, x), t, pw).sum((1, 2, 3)) for x, t, pw in zip(xs, tgt_l, pos_l)), self.alpha)
-        return maps, pos.any(1)
-
-    def forward(self, feats: Sequence[Tensor], targets: Sequence[dict] | None = None,
-                image_size: Sequence[int] | None = None) -> HeatmapOutput:
+    def forward(self, feats: Sequence[Tensor], image_size: Sequence[int] | None = None) -> HeatmapOutput:
         if len(feats) != self.num_levels:
             raise ValueError(f"expected {self.num_levels} levels, got {len(feats)}")
         if image_size is None:
@@ -235,39 +204,28 @@ class HeatmapEmbedding(nn.Module):
             fs.append(f), cls.append(s), qual.append(q)
 
         cd = torch.float64 if feats[0].dtype == torch.float64 else torch.float32  # heatmap math in fp32+
-        use_loss = self.bbox_heat == "loss" and targets is not None
-        # The autograd paths (reference, bbox_heat=loss) need normal tensors even under inference_mode.
-        autograd_path = use_loss or not self.closed_form
+        # The autograd reference needs normal tensors even under inference_mode.
+        autograd_path = not self.closed_form
         ctx = torch.inference_mode(False) if autograd_path else contextlib.nullcontext()
         # no_grad: the heatmaps are not differentiated (F detached); autocast off: eqs. 1-3 (the einsums and
         # the min-max normalisation) in fp32 even inside an AMP forward (docs/method.md "Mixed precision")
         with ctx, torch.no_grad(), torch.autocast(feats[0].device.type, enabled=False):
             prep = (lambda t: t.detach().to(cd).clone()) if autograd_path else (lambda t: t.detach().to(cd))
             fs, cls, qual = [prep(f) for f in fs], [prep(s) for s in cls], [prep(q) for q in qual]
-            if use_loss:
-                targets = [{"boxes": t["boxes"].detach().clone()} for t in targets]
             scores = torch.stack([torch.sigmoid(s).amax((2, 3)) for s in cls], 0).amax(0)  # [B,C]
             top = scores.topk(min(self.topk_classes, self.num_classes), dim=1).indices  # [B,T]
             h_class = self.class_heatmaps(fs, cls, top)
             h_bbox = self._quality_maps(fs, qual)
-            B = feats[0].shape[0]
-            source = ["quality"] * B
-            if use_loss:
-                loss_maps, has_pos = self._loss_maps(fs, targets, image_size)
-                sel = has_pos[:, None, None, None]
-                h_bbox = [torch.where(sel, a, b) for a, b in zip(loss_maps, h_bbox)]
-                source = ["loss" if p else "quality" for p in has_pos.tolist()]  # one host sync
             h_bbox = fuse_levels(minmax_per_image(h_bbox), self.fuse)
             h_class = [h.to(feats[0].dtype) for h in h_class]
             h_bbox = [h.to(feats[0].dtype) for h in h_bbox]
 
         lam = torch.sigmoid(self.gate).to(feats[0].dtype)  # [L]
-        h_mixed, mask = mix_and_mask(h_class, h_bbox, lam, self.mask_filter.tau)  # eqs. 4 and 6
+        h_mixed, mask = mix_and_mask(h_class, h_bbox, lam, self.mask_filter.tau, self.mask_filter.mode)  # eqs. 4, 6
         return HeatmapOutput(
             h_class=h_class, h_bbox=h_bbox, h_mixed=h_mixed, mask=mask, probe=probe,
             class_scores=scores.to(feats[0].dtype), topk_classes=top, gate=lam, strides=self.strides,
             image_size=image_size, position=self.position,
-            bbox_source=source,
         )
 
     def loss(self, out: HeatmapOutput, targets: Sequence[dict], image_size: Sequence[int] | None = None
@@ -289,4 +247,5 @@ class HeatmapEmbedding(nn.Module):
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, num_classes={self.num_classes}, strides={self.strides}, "
                 f"bbox_heat={self.bbox_heat!r}, pe={self.pe!r}, topk_classes={self.topk_classes}, "
-                f"closed_form={self.closed_form}, alpha={self.alpha!r}, fuse_levels={self.fuse!r}")
+                f"closed_form={self.closed_form}, alpha={self.alpha!r}, score_pool={self.score_pool!r}, "
+                f"fuse_levels={self.fuse!r}")

@@ -16,12 +16,12 @@ Interpretations (every one is also in ``docs/method.md``):
   ``d3 = sigma'''(s) w_k^3``; since ``sigma' > 0``, ``ReLU(g) = sigma' ReLU(w_k)`` and eq. 2 factorises:
   ``beta_k = ReLU(w_k) (w_k^2 sum_ij sigma' sigma'' + w_k^3 sum_ij sigma' sigma''')`` -- O(HW + K).
 
-The functions compute eqs. 1-3 for three forms of the target ``y``: the sigmoid of a 1x1 layer's logits
-(:func:`gradcampp_sigmoid_linear`: the class and quality maps), an element-wise function of a 1x1
-layer's outputs (:func:`gradcampp_linear`: the loss-based box map) and any per-location head by
-autograd (:func:`gradcampp_autograd`: ``closed_form=False`` and the reference the closed forms are
-tested against). Each closed form is the general formula specialised where that is exact (the
-factorisation above needs ``sigma' > 0``), so the three round differently and stay separate.
+The functions compute eqs. 1-3 for two forms of the target ``y``: the sigmoid of a 1x1 layer's logits
+(:func:`gradcampp_sigmoid_linear`: the class and quality maps) and any per-location head by autograd
+(:func:`gradcampp_autograd`: ``closed_form=False`` and the reference the closed form is tested against).
+The closed form is the general formula specialised where that is exact (the factorisation above needs
+``sigma' > 0``), so the two round differently and stay separate. ``pool`` (:func:`pool_scale`) chooses
+whether ``y`` sums or averages the cells.
 """
 
 from __future__ import annotations
@@ -31,10 +31,11 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["ALPHAS", "check_alpha", "elementwise_derivatives", "gradcampp_autograd", "gradcampp_linear",
-           "gradcampp_sigmoid_linear", "sigmoid_derivatives"]
+__all__ = ["ALPHAS", "POOLS", "check_alpha", "check_pool", "gradcampp_autograd", "gradcampp_sigmoid_linear",
+           "pool_scale", "sigmoid_derivatives"]
 
 ALPHAS = ("gradcam++", "design")
+POOLS = ("sum", "mean")  # how the score y of eqs. 1-3 pools the cells: the paper's sum, or their mean
 
 
 def sigmoid_derivatives(s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -53,8 +54,9 @@ def check_alpha(alpha: str) -> None:
 
 
 def gradcampp_sigmoid_linear(feats: Sequence[Tensor], logits: Sequence[Tensor], weight: Tensor,
-                             alpha: str = "gradcam++") -> list[Tensor]:
-    """Closed form of eqs. 1-3 for ``y^t = sum_l sum_ij sigmoid(s_t)``, ``s_t = w_t . F + b_t`` (1x1 layer).
+                             alpha: str = "gradcam++", pool: str = "sum") -> list[Tensor]:
+    """Closed form of eqs. 1-3 for ``y^t = sum_l sum_ij sigmoid(s_t)``, ``s_t = w_t . F + b_t`` (1x1 layer);
+    ``pool="mean"``: ``y^t`` divided by the number of cells N of all levels (:func:`pool_scale`).
 
     feats: per level F [B,K,H,W]; logits: per level s [B,T,H,W] (T targets, e.g. the top-3 classes);
     weight: w [B,T,K] or [T,K]. Returns raw (un-normalised) maps per level [B,T,H,W].
@@ -67,19 +69,20 @@ def gradcampp_sigmoid_linear(feats: Sequence[Tensor], logits: Sequence[Tensor], 
     check_alpha(alpha)
     B = feats[0].shape[0]
     w = weight if weight.dim() == 3 else weight[None].expand(B, -1, -1)  # [B,T,K]
+    r = pool_scale(feats, pool)  # every derivative of y is r x that of the summed score
     if alpha == "design":
         a2 = a3 = 0
         for s in logits:
             _, d1, d2, d3 = sigmoid_derivatives(s)
             a2 = a2 + (d1 * d2).sum((2, 3))  # [B,T]
             a3 = a3 + (d1 * d3).sum((2, 3))
-        beta = w.clamp(min=0) * (w * w * a2[..., None] + w * w * w * a3[..., None])  # [B,T,K] eqs. 1-2
+        beta = w.clamp(min=0) * (w * w * a2[..., None] + w * w * w * a3[..., None]) * r * r  # [B,T,K] eqs. 1-2
     else:
         # ReLU(g) = s1 ReLU(w_k) (s1 > 0); with u = S_k ReLU(g): g / (2 + S_k g) = (u / (2 + u)) / S_k, so one
         # [B,T,K,HW] buffer, divided in place (cheaper than the literal form). S_k = 0 means F_k = 0
         # everywhere, so beta_k does not matter there (eq. 3 multiplies it by F_k): it is set to 0.
         S = sum(f.sum((2, 3)) for f in feats)  # [B,K]; A = F >= 0
-        c = (S[:, None, :] * w.clamp(min=0))[..., None]  # [B,T,K,1]
+        c = (S[:, None, :] * w.clamp(min=0) * r)[..., None]  # [B,T,K,1]
         beta = 0
         for s in logits:
             u = sigmoid_derivatives(s)[1].flatten(2)[:, :, None, :] * c  # [B,T,K,HW] = S_k ReLU(g)
@@ -88,27 +91,23 @@ def gradcampp_sigmoid_linear(feats: Sequence[Tensor], logits: Sequence[Tensor], 
     return [torch.einsum("btk,bkhw->bthw", beta, f).clamp(min=0) for f in feats]  # eq. 3
 
 
-def gradcampp_linear(feats: Sequence[Tensor], derivs: Sequence[tuple[Tensor, Tensor, Tensor]],
-                     weight: Tensor, alpha: str = "gradcam++") -> list[Tensor]:
-    """Closed form of eqs. 1-3 for a separable target over a 1x1 layer ``z = W F + b``:
-    ``y = sum_l sum_ij sum_m phi_m(z_m(i,j))``.
+def check_pool(pool: str) -> None:
+    """Raise unless ``pool`` names one of :data:`POOLS`."""
+    if pool not in POOLS:
+        raise ValueError(f"score_pool must be one of {POOLS}, got {pool!r}")
 
-    derivs: per level (phi', phi'', phi''') each [B,M,H,W] evaluated at z; weight W [M,K].
-    Then g_k = sum_m phi'_m W_mk, d2_k = sum_m phi''_m W_mk^2, d3_k = sum_m phi'''_m W_mk^3 exactly
-    (the cross terms vanish because phi is separable in m). Returns raw maps per level [B,1,H,W].
-    """
-    check_alpha(alpha)
-    S = sum(f.sum((2, 3)) for f in feats)[:, :, None, None]  # [B,K,1,1]
-    beta = 0
-    for f, (d1, d2, d3) in zip(feats, derivs):
-        g = torch.einsum("bmhw,mk->bkhw", d1, weight)
-        if alpha == "design":
-            a = torch.einsum("bmhw,mk->bkhw", d2, weight ** 2) + torch.einsum("bmhw,mk->bkhw", d3, weight ** 3)
-            beta = beta + (a * g.clamp(min=0)).sum((2, 3))  # [B,K] eq. 2 (alpha: eq. 1)
-        else:
-            gp = g.clamp(min=0)
-            beta = beta + (gp / (2 + S * gp)).sum((2, 3))
-    return [torch.einsum("bk,bkhw->bhw", beta, f).clamp(min=0)[:, None] for f in feats]  # eq. 3
+
+def pool_scale(feats: Sequence[Tensor], pool: str) -> float:
+    """Factor from the summed target ``y = sum_l sum_ij score`` to the pooled one: 1 (``"sum"``, the paper's
+    y) or 1 / N with N the cells of all levels (``"mean"``).
+
+    Why ``"mean"``: classic Grad-CAM++ gives ``beta_k = sum_ij g / (2 + S_k g)`` with ``S_k = sum_ab F_k`` over
+    all N cells. With the summed score ``S_k g`` grows with N, every term tends to ``1 / S_k`` and ``beta_k``
+    to ``N / S_k``: the same weights for every class (the map stops depending on the class score) once the
+    image is large. Dividing y by N divides g by N, so ``S_k g = mean(F_k) g_sum`` no longer grows with the
+    image; the maps keep following the class's weights at any resolution (docs/method.md)."""
+    check_pool(pool)
+    return 1.0 if pool == "sum" else 1.0 / sum(f.shape[-2] * f.shape[-1] for f in feats)
 
 
 def _grad(out: Tensor, inputs: Sequence[Tensor], create_graph: bool) -> list[Tensor]:
@@ -151,15 +150,3 @@ def gradcampp_autograd(feats: Sequence[Tensor], y_fn: Callable[[list[Tensor]], T
                 for gl, a2, a3 in zip(g, d2, d3):
                     beta[:, k] += ((a2 + a3) * gl[:, k].clamp(min=0)).sum((1, 2)).detach()  # eqs. 1-2
     return [torch.einsum("bk,bkhw->bhw", beta, f.detach()).clamp(min=0)[:, None] for f in feats]  # eq. 3
-
-
-def elementwise_derivatives(phi: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """phi', phi'', phi''' of an element-wise function at z, by autograd (grad of the sum is element-wise)."""
-    with torch.inference_mode(False), torch.enable_grad():
-        z = z.detach().clone().requires_grad_(True)
-        y = phi(z)
-        d1 = _grad(y.sum(), [z], create_graph=True)[0]
-        d2 = _grad(d1.sum(), [z], create_graph=True)[0]
-        d3 = _grad(d2.sum(), [z], create_graph=False)[0]
-    return d1.detach(), d2.detach(), d3.detach()
-

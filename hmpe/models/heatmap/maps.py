@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as Fn
 from torch import Tensor, nn
 
-from hmpe.models.mask_stats import threshold_mask
+from hmpe.models.mask_stats import TAU_MODES, threshold_mask
 
 __all__ = ["MaskFilter", "fuse_levels", "minmax_per_image", "resize_map"]
 
@@ -65,14 +65,20 @@ def fuse_levels(maps: Sequence[Tensor], mode: str = "max") -> list[Tensor]:
 
 
 class MaskFilter(nn.Module):
-    """Eq. 6: ``Mask(i,j) = 1[H_mixed(i,j) > tau]`` (tau = 0 is eq. 6 literally). Not differentiated."""
+    """Eq. 6: ``Mask(i,j) = 1[H_mixed(i,j) > tau]`` (tau = 0 is eq. 6 literally), or with
+    ``mode="quantile"`` the cells at or below the per-image tau-quantile masked
+    (:func:`~hmpe.models.mask_stats.threshold_mask`). Not differentiated."""
 
-    def __init__(self, tau: float = 0.05):
+    def __init__(self, tau: float = 0.05, mode: str = "absolute"):
         super().__init__()
-        self.tau = float(tau)
+        if mode not in TAU_MODES:
+            raise ValueError(f"tau_mode must be one of {TAU_MODES}, got {mode!r}")
+        if mode == "quantile" and not 0.0 <= float(tau) < 1.0:
+            raise ValueError(f"tau_mode=quantile takes tau in [0, 1) (the fraction of cells masked), got {tau}")
+        self.tau, self.mode = float(tau), mode
 
     def forward(self, h: Tensor) -> Tensor:
-        return threshold_mask(h, self.tau)
+        return threshold_mask(h, self.tau, self.mode)
 
     def extra_repr(self) -> str:
-        return f"tau={self.tau}"
+        return f"tau={self.tau}, mode={self.mode!r}"

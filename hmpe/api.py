@@ -23,7 +23,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from hmpe.data.dataset import build_dataset, collate_fn, load_image
+from hmpe.data.dataset import build_dataset, collate_fn
+from hmpe.data.images import load_image
 from hmpe.data.formats import IMAGE_SUFFIXES, DataError, format_note, load_data_config
 from hmpe.data.preprocess import Preprocess
 from hmpe.engine.checkpoint import (PRETRAINED_CONFIG, checkpoint_data_config, load_checkpoint, load_for_inference,
@@ -231,7 +232,7 @@ class Detector:
                   image=image)
 
     def _read(self, path: Path, strict: bool) -> np.ndarray | None:
-        """Decode one input (:func:`hmpe.data.dataset.load_image`); unreadable: a warning and None, or with
+        """Decode one input (:func:`hmpe.data.images.load_image`); unreadable: a warning and None, or with
         ``strict`` an error naming the file."""
         try:
             return load_image(path)

@@ -12,7 +12,8 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from hmpe.data.dataset import DetectionDataset, build_dataset, collate_fn, load_image
+from hmpe.data.dataset import DetectionDataset, build_dataset, collate_fn
+from hmpe.data.images import load_image
 from hmpe.data.formats import DataError, load_data_config, load_dataset
 from hmpe.data.types import Sample
 from hmpe.utils.boxes import box_cxcywh_to_xyxy

@@ -17,7 +17,6 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "hmpe"
 
@@ -26,9 +25,6 @@ LAYERS = {"hmpe.utils": 0, "hmpe.data": 1, "hmpe.models": 1, "hmpe.viz": 2, "hmp
 # the one upward import: Detector.explore() starts the optional front end (extra hmpe[explore]) on use, a
 # function-level import; nothing in hmpe.explore runs when the API is imported
 ALLOWED_UPWARD = {("hmpe.api", "hmpe.explore"): "Detector.explore() starts the explorer on use"}
-# cycles other branches of issue 17 remove (17a: models/deformable <-> models/sampling, 17b: data/formats <->
-# data/synthetic); the strict xfail below turns into a failure once they are gone, so the marker goes too
-KNOWN_CYCLE_MODULES = {"hmpe.data.formats", "hmpe.data.synthetic", "hmpe.models.deformable", "hmpe.models.sampling"}
 
 
 @dataclass(frozen=True)
@@ -197,18 +193,8 @@ def test_same_layer_packages_import_one_way():
     assert not bad, "\n".join(bad)
 
 
-def test_no_import_cycle_through_engine_api_cli_explore_utils():
-    found = [c for c in cycles(import_edges(ROOT))
-             if any(layer(e.src)[0] in ("hmpe.utils", "hmpe.engine", "hmpe.api", "hmpe.cli", "hmpe.explore")
-                    for e in c)]
-    assert not found, "import cycles:\n" + "\n".join(map(_describe, found))
-
-
-@pytest.mark.xfail(strict=True, reason="cycles fixed on branches 17a/17b")
 def test_no_import_cycle():
     found = cycles(import_edges(ROOT))
-    # anything but the known cycles fails here and in the test above, not as an expected failure
-    assert all({e.src for e in c} <= KNOWN_CYCLE_MODULES for c in found), "\n".join(map(_describe, found))
     assert not found, "import cycles:\n" + "\n".join(map(_describe, found))
 
 

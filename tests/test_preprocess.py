@@ -89,7 +89,7 @@ def test_letterbox_model_scores_the_same_on_every_path(letterbox_run, monkeypatc
 
     # the ONNX file, fed by the same preprocessing, boxes mapped back by its inverse
     ort = pytest.importorskip("onnxruntime")
-    from hmpe.data.dataset import load_image
+    from hmpe.data.images import load_image
 
     onnx_path = det.export(out=tmp / "m.onnx", check=False)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])

@@ -23,7 +23,6 @@ from torchvision.transforms.v2 import functional as TF
 
 from hmpe.data.formats import load_data_config, load_dataset
 from hmpe.data.images import ImageLoader, load_sample_image
-from hmpe.data.images import load_image as load_image  # re-export for existing callers; defined in data/images
 from hmpe.data.synthetic import SyntheticDataset
 from hmpe.data.types import DataError, Sample, SampleList
 from hmpe.utils.boxes import box_xyxy_to_cxcywh

@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from hmpe.data.dataset import load_image
+from hmpe.data.images import load_image
 from hmpe.data.preprocess import Preprocess
 from hmpe.engine.checkpoint import load_for_inference
 from hmpe.models.sampling import gather_sampling as gather_ctx

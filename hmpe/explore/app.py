@@ -22,7 +22,7 @@ from importlib import resources
 import numpy as np
 from PIL import Image
 
-from hmpe.data.dataset import load_image
+from hmpe.data.images import load_image
 from hmpe.explore.session import ExploreSession, UnknownImage
 from hmpe.viz.heatmap import NEAREST_KEYS, colourise, fit_for_display, map_range, upsample_map
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from hmpe.api import Detector, detections, resolve_source
-from hmpe.data.dataset import load_image
+from hmpe.data.images import load_image
 from hmpe.data.formats import load_dataset, shipped_datasets
 from hmpe.engine.evaluator import coco_match_image
 from hmpe.models.mask_stats import mask_statistics, object_cells, remask

@@ -12,7 +12,7 @@ import yaml
 
 from hmpe.data.formats.detect import detect_format
 from hmpe.data.types import DataError
-from hmpe.utils.config import CONFIG_DIR, read_yaml
+from hmpe.utils.config import CONFIG_DIR, load_yaml
 from hmpe.utils.keys import ConfigKeyError, check_data_keys
 
 FORMATS = ("nwpu", "voc", "coco", "yolo", "synthetic")
@@ -127,15 +127,15 @@ def _read_yaml(path: Path) -> dict:
     """The dataset YAML through the package's one YAML reader; its errors become a DataError with the line."""
     shape = "a dataset YAML must be a mapping with path/train/val/names/format"
     try:
-        data = read_yaml(path)
+        data = load_yaml(path)
     except ValueError as err:
-        parse_error = err.__cause__ or err.__context__  # the yaml.YAMLError behind read_yaml's message
+        parse_error = err.__cause__ or err.__context__  # the yaml.YAMLError behind load_yaml's message
         if not isinstance(parse_error, yaml.YAMLError):
             raise DataError(path, shape) from None
         mark = getattr(parse_error, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         raise DataError(path, f"invalid YAML: {getattr(parse_error, 'problem', parse_error)}", line) from None
-    if not data:  # read_yaml reads an empty file as {}
+    if not data:  # load_yaml reads an empty file as {}
         raise DataError(path, shape)
     return data
 

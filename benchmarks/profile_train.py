@@ -1,6 +1,6 @@
 """Per-part CPU time of hmpe's training step: where one iteration of ``hmpe train`` spends its time.
 
-Usage:  python benchmarks/profile_train.py [--model hmpe-n] [--data nwpu-vhr10] [--imgsz 320] [--batch 8]
+Usage:  python -m benchmarks.profile_train [--model hmpe-n] [--data nwpu-vhr10] [--imgsz 320] [--batch 8]
                                            [--threads 1] [--iters 12] [--warmup 2] [--set key=value ...]
                                            [--out PATH] [--smoke]
 
@@ -37,9 +37,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, default_datasets_env, header, load_avg, md_table  # noqa: E402
-from profile_parts import PartTimer, instrument  # noqa: E402
+from benchmarks._common import RESULTS, default_datasets_env, header, load_avg, md_table
+from benchmarks.profile_parts import PartTimer, exclusive, instrument
 
 PARTS = ["data", "backbone", "lsconv", "probe", "gradcam++", "mohfe", "encoder", "query sel.", "denoising",
          "decoder", "probe loss", "matcher", "losses", "backward", "optimiser", "EMA"]
@@ -96,8 +95,6 @@ def _timed(timer: PartTimer, name: str, fn, *args, **kwargs):
 
 
 def exclusive_step(inc: dict[str, float]) -> dict[str, float]:
-    from profile_parts import exclusive
-
     out = exclusive(inc)
     out.pop("post-process", None)
     out["denoising"] = inc.get("denoising", 0.0)

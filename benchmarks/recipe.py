@@ -1,7 +1,7 @@
 """Short-schedule training recipes for hmpe-n on NWPU VHR-10: which augmentation, schedule and loss settings
 learn most in a small CPU budget.
 
-    python benchmarks/recipe.py [--epochs 6 | --budget-minutes 35] [--imgsz 320] [--seeds 0 1]
+    python -m benchmarks.recipe [--epochs 6 | --budget-minutes 35] [--imgsz 320] [--seeds 0 1]
                                 [--variants aug-none aug-flip-colour ...] [--model hmpe-n]
 
 Variants (``benchmarks/recipe_variants.yaml`` or ``--variants-file``) are sets of ``hmpe train`` keys and dotted
@@ -25,16 +25,14 @@ import argparse
 import copy
 import csv
 import json
-import sys
 import tempfile
 from pathlib import Path
 from statistics import mean
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import ablation  # noqa: E402
-from _common import RESULTS, ROOT, SkipRow, default_datasets_env, fmt, header, load_avg, md_table  # noqa: E402
+import torch
 
-import torch  # noqa: E402
+from benchmarks import ablation
+from benchmarks._common import RESULTS, ROOT, SkipRow, default_datasets_env, fmt, header, load_avg, md_table
 
 VARIANTS_FILE = Path(__file__).resolve().parent / "recipe_variants.yaml"
 METRICS = ablation.METRICS

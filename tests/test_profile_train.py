@@ -1,19 +1,12 @@
 """benchmarks/profile_train.py in smoke mode: every part of hmpe-n's training step is timed inside the
 trainer's own epoch loop, and the parts never exceed the iteration."""
 
-import importlib
-import sys
-from pathlib import Path
-
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from benchmarks import profile_train as prof
 
 
 def test_profile_train_smoke(tmp_path):
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    prof = importlib.import_module("profile_train")
     out = tmp_path / "p.md"
     n = torch.get_num_threads()
     backward, clip = torch.Tensor.backward, torch.nn.utils.clip_grad_norm_

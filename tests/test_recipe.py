@@ -1,20 +1,16 @@
 """benchmarks/recipe.py (short-schedule training recipes) in smoke mode: two variants, one epoch, 64 px."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture
 def recipe():
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    import recipe as mod
+    from benchmarks import recipe as mod
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -41,6 +41,7 @@ def epoch_row(epoch: int, seconds: float, stats: dict, metrics: dict) -> dict:
     row = {"epoch": epoch + 1, "time_s": round(seconds, 1)}
     row.update({f"train/{k}": round(v, 6) for k, v in stats.items()})
     row.update({f"val/{k}": round(float(metrics[k]), 6) for k in VAL_KEYS if k in metrics})
+    row.update({f"val/{k}": round(float(v), 6) for k, v in metrics.items() if k.startswith("mask_")})  # heatmap models
     return row
 
 

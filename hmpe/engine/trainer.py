@@ -29,6 +29,7 @@ from hmpe.engine.evaluator import COCOEvaluator
 from hmpe.engine.optim import epochs_for_budget, lr_factor
 from hmpe.engine.run_log import append_row, epoch_row, log
 from hmpe.engine.train_setup import ModelParts, build_train_setup, resolve_model_cfg, to_device, unwrap
+from hmpe.models.mask_stats import MaskStatsAccumulator
 from hmpe.utils import dist as du
 from hmpe.utils.boxes import box_cxcywh_to_xyxy
 from hmpe.utils.runtime import seed_everything
@@ -62,13 +63,22 @@ def evaluate(model: nn.Module, loader: DataLoader, postprocessor: nn.Module, eva
              device: torch.device, desc: str = "val", autocast_dtype=None, preprocess: Preprocess | None = None
              ) -> dict:
     """Run ``model`` over ``loader`` (images made by ``preprocess.transform``) and score it; ``preprocess`` maps
-    the boxes back to original pixels (letterbox: :meth:`Preprocess.post_sizes`)."""
+    the boxes back to original pixels (letterbox: :meth:`Preprocess.post_sizes`). Models with a heatmap path
+    also report their mask per level (:func:`mask_diagnostics`): ``mask_bg_masked/S3`` (background cells the
+    mask zeroes), ``mask_obj_hot/S3`` (object cells it keeps), ... for S3, S4, S5."""
     model.eval()
     ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    masks = MaskStatsAccumulator()
     for images, targets in tqdm(loader, desc=desc, leave=False, disable=not du.is_main_process()):
         images = images.to(device)
         with ctx:
             outputs = model(images)
+        if "heatmap" in outputs:
+            h, w = images.shape[-2:]
+            scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+            boxes = [box_cxcywh_to_xyxy(t["boxes"].float().reshape(-1, 4)) * scale for t in targets]
+            masks.update(outputs["heatmap"].mask, boxes, (h, w))
+            levels = [f"S{int(math.log2(s))}" for s in outputs["heatmap"].strides]
         orig = torch.stack([t["orig_size"] for t in targets])
         orig = (preprocess.post_sizes(orig) if preprocess is not None else orig).to(device)
         preds = postprocessor({k: v.float() for k, v in outputs.items() if k in ("pred_logits", "pred_boxes")}, orig)
@@ -76,7 +86,19 @@ def evaluate(model: nn.Module, loader: DataLoader, postprocessor: nn.Module, eva
     # DDP: each rank scored its shard (DistributedSampler pads with repeats; an image id updated twice
     # counts once); one all_gather of the predictions, rank 0 computes, every rank gets its numbers.
     evaluator.synchronize_between_processes()
-    return du.broadcast_object(evaluator.compute() if du.is_main_process() else None)
+    metrics = du.broadcast_object(evaluator.compute() if du.is_main_process() else None)
+    if masks.counts:
+        metrics.update(mask_diagnostics(masks, levels))
+    return metrics
+
+
+def mask_diagnostics(masks: MaskStatsAccumulator, levels: list[str]) -> dict[str, float]:
+    """The mask statistics of every rank's shard pooled (counts summed), by level name."""
+    pooled = MaskStatsAccumulator()
+    for counts in du.all_gather_objects(masks.counts):
+        for level, c in counts.items():
+            pooled.counts[level] = pooled.counts.get(level, 0) + c
+    return pooled.summary(levels)
 
 
 class Trainer:

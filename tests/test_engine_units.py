@@ -97,3 +97,29 @@ def test_overrides_and_presets():
         parse_overrides(["epochs"])
     with pytest.raises(ValueError, match="preset"):
         load_model_config("no-such-model")
+
+
+def test_ema_update_is_the_per_tensor_rule_and_follows_buffers_and_copies():
+    """The batched update equals ``v.mul_(d).add_(m, alpha=1-d)`` per tensor, bit for bit; integer buffers are
+    copied; a deep copy of the EMA updates its own tensors."""
+    import copy
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    ema = ModelEMA(m, decay=0.99, warmup=5)
+    ref = copy.deepcopy(ema.module)
+    for step in range(3):
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(torch.randn_like(p))
+        m(torch.rand(2, 3, 8, 8))  # BatchNorm running stats and num_batches_tracked move
+        ema.update(m)
+        d = 0.99 * (1 - math.exp(-(step + 1) / 5))
+        msd = m.state_dict()
+        for k, v in ref.state_dict().items():
+            v.mul_(d).add_(msd[k], alpha=1 - d) if v.dtype.is_floating_point else v.copy_(msd[k])
+    for k, v in ref.state_dict().items():
+        assert torch.equal(ema.module.state_dict()[k], v), k
+    twin = copy.deepcopy(ema)
+    twin.update(m)
+    assert not torch.equal(twin.module[0].weight, ema.module[0].weight)  # the copy moved, the original did not

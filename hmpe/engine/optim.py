@@ -82,18 +82,31 @@ class ModelEMA:
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         d = self.current_decay()
-        msd = model.state_dict()
-        for k, v in self.module.state_dict().items():
-            if v.dtype.is_floating_point:
-                v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
-            else:
-                v.copy_(msd[k])
+        ema_f, model_f, ema_other, model_other = self._pairs(model)
+        torch._foreach_mul_(ema_f, d)  # the same element-wise ops as v.mul_(d).add_(m, alpha=1-d), batched
+        torch._foreach_add_(ema_f, model_f, alpha=1 - d)
+        for v, m in zip(ema_other, model_other):
+            v.copy_(m)
+
+    def _pairs(self, model: nn.Module) -> tuple[list, list, list, list]:
+        """The EMA's and the model's state tensors, floating point apart, matched by name; cached per model
+        (the tensors are the live parameters and buffers, updated in place by the optimiser and the forward)."""
+        key = (id(model), id(self.module))  # a copy of either (deepcopy, reload) builds its own lists
+        if getattr(self, "_cache_key", None) != key:
+            msd, esd = model.state_dict(), self.module.state_dict()
+            floats = [k for k, v in esd.items() if v.dtype.is_floating_point]
+            others = [k for k, v in esd.items() if not v.dtype.is_floating_point]
+            self._cache = ([esd[k] for k in floats], [msd[k].detach() for k in floats],
+                           [esd[k] for k in others], [msd[k].detach() for k in others])
+            self._cache_key = key
+        return self._cache
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "updates": self.updates,
                 "decay": self.decay, "warmup": self.warmup}
 
     def load_state_dict(self, state: dict) -> None:
+        self._cache_key = None  # load_state_dict copies in place, but a cache must never outlive a reload
         self.module.load_state_dict(state["module"])
         self.updates = state["updates"]
         self.decay = state.get("decay", self.decay)

@@ -69,6 +69,8 @@ class TrainData:
     loader_gen: torch.Generator
     multi_scale: list[int]
     preprocess: Preprocess
+    # (augmented transform, mosaic or None, plain transform): what ``augment_epochs`` switches between
+    pipelines: tuple | None = None
 
     @property
     def names(self) -> list[str]:
@@ -158,7 +160,7 @@ def build_data(cfg: dict, saved_data_cfg: dict | None) -> TrainData:
         aug_cfg["multi_scale"] = cfg["multi_scale"]
     multi_scale = multi_scale_sizes(aug_cfg, cfg["imgsz"])
     # augment=false trains on the evaluation pipeline (resize only); mosaic: DEIM-style dense augmentation
-    tr_t, _, mosaic = build_pipeline(aug, cfg["imgsz"])
+    tr_t, plain_t, mosaic = build_pipeline(aug, cfg["imgsz"])
     preprocess = Preprocess.from_train_cfg(cfg)
     skip_bad = cfg.get("skip_bad", False)
     train_set = build_dataset(data_cfg, "train", transforms=tr_t, skip_bad=skip_bad, mosaic=mosaic)
@@ -172,7 +174,8 @@ def build_data(cfg: dict, saved_data_cfg: dict | None) -> TrainData:
     val_sampler = DistributedSampler(val_set, shuffle=False) if du.is_dist() else None
     val_loader = DataLoader(val_set, batch_size=cfg["batch"], shuffle=False, sampler=val_sampler,
                             num_workers=cfg["workers"], collate_fn=collate_fn)
-    return TrainData(data_cfg, train_set, val_set, train_loader, val_loader, sampler, gen, multi_scale, preprocess)
+    return TrainData(data_cfg, train_set, val_set, train_loader, val_loader, sampler, gen, multi_scale, preprocess,
+                     (tr_t, mosaic, plain_t))
 
 
 def build_model_parts(model_cfg: dict, cfg: dict, names: list[str], device: torch.device,
@@ -191,7 +194,10 @@ def build_optimizer(parts: ModelParts, cfg: dict) -> torch.optim.AdamW:
     # RT-DETR / RT-DETRv2 train a pretrained backbone at 0.1 x lr; from scratch it gets the full lr
     lr_bb = cfg.get("lr_backbone") or (cfg["lr"] * 0.1 if parts.pretrained else cfg["lr"])
     groups = (parts.param_groups or build_param_groups)(parts.model, cfg["lr"], lr_bb, cfg["weight_decay"])
-    optimizer = torch.optim.AdamW(groups, lr=cfg["lr"])
+    # the fused kernel: one pass over all parameters instead of a Python loop of small ops (several times
+    # faster on CPU); the same update rule
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
+    optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], fused=fused or None)
     for g in optimizer.param_groups:
         g["initial_lr"] = g["lr"]
     return optimizer
@@ -232,7 +238,10 @@ def build_train_setup(cfg: dict, model_cfg: dict | None = None, *, explicit_keys
     optimizer = build_optimizer(parts, cfg)
     dtype = amp_dtype(cfg.get("amp", "auto"), device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    ema = ModelEMA(parts.model, cfg["ema_decay"], cfg["ema_warmup"]) if cfg.get("ema", True) else None
+    ema_warmup = cfg["ema_warmup"]
+    if cfg.get("ema_warmup_epochs") is not None:  # sized by the data, not by COCO-sized iteration counts
+        ema_warmup = max(1, round(float(cfg["ema_warmup_epochs"]) * len(data.train_loader)))
+    ema = ModelEMA(parts.model, cfg["ema_decay"], ema_warmup) if cfg.get("ema", True) else None
     if du.is_dist():
         parts.model = wrap_ddp(parts, data.train_set, cfg, device)
     state = LoopState(epochs=int(cfg["epochs"]))

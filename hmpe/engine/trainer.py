@@ -148,6 +148,7 @@ class Trainer:
         d = s.data
         self.data_cfg, self.train_set, self.val_set, self.preprocess = d.data_cfg, d.train_set, d.val_set, d.preprocess
         self.train_loader, self.val_loader, self.train_sampler = d.train_loader, d.val_loader, d.train_sampler
+        self.pipelines = d.pipelines
         self.loader_gen, self.multi_scale, self.names, self.num_classes = d.loader_gen, d.multi_scale, d.names, len(d.names)
         self.model, self.criterion, self.postprocessor = s.parts.model, s.parts.criterion, s.parts.postprocessor
         self.optimizer, self.scaler, self.amp_dtype, self.ema = s.optimizer, s.scaler, s.amp_dtype, s.ema
@@ -208,6 +209,7 @@ class Trainer:
         self.loader_gen.manual_seed(seed)
         if self.train_sampler is not None:
             self.train_sampler.set_epoch(epoch)
+        self._augmentation_for(epoch)
         self.model.train()
         if isinstance(self.criterion, nn.Module):
             self.criterion.train()
@@ -316,10 +318,27 @@ class Trainer:
             self.log(f"could not save validation heatmaps: {e}")
         return written
 
+    def _augmentation_for(self, epoch: int) -> None:
+        """``augment_epochs: [start, stop]`` (fractions of the run's epochs): the configured augmentation for
+        the epochs in between, the plain pipeline (resize only) before and after -- DEIM's schedule: no strong
+        augmentation while the model is still random, none at the end, so training finishes on images like
+        the ones it is scored on. With ``time_limit`` the fractions apply to the epochs the budget gave."""
+        window = self.cfg.get("augment_epochs")
+        if not window or self.pipelines is None:
+            return
+        strong, mosaic, plain = self.pipelines
+        on = float(window[0]) * self.epochs <= epoch < float(window[1]) * self.epochs
+        self.train_set.transforms, self.train_set.mosaic = (strong, mosaic) if on else (plain, None)
+        if du.is_main_process():
+            self.log(f"epoch {epoch + 1}: augmentation {'on' if on else 'off'} (augment_epochs {list(window)})")
+
     # ------------------------------------------------------------------ bookkeeping
     def _set_lr(self, total_iters: int) -> None:
         cfg = self.cfg
-        f = lr_factor(self.iteration, total_iters, min(cfg["warmup_iters"], total_iters // 2), cfg["schedule"],
+        warmup = cfg["warmup_iters"]
+        if cfg.get("warmup_epochs") is not None:  # sized by the data, not by COCO-sized iteration counts
+            warmup = round(float(cfg["warmup_epochs"]) * len(self.train_loader))
+        f = lr_factor(self.iteration, total_iters, min(warmup, total_iters // 2), cfg["schedule"],
                       cfg["final_lr_factor"], cfg.get("milestones", (0.8,)))
         for g in self.optimizer.param_groups:
             g["lr"] = g["initial_lr"] * f

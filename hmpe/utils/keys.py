@@ -84,6 +84,7 @@ TRAIN = (
                              "weights=, else lr)"),
     Key("weight_decay", 1.0e-4, "AdamW weight decay"),
     Key("warmup_iters", 100, "linear warm-up iterations"),
+    Key("warmup_epochs", None, "linear warm-up in epochs (a float; replaces warmup_iters when set)"),
     Key("schedule", "cosine", "cosine | step | constant"),
     Key("final_lr_factor", 0.05, "final lr as a fraction of lr"),
     Key("milestones", [0.8], "step schedule: fractions of training where lr drops"),
@@ -91,11 +92,14 @@ TRAIN = (
     Key("ema", True, "keep an exponential moving average of the weights (used for val and saved weights)"),
     Key("ema_decay", 0.9998, "EMA decay"),
     Key("ema_warmup", 300, "iterations of the EMA decay ramp"),
+    Key("ema_warmup_epochs", None, "the EMA decay ramp in epochs (a float; replaces ema_warmup when set)"),
     Key("amp", "auto", "mixed precision: auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | false"),
     Key("nan_limit", 10, "non-finite losses tolerated (steps skipped) before stopping"),
     Key("sync_bn", False, "SyncBatchNorm across torchrun processes (CUDA only)"),
     Key("find_unused_parameters", False, "DDP: parameters used only in some iterations"),
     Key("augment", True, "true | false | a mapping of augmentation switches (augment.keep_ratio=true: letterbox)"),
+    Key("augment_epochs", None, "[start, stop] fractions of the epochs with augmentation; resize only outside "
+                                "(null: every epoch)"),
     Key("skip_bad", False, "skip unreadable images / bad labels (counted) instead of stopping"),
     Key("multi_scale", None, "training sizes drawn per batch, e.g. [288,320,352]"),
     Key("max_dets", 100, "detections per image scored by the evaluator"),
@@ -376,6 +380,20 @@ def check_task_args(task: str, args: dict) -> None:
     for key in ("imgsz", "multi_scale"):
         if args.get(key) is not None:
             check_imgsz(args[key], key)
+    if args.get("augment_epochs") is not None:
+        check_fraction_window(args["augment_epochs"], "augment_epochs")
+
+
+def check_fraction_window(value: Any, key: str) -> None:
+    """``[start, stop]`` with ``0 <= start < stop <= 1`` (fractions of the run) -> else UsageError."""
+    try:
+        start, stop = (float(v) for v in value)
+        ok = 0.0 <= start < stop <= 1.0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise UsageError(f"{key}={value}: expected [start, stop], fractions of the epochs with 0 <= start < stop "
+                         f"<= 1, e.g. [0.1, 0.8]")
 
 
 def check_data_keys(cfg: dict) -> None:

@@ -126,7 +126,7 @@ def run_row(row: dict, args) -> dict:
                     ckpt["train_cfg"]["epochs"] = epochs
                     save_atomic(ckpt, last)
             print(f"[{row['name']}] resuming from {last} (epoch {done} of {epochs})", flush=True)
-            cfg = dict(cfg, resume=str(last), epochs=epochs, _explicit=("epochs",))
+            cfg = dict(cfg, resume=str(last), epochs=epochs)
             resumed = True
             del ckpt
         else:
@@ -134,7 +134,7 @@ def run_row(row: dict, args) -> dict:
     if not resumed and run_dir.exists():
         shutil.rmtree(run_dir)
     t0 = time.time()
-    trainer = Trainer(cfg, None if resumed else model_cfg)
+    trainer = Trainer(cfg, None if resumed else model_cfg, explicit_keys=("epochs",) if resumed else ())
     metrics = trainer.fit()
     minutes = (time.time() - t0) / 60
     t1 = time.time()

@@ -218,10 +218,6 @@ def build_train_setup(cfg: dict, model_cfg: dict | None = None, *, explicit_keys
     """Build a run from a merged training config (see :class:`hmpe.engine.trainer.Trainer` for the
     arguments). Side effects: the process group, the global seed, the run folder with ``args.yaml``."""
     cfg = dict(cfg)
-    if "_explicit" in cfg:  # the former in-config spelling; removed once benchmarks/ablation.py passes the argument
-        warnings.warn("training config key _explicit is deprecated: pass Trainer(..., explicit_keys=[...])",
-                      DeprecationWarning, stacklevel=3)
-        explicit_keys = (*explicit_keys, *cfg.pop("_explicit"))
     device, local_rank = start_runtime(cfg)
     cfg, model_cfg, ckpt = resume_config(cfg, model_cfg, explicit_keys)
     if parts is None and model_cfg is None:

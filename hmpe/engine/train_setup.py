@@ -9,7 +9,6 @@ the model are built, so a run is reproducible from its config.
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -3,7 +3,7 @@ the same minutes of this CPU and the same image size for every row.
 
 hmpe rows train with ``hmpe train`` and ``time_limit=MINUTES`` (the trainer sizes the epochs after the first one
 so that the whole schedule fits); yolo11n with ultralytics' trainer (:mod:`benchmarks.peers.train_yolo`);
-dfine-n in a short loop over the HF model (:mod:`benchmarks.peers.train_dfine`).
+dfine-n by hmpe's own loop with the HF model plugged in (:mod:`benchmarks.peers.train_dfine`).
 """
 
 from __future__ import annotations
@@ -30,19 +30,26 @@ def smoke_data() -> dict:
             "names": ["circle", "square", "triangle", "cross", "ring"]}
 
 
-def train_hmpe(spec: str, args, data, workdir: Path) -> dict:
-    """hmpe's trainer with ``time_limit``: its default recipe, overridable with ``--hmpe-args key=value``."""
-    model, over = parse_row_spec(spec)
-    model_cfg = load_hmpe_model_config(model, over)
+def trainer_config(args, data, workdir: Path, name: str) -> tuple[dict, dict]:
+    """(training config, model overrides) of a row trained by hmpe's loop: ``time_limit=--minutes``, the
+    default recipe with ``--hmpe-args key=value`` on top (the same for hmpe rows and D-FINE-N)."""
     cfg = default_train_config()
-    cfg.update(model=model, data=data, imgsz=args.imgsz, batch=args.batch, workers=args.workers, device="cpu",
+    cfg.update(data=data, imgsz=args.imgsz, batch=args.batch, workers=args.workers, device="cpu",
                epochs=args.max_epochs, time_limit=args.minutes, val_interval=10**6, project=str(workdir),
-               name=spec.replace(":", "_").replace("/", "_"), exist_ok=True, seed=args.seed, heatmaps_per_epoch=0)
+               name=name, exist_ok=True, seed=args.seed, heatmaps_per_epoch=0)
     model_extra, train_extra = split_overrides(parse_overrides(args.hmpe_args))
     cfg.update(train_extra)
     if args.smoke:
         cfg.update(epochs=1, time_limit=None, augment=False, warmup_iters=2)
-    model_cfg = apply_overrides(model_cfg, model_extra)
+    return cfg, model_extra
+
+
+def train_hmpe(spec: str, args, data, workdir: Path) -> dict:
+    """hmpe's trainer with ``time_limit``: its default recipe, overridable with ``--hmpe-args key=value``."""
+    model, over = parse_row_spec(spec)
+    cfg, model_extra = trainer_config(args, data, workdir, spec.replace(":", "_").replace("/", "_"))
+    cfg["model"] = model
+    model_cfg = apply_overrides(load_hmpe_model_config(model, over), model_extra)
     t0 = time.time()
     trainer = Trainer(cfg, model_cfg)
     metrics = trainer.fit()
@@ -54,7 +61,7 @@ def train_row(spec: str, args, data, workdir: Path) -> dict:
     if spec == "yolo11n":
         return train_yolo(args, data, workdir)
     if spec == "dfine-n":
-        return train_dfine(args, data, workdir)
+        return train_dfine(trainer_config(args, data, workdir, "dfine-n")[0], smoke=args.smoke)
     if spec in PEER_NAMES:
         raise SkipRow(f"{spec} has no training recipe in this script (yolo11n, dfine-n, hmpe presets)")
     return train_hmpe(spec, args, data, workdir)

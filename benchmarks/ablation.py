@@ -1,6 +1,6 @@
 """The paper's Table 2 (NWPU VHR-10 ablation) at CPU scale: every row trained from scratch for the same budget.
 
-    python benchmarks/ablation.py [--budget-minutes 35] [--imgsz 512] [--batch 8] [--rows baseline +LSConv ...]
+    python -m benchmarks.ablation [--budget-minutes 35] [--imgsz 512] [--batch 8] [--rows baseline +LSConv ...]
 
 Rows (``benchmarks/ablation_rows.yaml``, or ``--rows-file``): baseline, +DSConv, +LSConv, +MOHFE, +HIDQ,
 each a model config (preset name or YAML path + dotted overrides); a row whose preset is missing in this

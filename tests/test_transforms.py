@@ -228,7 +228,7 @@ def test_mosaic():
 
 
 def test_build_pipeline_reads_the_augment_value():
-    """The trainer, peers.py's D-FINE loop and decoder_depth --from-run share one reading of `augment`."""
+    """The trainer (which also trains the peers' D-FINE-N) and decoder_depth --from-run read `augment` alike."""
     from hmpe.data.transforms import Mosaic, build_pipeline
 
     _, _, mosaic = build_pipeline({"mosaic": True, "mosaic_p": 0.3}, 64)

@@ -20,10 +20,9 @@ def recipe():
 
 def test_recipe_smoke_table_and_resume(tmp_path, recipe):
     args = ["--smoke", "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res"),
-            "--seeds", "0", "1"]
+            "--variants", "aug-none", "--seeds", "0", "1"]
     out = recipe.main(args)
-    assert {(r["variant"], r["seed"]) for r in out["results"]} == {
-        (v, s) for v in ("aug-none", "aug-flip-colour") for s in (0, 1)}
+    assert {(r["variant"], r["seed"]) for r in out["results"]} == {("aug-none", 0), ("aug-none", 1)}
     for r in out["results"]:
         assert r["epochs"] == 1 and r["images_per_s"] > 0
         assert set(r["metrics"]) >= {"precision", "recall", "mAP50", "mAP50_95", "AP_small"}
@@ -31,7 +30,7 @@ def test_recipe_smoke_table_and_resume(tmp_path, recipe):
     runs = [r["metrics"]["mAP50"] for r in out["results"] if r["variant"] == "aug-none"]
     assert by_variant["aug-none"]["mAP50_spread"] == pytest.approx(max(runs) - min(runs))
     md = Path(out["markdown"]).read_text()
-    assert "| aug-flip-colour |" in md and "0,1" in md and "mAP50-95" in md
+    assert "| aug-none |" in md and "0,1" in md and "mAP50-95" in md
 
     # stored results are read back, not retrained; other settings are not mixed in
     stamp = {p.name: p.stat().st_mtime for p in (tmp_path / "res").glob("*.json")}

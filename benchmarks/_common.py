@@ -57,6 +57,17 @@ def split_top_level(text: str) -> list[str]:
     return items
 
 
+def select_named(items: list[dict], names: list[str] | None, include_optional: bool, what: str) -> list[dict]:
+    """The ``items`` (dicts with ``name`` and ``optional``) named in ``names`` (an unknown name is an error
+    listing the known ones), or without names every non-optional item (all of them with ``include_optional``)."""
+    if names:
+        unknown = set(names) - {i["name"] for i in items}
+        if unknown:
+            raise SystemExit(f"unknown {what} {sorted(unknown)}; {what}: {[i['name'] for i in items]}")
+        return [i for i in items if i["name"] in names]
+    return [i for i in items if include_optional or not i["optional"]]
+
+
 def load_hmpe_model_config(model: str, overrides: dict | None = None) -> dict:
     """Preset / YAML + dotted overrides -> model config; :class:`SkipRow` when the preset is missing."""
     from hmpe.utils.config import apply_overrides, load_model_config, model_presets

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._common import (ROOT, RESULTS, SkipRow, default_datasets_env, fmt, header, load_avg,
+from benchmarks._common import (ROOT, RESULTS, SkipRow, default_datasets_env, fmt, header, load_avg, select_named,
                                 load_hmpe_model_config, md_table)
 
 ROWS_FILE = Path(__file__).resolve().parent / "ablation_rows.yaml"
@@ -244,13 +244,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     started_load = load_avg()
     all_rows = load_rows(Path(args.rows_file))
-    if args.rows:
-        unknown = set(args.rows) - {r["name"] for r in all_rows}
-        if unknown:
-            raise SystemExit(f"unknown rows {sorted(unknown)}; rows: {[r['name'] for r in all_rows]}")
-        rows = [r for r in all_rows if r["name"] in args.rows]
-    else:
-        rows = [r for r in all_rows if args.all_rows or not r["optional"]]
+    rows = select_named(all_rows, args.rows, args.all_rows, "rows")
     args.results_dir.mkdir(parents=True, exist_ok=True)
     results, skipped = {}, []
     for row in rows:

@@ -32,7 +32,8 @@ from statistics import mean
 import torch
 
 from benchmarks import ablation
-from benchmarks._common import RESULTS, ROOT, SkipRow, default_datasets_env, fmt, header, load_avg, md_table
+from benchmarks._common import (RESULTS, ROOT, SkipRow, default_datasets_env, fmt, header, load_avg, md_table,
+                                select_named)
 
 VARIANTS_FILE = Path(__file__).resolve().parent / "recipe_variants.yaml"
 METRICS = ablation.METRICS
@@ -177,14 +178,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     started_load = load_avg()
     variants = load_variants(Path(args.variants_file))
-    names = [v["name"] for v in variants]
-    if args.variants:
-        unknown = set(args.variants) - set(names)
-        if unknown:
-            raise SystemExit(f"unknown variants {sorted(unknown)}; variants: {names}")
-        chosen = [v for v in variants if v["name"] in args.variants]
-    else:
-        chosen = [v for v in variants if args.all or not v["optional"]]
+    chosen = select_named(variants, args.variants, args.all, "variants")
     args.results_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for v in chosen:

@@ -7,6 +7,7 @@ import os
 import shlex
 import socket
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,6 +56,21 @@ def split_top_level(text: str) -> list[str]:
             cur += ch
     items.append(cur)
     return items
+
+
+def output_paths(args, name: str) -> None:
+    """Set ``args.runs_dir`` / ``results_dir`` / ``out`` of a resumable script named ``name``: as given, else a
+    temporary folder under ``--smoke`` (never ``benchmarks/results``), else ``runs/<name>``,
+    ``benchmarks/results/<name>/`` and ``benchmarks/results/<name>.md``."""
+    if args.smoke and not (args.runs_dir and args.results_dir):
+        tmp = Path(tempfile.mkdtemp(prefix=f"hmpe-{name}-smoke-"))
+        args.runs_dir = args.runs_dir or tmp / "runs"
+        args.results_dir = args.results_dir or tmp / "results"
+    if args.smoke:
+        args.out = args.out or Path(args.results_dir) / f"{name}.md"
+    args.runs_dir = Path(args.runs_dir or ROOT / "runs" / name)
+    args.results_dir = Path(args.results_dir or RESULTS / name)
+    args.out = Path(args.out or RESULTS / f"{name}.md")
 
 
 def select_named(items: list[dict], names: list[str] | None, include_optional: bool, what: str) -> list[dict]:

@@ -26,14 +26,13 @@ import csv
 import json
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks._common import (ROOT, RESULTS, SkipRow, default_datasets_env, fmt, header, load_avg, select_named,
-                                load_hmpe_model_config, md_table)
+from benchmarks._common import (SkipRow, default_datasets_env, fmt, header, load_avg, select_named,
+                                load_hmpe_model_config, md_table, output_paths)
 
 ROWS_FILE = Path(__file__).resolve().parent / "ablation_rows.yaml"
 METRICS = ("precision", "recall", "mAP50", "mAP50_95", "AP_small")
@@ -227,14 +226,8 @@ def parse_args(argv=None):
         a.flops_imgsz = 64 if a.flops_imgsz == 640 else a.flops_imgsz
         a.batch = min(a.batch, 4)
         a.workers = 0
-        tmp = Path(tempfile.mkdtemp(prefix="hmpe-ablation-smoke-")) if not (a.runs_dir and a.results_dir) else None
-        a.runs_dir = a.runs_dir or str(tmp / "runs")
-        a.results_dir = a.results_dir or str(tmp / "results")
-        a.out = a.out or str(Path(a.results_dir) / "ablation.md")
     a.data_value = smoke_data() if a.smoke else a.data
-    a.runs_dir = Path(a.runs_dir or ROOT / "runs" / "ablation")
-    a.results_dir = Path(a.results_dir or RESULTS / "ablation")
-    a.out = Path(a.out or RESULTS / "ablation.md")
+    output_paths(a, "ablation")
     return a
 
 

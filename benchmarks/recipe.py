@@ -25,15 +25,14 @@ import argparse
 import copy
 import csv
 import json
-import tempfile
 from pathlib import Path
 from statistics import mean
 
 import torch
 
 from benchmarks import ablation
-from benchmarks._common import (RESULTS, ROOT, SkipRow, default_datasets_env, fmt, header, load_avg, md_table,
-                                select_named)
+from benchmarks._common import (SkipRow, default_datasets_env, fmt, header, load_avg, md_table,
+                                output_paths, select_named)
 
 VARIANTS_FILE = Path(__file__).resolve().parent / "recipe_variants.yaml"
 METRICS = ablation.METRICS
@@ -158,17 +157,12 @@ def parse_args(argv=None):
     if a.smoke:
         a.imgsz, a.batch, a.workers, a.epochs, a.budget_minutes = 64, 2, 0, 1, None
         a.variants = a.variants or ["aug-none", "aug-flip-colour"]
-        tmp = Path(tempfile.mkdtemp(prefix="hmpe-recipe-smoke-"))
-        a.runs_dir, a.results_dir = a.runs_dir or str(tmp / "runs"), a.results_dir or str(tmp / "results")
-        a.out = a.out or str(Path(a.results_dir) / "recipe.md")
     # the fields benchmarks/ablation.py's runner reads
     a.data_value = ablation.smoke_data() if a.smoke else a.data
     a.max_epochs = a.epochs if a.budget_minutes is None else 1000
     a.flops_imgsz = 64 if a.smoke else 640
     a.n_train = 0
-    a.runs_dir = Path(a.runs_dir or ROOT / "runs" / "recipe")
-    a.results_dir = Path(a.results_dir or RESULTS / "recipe")
-    a.out = Path(a.out or RESULTS / "recipe.md")
+    output_paths(a, "recipe")
     return a
 
 

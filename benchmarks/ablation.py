@@ -150,6 +150,18 @@ def run_row(row: dict, args) -> dict:
             "settings": settings(row, args)}
 
 
+def stored_result(path: Path, expected_settings: dict, force: bool, name: str) -> dict | None:
+    """The result stored at ``path`` when it was made with ``expected_settings`` (and not ``force``), else None."""
+    if not path.exists() or force:
+        return None
+    stored = json.loads(path.read_text())
+    if stored.get("settings") == expected_settings:
+        print(f"[{name}] done before: {path} (--force reruns it)", flush=True)
+        return stored
+    print(f"[{name}] {path} holds another setting's result: running again", flush=True)
+    return None
+
+
 def settings(row: dict, args) -> dict:
     return {"budget_minutes": None if args.smoke else args.budget_minutes, "imgsz": args.imgsz, "batch": args.batch,
             "data": args.data_value if isinstance(args.data_value, str) else "synthetic (smoke)",
@@ -242,13 +254,10 @@ def main(argv=None) -> dict:
     results, skipped = {}, []
     for row in rows:
         res_path = args.results_dir / f"{slug(row['name'])}.json"
-        if res_path.exists() and not args.force:
-            stored = json.loads(res_path.read_text())
-            if stored.get("settings") == settings(row, args):
-                print(f"[{row['name']}] done before: {res_path} (--force reruns it)", flush=True)
-                results[row["name"]] = stored
-                continue
-            print(f"[{row['name']}] {res_path} holds another setting's result: running again", flush=True)
+        stored = stored_result(res_path, settings(row, args), args.force, row["name"])
+        if stored is not None:
+            results[row["name"]] = stored
+            continue
         print(f"=== [{row['name']}] {row['model']} {row['overrides'] or ''}", flush=True)
         try:
             res = run_row(row, args)

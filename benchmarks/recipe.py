@@ -79,12 +79,9 @@ def train_images_per_s(run_dir: Path, n_images: int) -> float | None:
 def run_one(variant: dict, seed: int, args) -> dict:
     row, a = run_args(variant, seed, args)
     path = args.results_dir / f"{ablation.slug(row['name'])}.json"
-    settings = ablation.settings(row, a)
-    if path.exists() and not args.force:
-        stored = json.loads(path.read_text())
-        if stored.get("settings") == settings:
-            print(f"[{row['name']}] done before: {path}", flush=True)
-            return stored
+    stored = ablation.stored_result(path, ablation.settings(row, a), args.force, row["name"])
+    if stored is not None:
+        return stored
     print(f"=== [{row['name']}] {' '.join(a.train_args)} {variant['overrides'] or ''}", flush=True)
     res = ablation.run_row(row, a)
     res.update(variant=variant["name"], seed=seed, train_args=a.train_args,

@@ -153,7 +153,7 @@ def resume_config(cfg: dict, model_cfg: dict | None, explicit_keys: Iterable[str
 
 def build_data(cfg: dict, saved_data_cfg: dict | None) -> TrainData:
     data_cfg = load_data_config(saved_data_cfg or cfg["data"])
-    aug = cfg.get("augment", True)
+    aug = cfg["augment"]
     aug_cfg = dict(aug) if isinstance(aug, dict) else {}
     if cfg.get("multi_scale"):
         aug_cfg["multi_scale"] = cfg["multi_scale"]

@@ -97,7 +97,11 @@ TRAIN = (
     Key("nan_limit", 10, "non-finite losses tolerated (steps skipped) before stopping"),
     Key("sync_bn", False, "SyncBatchNorm across torchrun processes (CUDA only)"),
     Key("find_unused_parameters", False, "DDP: parameters used only in some iterations"),
-    Key("augment", True, "true | false | a mapping of augmentation switches (augment.keep_ratio=true: letterbox)"),
+    # flip + colour jitter by default: on NWPU from scratch the RT-DETR recipe's zoom-out and IoU crop halve what
+    # a short run learns (docs/method.md, "Training recipe"); augment=true restores them for long schedules
+    Key("augment", {"zoom_out": False, "iou_crop": False},
+        "flip + colour jitter (default) | true: the RT-DETR recipe (+ zoom-out, IoU crop) | false | a mapping of "
+        "switches over the RT-DETR recipe (augment.keep_ratio=true: letterbox)"),
     Key("augment_epochs", None, "[start, stop] fractions of the epochs with augmentation; resize only outside "
                                 "(null: every epoch)"),
     Key("skip_bad", False, "skip unreadable images / bad labels (counted) instead of stopping"),

@@ -24,8 +24,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from hmpe.data.dataset import build_dataset, collate_fn
-from hmpe.data.images import load_image
-from hmpe.data.formats import IMAGE_SUFFIXES, DataError, format_note, load_data_config
+from hmpe.data.images import IMAGE_SUFFIXES, load_image
+from hmpe.data.formats import DataError, format_note, load_data_config
 from hmpe.data.preprocess import Preprocess
 from hmpe.engine.checkpoint import (PRETRAINED_CONFIG, checkpoint_data_config, load_checkpoint, load_for_inference,
                                     save_pretrained)

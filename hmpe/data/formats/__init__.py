@@ -47,14 +47,12 @@ from hmpe.data.formats.nwpu import NWPU_NAMES, NWPU_NEGATIVE_DIR
 from hmpe.data.formats.voc import VOC_NAMES
 from hmpe.data.formats.writers import image_relative_name, place_images, write_coco, write_data_yaml, write_yolo
 from hmpe.data.formats.yolo import yolo_label_path
-from hmpe.data.images import IMAGE_SUFFIXES, probe_image
 from hmpe.data.types import DataError, SampleList
 
 __all__ = [
     "BOX_TOLERANCE_PX",
     "DATASETS_DIR",
     "FORMATS",
-    "IMAGE_SUFFIXES",
     "NWPU_NAMES",
     "NWPU_NEGATIVE_DIR",
     "SPLIT_KEYS",
@@ -69,7 +67,6 @@ __all__ = [
     "load_dataset",
     "normalise_names",
     "place_images",
-    "probe_image",
     "shipped_datasets",
     "write_coco",
     "write_data_yaml",

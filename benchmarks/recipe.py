@@ -85,7 +85,7 @@ def run_one(variant: dict, seed: int, args) -> dict:
     print(f"=== [{row['name']}] {' '.join(a.train_args)} {variant['overrides'] or ''}", flush=True)
     res = ablation.run_row(row, a)
     res.update(variant=variant["name"], seed=seed, train_args=a.train_args,
-               images_per_s=train_images_per_s(Path(res["run_dir"]), res.pop("train_images", 0) or args.n_train))
+               images_per_s=train_images_per_s(Path(res["run_dir"]), res.pop("train_images")))
     path.write_text(json.dumps(res, indent=1, default=str))
     return res
 
@@ -158,7 +158,6 @@ def parse_args(argv=None):
     a.data_value = ablation.smoke_data() if a.smoke else a.data
     a.max_epochs = a.epochs if a.budget_minutes is None else 1000
     a.flops_imgsz = 64 if a.smoke else 640
-    a.n_train = 0
     output_paths(a, "recipe")
     return a
 

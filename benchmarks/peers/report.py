@@ -112,7 +112,8 @@ METRIC_KEYS = ("precision", "recall", "mAP50", "mAP50_95", "AP_small", "AP_mediu
 
 
 def plain_metrics(m: dict) -> dict:
-    return {k: float(m[k]) for k in METRIC_KEYS if k in m}
+    """The detection metrics and, for heatmap models, the mask diagnostics (``mask_bg_masked/S5``, ...)."""
+    return {k: float(v) for k, v in m.items() if k in METRIC_KEYS or k.startswith("mask_")}
 
 
 def train_markdown(report: dict, args, data) -> str:

@@ -67,6 +67,17 @@ def train_row(spec: str, args, data, workdir: Path) -> dict:
     return train_hmpe(spec, args, data, workdir)
 
 
+def run_settings(args) -> dict:
+    """What a combined result file needs to know of one invocation (:mod:`benchmarks.peers.combine`)."""
+    from hmpe.engine.bench import environment
+    from benchmarks._common import versions
+
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": environment()["cpu"],
+            "versions": versions(), "seed": args.seed, "minutes": args.minutes, "imgsz": args.imgsz,
+            "batch": args.batch, "threads": args.threads[0], "workers": args.workers,
+            "hmpe_args": list(args.hmpe_args)}
+
+
 def run_train(args) -> dict:
     started_load = load_avg()
     torch.set_num_threads(args.threads[0])
@@ -89,7 +100,7 @@ def run_train(args) -> dict:
     report = {"results": results, "skipped": skipped, "load_start": started_load, "load_end": load_avg()}
     out = Path(args.out) if args.out else (workdir / "peers_train.md" if args.smoke else RESULTS / "peers_train.md")
     saved = {k: {kk: vv for kk, vv in v.items() if kk != "metrics"} | {"metrics": plain_metrics(v["metrics"])}
-             for k, v in results.items()} | {"_skipped": skipped}
+             for k, v in results.items()} | {"_skipped": skipped, "_settings": run_settings(args)}
     write_report(out, train_markdown(report, args, data), saved)
     report["markdown"] = str(out)
     return report

@@ -220,6 +220,14 @@ def md_table(columns: list[str], rows: list[list], align: str | None = None) -> 
     return "\n".join(out) + "\n"
 
 
+def mean_spread(values: list[float]) -> tuple[float, float]:
+    """(mean, spread) of repeated runs, the spread being max - min: the figure a difference must beat."""
+    values = list(values)
+    if not values:
+        return float("nan"), float("nan")
+    return sum(values) / len(values), max(values) - min(values)
+
+
 def fmt(v, digits: int = 3) -> str:
     if v is None:
         return "n/a"

@@ -1,6 +1,7 @@
 """The paper's Table 2 (NWPU VHR-10 ablation) at CPU scale: every row trained from scratch for the same budget.
 
-    python -m benchmarks.ablation [--budget-minutes 35] [--imgsz 512] [--batch 8] [--rows baseline +LSConv ...]
+    python -m benchmarks.ablation [--budget-minutes 35] [--imgsz 512] [--batch 8] [--seeds 0 1]
+                                  [--rows baseline +LSConv ...] [--from-peers benchmarks/results/peers_train]
 
 Rows (``benchmarks/ablation_rows.yaml``, or ``--rows-file``): baseline, +DSConv, +LSConv, +MOHFE, +HIDQ,
 each a model config (preset name or YAML path + dotted overrides); a row whose preset is missing in this
@@ -10,10 +11,17 @@ the run so that the whole schedule fits the budget), then scored on the val spli
 validation (EMA weights, COCOEvaluator): P and R at the best-F1 confidence, mAP50, mAP50-95, AP_small.
 Params and GFLOPs (FlopCounterMode, 2 x MACs, 640 x 640, batch 1) are counted for each row's model.
 
-Resumable: a row whose result file (``<results-dir>/<row>.json``) exists with the same settings is
-skipped; a row interrupted mid-run resumes exactly from its ``last.pt`` (``<runs-dir>/<row>/weights``),
-with the epoch count the budget gave it. ``--force`` reruns rows from scratch.
-Writes ``benchmarks/results/ablation.md`` (the markdown table) beside the per-row JSON files.
+Every row runs once per seed (``--seeds``). Resumable: a (row, seed) whose result file
+(``<results-dir>/<row>-seed<N>.json``) exists with the same settings is skipped; one interrupted mid-run resumes
+exactly from its ``last.pt`` (``<runs-dir>/train/<row>-seed<N>/weights``), with the epoch count the budget gave it.
+``--force`` reruns from scratch. ``--from-peers DIR``: a row that is a bare preset (no overrides) takes the
+same-budget training runs of ``python -m benchmarks.peers --train`` in DIR whose model, seed, budget, size, batch
+and training arguments are this invocation's (the same trainer and recipe: one run serves both tables) instead
+of training it again.
+Writes ``benchmarks/results/ablation.md`` (mean ± spread (max - min) over the seeds per row) and
+``benchmarks/results/ablation.json`` (``{"date", "cpu", "versions", "budget_min", "imgsz", "rows": [{"row", "seed",
+"mAP50", "mAP50_95", "AP_small", "mask_bg_masked", "mask_obj_hot", ...}]}``, the mask fractions per level for
+heatmap models, else null) beside the per-run JSON files.
 
 ``--smoke``: every row for one epoch on a few synthetic images at 64 px, into a temporary folder
 (not ``benchmarks/results``), to check the whole path in seconds.
@@ -22,7 +30,9 @@ Writes ``benchmarks/results/ablation.md`` (the markdown table) beside the per-ro
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
+import datetime as _dt
 import json
 import re
 import shutil
@@ -31,8 +41,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._common import (SkipRow, default_datasets_env, fmt, header, load_avg, select_named,
-                                load_hmpe_model_config, md_table, output_paths)
+from benchmarks._common import (SkipRow, default_datasets_env, fmt, header, load_avg, load_hmpe_model_config,
+                                md_table, mean_spread, output_paths, select_named, versions)
 
 ROWS_FILE = Path(__file__).resolve().parent / "ablation_rows.yaml"
 METRICS = ("precision", "recall", "mAP50", "mAP50_95", "AP_small")
@@ -141,7 +151,7 @@ def run_row(row: dict, args) -> dict:
     print(f"[{row['name']}] trained and scored in {t1 - t0:.0f} s; params / GFLOPs counted in {time.time() - t1:.0f} s",
           flush=True)
     return {"name": row["name"], "model": row["model"], "overrides": row["overrides"],
-            "metrics": {k: float(metrics[k]) for k in METRICS if k in metrics},
+            "metrics": {k: float(v) for k, v in metrics.items() if k in METRICS or k.startswith("mask_")},
             "epochs": trainer.epochs, "wall_minutes_this_session": minutes, "resumed": resumed,
             "params": params, "gflops": gflops, "flops_imgsz": args.flops_imgsz,
             "decoder_layers": (trainer.model_cfg.get("decoder") or {}).get("num_layers"),
@@ -171,43 +181,120 @@ def settings(row: dict, args) -> dict:
             **({"epochs": args.max_epochs} if args.budget_minutes is None and not args.smoke else {})}
 
 
+def row_summary(runs: list[dict]) -> dict:
+    """Mean and spread (max - min) over a row's seeds of every metric and the epochs."""
+    out = {"seeds": sorted(r["seed"] for r in runs)}
+    for k in ("epochs",) + METRICS:
+        out[k], out[k + "_spread"] = mean_spread([float(r["metrics"].get(k, 0.0) if k != "epochs" else r[k])
+                                                  for r in runs])
+    return out
+
+
 def markdown(rows: list[dict], results: dict, skipped: list[tuple[str, str]], args, started_load: str) -> str:
     extra = [f"data: {args.data_value if isinstance(args.data_value, str) else 'synthetic (smoke)'}: trained on "
              f"the train split, scored on the val split (hmpe's COCOEvaluator, EMA weights; P and R at the "
              f"best-F1 confidence)",
-             f"budget: {args.budget_minutes if not args.smoke else 'one epoch (smoke)'} CPU minutes per row "
+             f"budget: {args.budget_minutes if not args.smoke else 'one epoch (smoke)'} CPU minutes per run "
              f"(trainer time_limit: epochs sized after the first so the schedule fits), from scratch, "
-             f"{args.imgsz} px, batch {args.batch}, seed {args.seed}, torch threads {torch.get_num_threads()}"
-             + (f", extra train args: {' '.join(args.train_args)}" if args.train_args else ""),
-             "rows are cumulative (each adds one part to the row above); params and GFLOPs at "
-             f"{args.flops_imgsz} x {args.flops_imgsz}, batch 1 (FlopCounterMode, 2 x MACs); Δ = change "
-             "against the baseline row / against the row above (that row's own part)"]
+             f"{args.imgsz} px, batch {args.batch}, seeds {' '.join(map(str, args.seeds))}, torch threads "
+             f"{torch.get_num_threads()}" + (f", extra train args: {' '.join(args.train_args)}" if args.train_args else ""),
+             "each metric: mean over the seeds ± the spread (max - min); a difference smaller than the spreads is "
+             f"no difference; params and GFLOPs at {args.flops_imgsz} x {args.flops_imgsz}, batch 1 "
+             "(FlopCounterMode, 2 x MACs); Δ = change of the mean against the first row / the row above"]
     out = [header("Ablation: the paper's Table 2 at CPU scale" + (" (SMOKE)" if args.smoke else ""), extra,
                   started_load), ""]
-    cols = ["row", "config", "dec. layers", "params (M)", "GFLOPs", "epochs", "P", "R", "mAP50", "mAP50-95",
-            "AP_S", "Δ mAP50 (base / prev)", "Δ mAP50-95 (base / prev)"]
-    base = next((results[r["name"]] for r in rows if r["name"] in results), None)
-    table, prev = [], None
+    cols = ["row", "config", "dec. layers", "params (M)", "GFLOPs", "seeds", "epochs", "P", "R", "mAP50",
+            "mAP50-95", "AP_S", "Δ mAP50 (first / prev)"]
+    summaries = {r["name"]: row_summary(results[r["name"]]) for r in rows if results.get(r["name"])}
+    table, base, prev = [], None, None
     for r in rows:
-        res = results.get(r["name"])
-        if res is None:
+        if r["name"] not in summaries:
             continue
-        m = res["metrics"]
+        s, first = summaries[r["name"]], results[r["name"]][0]
+        base = base or s
         over = ", ".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in r["overrides"].items())
 
-        def delta(key, ref):
-            return f"{m.get(key, 0) - ref['metrics'].get(key, 0):+.3f}" if ref is not None else "n/a"
+        def delta(ref):
+            return f"{s['mAP50'] - ref['mAP50']:+.3f}" if ref is not None else "n/a"
 
-        table.append([r["name"], f"`{r['model']}`" + (f" + `{over}`" if over else ""), res.get("decoder_layers"),
-                      f"{res['params'] / 1e6:.2f}", f"{res['gflops']:.2f}", res["epochs"]]
-                     + [fmt(m.get(k)) for k in METRICS]
-                     + [f"{delta('mAP50', base)} / {delta('mAP50', prev)}",
-                        f"{delta('mAP50_95', base)} / {delta('mAP50_95', prev)}"])
-        prev = res
+        table.append([r["name"], f"`{r['model']}`" + (f" + `{over}`" if over else ""), first.get("decoder_layers"),
+                      f"{first['params'] / 1e6:.2f}", f"{first['gflops']:.2f}", ",".join(map(str, s["seeds"]))]
+                     + [f"{s[k]:.3f} ± {s[k + '_spread']:.3f}" if len(s["seeds"]) > 1 else fmt(s[k])
+                        for k in ("epochs",) + METRICS]
+                     + [f"{delta(base)} / {delta(prev)}"])
+        prev = s
     out.append(md_table(cols, table, "ll" + "r" * (len(cols) - 2)))
     if skipped:
         out += ["", "Skipped rows:", ""] + [f"- {n}: {why}" for n, why in skipped]
     return "\n".join(out) + "\n"
+
+
+def combined_json(rows: list[dict], results: dict, args) -> dict:
+    """The combined result file: one entry per (row, seed); mask fractions per level, null without a heatmap."""
+    from hmpe.engine.bench import environment
+
+    def per_level(m: dict, kind: str) -> dict | None:
+        found = {k.split("/")[-1]: v for k, v in m.items() if k.startswith(f"mask_{kind}/")}
+        return found or None
+
+    entries = []
+    for r in rows:
+        for res in results.get(r["name"], []):
+            m = res["metrics"]
+            entries.append({"row": r["name"], "seed": res["seed"], "model": r["model"], "overrides": r["overrides"],
+                            "epochs": res["epochs"], **{k: m.get(k) for k in METRICS},
+                            "mask_bg_masked": per_level(m, "bg_masked"), "mask_obj_hot": per_level(m, "obj_hot"),
+                            "params": res["params"], "gflops": res["gflops"], "source": res.get("source", "ablation")})
+    return {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "cpu": environment()["cpu"], "versions": versions(),
+            "budget_min": None if args.smoke else args.budget_minutes, "imgsz": args.imgsz, "batch": args.batch,
+            "train_args": list(args.train_args), "rows": entries}
+
+
+def from_peers(row: dict, args) -> dict | None:
+    """A same-setting run of ``benchmarks.peers --train`` for a bare-preset row, as this script's result (the
+    GFLOPs counted on its final weights); None when there is none."""
+    if row["overrides"] or not args.from_peers:
+        return None
+    for path in sorted(Path(args.from_peers).glob("*.json")):
+        saved = json.loads(path.read_text())
+        s = saved.get("_settings") or {}
+        same = (s.get("minutes") == args.budget_minutes and s.get("imgsz") == args.imgsz
+                and s.get("batch") == args.batch and s.get("seed") == args.seed
+                and s.get("hmpe_args", []) == list(args.train_args)
+                and s.get("data", "nwpu-vhr10") == settings(row, args)["data"])  # runs before 2026-12-02: the default
+        run = saved.get(row["model"])
+        if not same or run is None:
+            continue
+        from hmpe.engine.checkpoint import load_for_inference
+
+        model, _, ckpt = load_for_inference(Path(run["run_dir"]) / "weights" / "last.pt", torch.device("cpu"),
+                                            fuse=False)
+        params, gflops = model_cost(model, args.flops_imgsz)
+        print(f"[{row['name']}] seed {args.seed}: the peers run {path}", flush=True)
+        return {"name": row["name"], "model": row["model"], "overrides": {}, "metrics": run["metrics"],
+                "epochs": run["epochs"], "params": params, "gflops": gflops, "flops_imgsz": args.flops_imgsz,
+                "decoder_layers": ckpt["model_cfg"].get("decoder", {}).get("num_layers"),
+                "run_dir": run["run_dir"], "source": str(path)}
+    return None
+
+
+def run_seed(row: dict, seed: int, args) -> dict:
+    """One (row, seed): its stored result, a matching peers run (``--from-peers``), or a training run."""
+    a = copy.copy(args)
+    a.seed = seed
+    seeded = dict(row, name=f"{row['name']}-seed{seed}")
+    path = args.results_dir / f"{slug(seeded['name'])}.json"
+    stored = stored_result(path, settings(row, a), args.force, seeded["name"])
+    if stored is not None:
+        return stored
+    res = from_peers(row, a)
+    if res is None:
+        print(f"=== [{seeded['name']}] {row['model']} {row['overrides'] or ''}", flush=True)
+        res = run_row(seeded, a)
+    res.update(name=row["name"], seed=seed, settings=settings(row, a))
+    path.write_text(json.dumps(res, indent=1, default=str))
+    return res
 
 
 def parse_args(argv=None):
@@ -219,7 +306,9 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed and row")
+    p.add_argument("--from-peers", default=None,
+                   help="folder of `benchmarks.peers --train` run JSON files to take same-setting runs from")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--max-epochs", type=int, default=1000, help="epoch cap before the budget sizes the run")
     p.add_argument("--flops-imgsz", type=int, default=640, help="input size for the GFLOPs column (smoke: 64)")
@@ -253,25 +342,20 @@ def main(argv=None) -> dict:
     args.results_dir.mkdir(parents=True, exist_ok=True)
     results, skipped = {}, []
     for row in rows:
-        res_path = args.results_dir / f"{slug(row['name'])}.json"
-        stored = stored_result(res_path, settings(row, args), args.force, row["name"])
-        if stored is not None:
-            results[row["name"]] = stored
-            continue
-        print(f"=== [{row['name']}] {row['model']} {row['overrides'] or ''}", flush=True)
-        try:
-            res = run_row(row, args)
-        except SkipRow as e:
-            skipped.append((row["name"], str(e)))
-            print(f"[{row['name']}] skipped: {e}", flush=True)
-            continue
-        res_path.write_text(json.dumps(res, indent=1, default=str))
-        results[row["name"]] = res
+        for seed in args.seeds:
+            try:
+                results.setdefault(row["name"], []).append(run_seed(row, seed, args))
+            except SkipRow as e:
+                skipped.append((row["name"], str(e)))
+                print(f"[{row['name']}] skipped: {e}", flush=True)
+                break
+    results = {k: v for k, v in results.items() if v}
     md = markdown(rows, results, skipped, args, started_load)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(md)
+    args.out.with_suffix(".json").write_text(json.dumps(combined_json(rows, results, args), indent=1, default=str))
     print(md)
-    print(f"written to {args.out}")
+    print(f"written to {args.out} and {args.out.with_suffix('.json')}")
     return {"results": results, "skipped": skipped, "markdown": str(args.out)}
 
 

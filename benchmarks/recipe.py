@@ -32,7 +32,7 @@ import torch
 
 from benchmarks import ablation
 from benchmarks._common import (SkipRow, default_datasets_env, fmt, header, load_avg, md_table,
-                                output_paths, select_named)
+                                mean_spread, output_paths, select_named)
 
 VARIANTS_FILE = Path(__file__).resolve().parent / "recipe_variants.yaml"
 METRICS = ablation.METRICS
@@ -101,8 +101,7 @@ def summarise(variants: list[dict], results: list[dict]) -> list[dict]:
              "epochs": mean(r["epochs"] for r in runs),
              "images_per_s": mean(r["images_per_s"] or 0.0 for r in runs)}
         for k in METRICS:
-            vals = [r["metrics"].get(k, 0.0) for r in runs]
-            s[k], s[k + "_spread"] = mean(vals), max(vals) - min(vals)
+            s[k], s[k + "_spread"] = mean_spread([r["metrics"].get(k, 0.0) for r in runs])
         out.append(s)
     return out
 

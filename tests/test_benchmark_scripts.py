@@ -79,16 +79,22 @@ def test_ablation_smoke_and_resume(tmp_path, one_thread):
     md = Path(out["markdown"]).read_text()
     for key in ("| baseline |", "mAP50-95", "Δ mAP50", "command:", "CPU:"):
         assert key in md
-    for r in out["results"].values():
+    for runs in out["results"].values():
+        (r,) = runs  # one seed
         assert set(r["metrics"]) >= {"precision", "recall", "mAP50", "mAP50_95"}
-        assert r["epochs"] == 1 and r["params"] > 0 and r["gflops"] > 0
+        assert r["epochs"] == 1 and r["params"] > 0 and r["gflops"] > 0 and r["seed"] == 0
+    combined = json.loads(Path(out["markdown"]).with_suffix(".json").read_text())
+    assert {"date", "cpu", "versions", "budget_min", "imgsz", "rows"} <= set(combined)
+    entry = next(e for e in combined["rows"] if e["row"] == "+MOHFE")  # a heatmap row: mask fractions per level
+    assert set(entry["mask_bg_masked"]) == {"S3", "S4", "S5"} and set(entry["mask_obj_hot"]) == {"S3", "S4", "S5"}
+    assert next(e for e in combined["rows"] if e["row"] == "baseline")["mask_bg_masked"] is None
 
-    # resumable: a row with a result is skipped; a row without one resumes from its last.pt
-    (tmp_path / "res" / "baseline.json").unlink()
+    # resumable: a (row, seed) with a result is read back; one without resumes from its last.pt
+    (tmp_path / "res" / "baseline-seed0.json").unlink()
     again = ablation.main(args + ["--rows", "baseline", "+DSConv"])
-    assert again["results"]["baseline"]["resumed"] is True
-    assert again["results"]["baseline"]["metrics"] == out["results"]["baseline"]["metrics"]
-    assert again["results"]["+DSConv"]["metrics"] == out["results"]["+DSConv"]["metrics"]  # read back, not rerun
+    assert again["results"]["baseline"][0]["resumed"] is True
+    assert again["results"]["baseline"][0]["metrics"] == out["results"]["baseline"][0]["metrics"]
+    assert again["results"]["+DSConv"] == out["results"]["+DSConv"]  # read back, not rerun
 
 
 def test_peers_speed_smoke(tmp_path, one_thread):
@@ -112,10 +118,12 @@ def test_peers_speed_smoke(tmp_path, one_thread):
 
 
 def test_peers_train_smoke(tmp_path, one_thread):
+    """Part B end to end with learning curves, then the combined result file made from its run JSON."""
     peers = _load("peers")
     hmpe_row = "hmpe-n" if "hmpe-n" in model_presets() else "rtdetr-n"
-    out = peers.main(["--train", "--smoke", "--threads", "1", "--workdir", str(tmp_path),
-                      "--models", f"{hmpe_row},yolo11n,dfine-n"])
+    runs = tmp_path / "peers_train"
+    out = peers.main(["--train", "--smoke", "--threads", "1", "--workdir", str(tmp_path), "--curve-every", "1",
+                      "--models", f"{hmpe_row},yolo11n,dfine-n", "--out", str(runs / "smoke_s0.md")])
     _skip_reasons_ok(out["skipped"])
     expected = {hmpe_row}
     expected |= {"yolo11n"} if importlib.util.find_spec("ultralytics") else set()
@@ -124,8 +132,58 @@ def test_peers_train_smoke(tmp_path, one_thread):
     for name, r in out["results"].items():
         assert r["epochs"] == 1, name
         assert {"precision", "recall", "mAP50", "mAP50_95", "AP_small"} <= set(r["metrics"]), name
+        if name != "dfine-n":  # curves: hmpe rows and yolo11n, closed by the final weights' metrics
+            assert [p["epoch"] for p in r["curve"]] == [1], name
+            assert r["curve"][-1]["mAP50"] == pytest.approx(float(r["metrics"]["mAP50"])), name
     md = Path(out["markdown"]).read_text()
     assert f"| {hmpe_row} |" in md
+
+    combined = _load("peers.combine").main(["--runs", str(runs), "--minutes", "0.1", "--imgsz", "64",
+                                            "--out", str(tmp_path / "peers_train.json")])
+    saved = json.loads((tmp_path / "peers_train.json").read_text())
+    assert saved == json.loads(json.dumps(combined))
+    assert {"date", "cpu", "versions", "budget_min", "imgsz", "runs"} <= set(saved) and saved["imgsz"] == 64
+    assert {r["model"] for r in saved["runs"]} == expected
+    for r in saved["runs"]:
+        assert {"model", "seed", "epochs", "mAP50", "mAP50_95", "AP_small", "precision", "recall"} <= set(r)
+    assert (tmp_path / "peers_train.png").stat().st_size > 0  # the curve figure
+
+    # the ablation takes the same-setting peers run of a bare-preset row instead of training it again
+    ablation = _load("ablation")
+    row = next(r["name"] for r in ablation.load_rows(ablation.ROWS_FILE) if r["model"] == hmpe_row and not r["overrides"])
+    abl = ablation.main(["--smoke", "--budget-minutes", "0.1", "--rows", row, "--from-peers", str(runs),
+                         "--runs-dir", str(tmp_path / "abl-runs"), "--results-dir", str(tmp_path / "abl")])
+    (taken,) = abl["results"][row]
+    assert taken["source"].endswith("smoke_s0.json") and not (tmp_path / "abl-runs").exists()
+    assert taken["metrics"]["mAP50"] == pytest.approx(float(out["results"][hmpe_row]["metrics"]["mAP50"]))
+
+
+def test_peers_combine_seeds_and_machines(tmp_path):
+    """Mean and spread over seeds per model; runs from another CPU model or another budget are not mixed in."""
+    combine = _load("peers.combine")
+
+    def run(name, seed, map50, cpu="cpu A", minutes=35.0):
+        metrics = {"mAP50": map50, "mAP50_95": map50 / 2, "AP_small": 0.1, "precision": 0.5, "recall": 0.4}
+        settings = {"date": "2026-12-02 01:00 UTC", "cpu": cpu, "versions": {"torch": "x"}, "seed": seed,
+                    "minutes": minutes, "imgsz": 512, "batch": 8, "threads": 1}
+        (tmp_path / f"{name}_{seed}_{cpu[-1]}_{minutes:g}.json").write_text(json.dumps(
+            {name: {"epochs": 4, "train_min": 35.0, "params": 1, "metrics": metrics}, "_settings": settings}))
+
+    run("hmpe-n", 0, 0.30)
+    run("hmpe-n", 1, 0.20)
+    run("yolo11n", 0, 0.25)
+    run("yolo11n", 1, 0.99, minutes=150.0)
+    result = combine.combine(tmp_path, 35.0, 512)
+    by_model = {s["model"]: s for s in result["summary"]}
+    assert by_model["hmpe-n"]["seeds"] == [0, 1]
+    assert by_model["hmpe-n"]["mAP50"] == pytest.approx(0.25) and by_model["hmpe-n"]["mAP50_spread"] == pytest.approx(0.1)
+    assert by_model["yolo11n"]["mAP50"] == pytest.approx(0.25) and by_model["yolo11n"]["mAP50_spread"] == 0
+    assert "0.250 ± 0.100" in combine.markdown(result, None)
+    run("yolo11n", 1, 0.2, cpu="cpu B")
+    with pytest.raises(SystemExit, match="different CPUs"):
+        combine.combine(tmp_path, 35.0, 512)
+    with pytest.raises(SystemExit, match="no run"):
+        combine.combine(tmp_path, 35.0, 640)
 
 
 def test_compare_runs(tmp_path, one_thread):

@@ -193,3 +193,25 @@ def test_heatmap_switched_off_is_the_baseline():
     on = [k for k, _ in build_model(heat_cfg, 10).named_parameters()]
     assert [k for k in on if not k.startswith("heatmap.")] == names
     assert any(k.startswith("heatmap.probe.") for k in on) and "heatmap.gate" in on
+
+
+def test_mask_calibration_matches_the_logged_diagnostics(trained, tmp_path):
+    """benchmarks.mask_calibration at the model's own threshold reproduces the mask statistics the trainer
+    logged at its last validation (same EMA weights, split and size); a higher quantile masks more."""
+    import csv
+
+    from benchmarks import mask_calibration
+
+    with open(trained.run_dir / "results.csv", newline="") as f:
+        logged = list(csv.DictReader(f))[-1]
+    rows = mask_calibration.main(["--weights", str(trained.run_dir / "weights" / "last.pt"), "--threads", "1",
+                                  "--thresholds", "absolute:0.05", "quantile:0.3,0.6", "--score-pool", "sum",
+                                  "--out", str(tmp_path / "calibration.md")])
+    own = next(r for r in rows if r["mode"] == "absolute")["stats"]
+    for level in ("S3", "S4", "S5"):
+        for kind in ("bg_masked", "obj_hot"):
+            assert own[f"mask_{kind}/{level}"] == pytest.approx(float(logged[f"val/mask_{kind}/{level}"]), abs=1e-5)
+        q3, q6 = (next(r for r in rows if r["tau"] == t)["stats"] for t in (0.3, 0.6))
+        assert q6[f"mask_bg_masked/{level}"] >= q3[f"mask_bg_masked/{level}"]
+        assert q6[f"mask_obj_hot/{level}"] <= q3[f"mask_obj_hot/{level}"]
+    assert "S5 bg masked / obj hot" in (tmp_path / "calibration.md").read_text()

@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-epochs", type=int, default=1000, help="Part B: cap before the time budget sizes it")
     p.add_argument("--yolo-epochs", type=int, default=0, help="Part B: fixed YOLO epochs (0: calibrate)")
+    p.add_argument("--curve-every", type=int, default=0,
+                   help="Part B: keep a checkpoint every N epochs and score each after the run: a learning curve "
+                        "(hmpe rows and yolo11n; 0 = off)")
     p.add_argument("--hmpe-args", nargs="*", default=[], help="Part B: key=value overrides for hmpe train")
     p.add_argument("--workdir", default=None, help="runs and converted data (default: a temp dir outside the repo)")
     p.add_argument("--out", default=None, help="markdown output (default benchmarks/results/peers[_train].md)")

@@ -15,6 +15,7 @@ import yaml
 from hmpe.data.tools import data_convert
 from hmpe.utils.config import load_yaml
 from benchmarks.peers.models import require
+from benchmarks.peers.curve import yolo_curve
 from benchmarks.peers.scoring import score_yolo
 
 
@@ -86,10 +87,13 @@ def train_yolo(args, data, workdir: Path) -> dict:
     epochs, calib = _fitted_epochs(args, common, workdir)
     t0 = time.time()
     model = YOLO("yolo11n.yaml")
-    model.train(epochs=epochs, name="yolo11n", **common)
+    model.train(epochs=epochs, name="yolo11n", save_period=args.curve_every or -1, **common)
     minutes = (time.time() - t0) / 60
     weights = workdir / "ultralytics" / "yolo11n" / "weights" / "last.pt"
     metrics = score_yolo(weights, data, args.imgsz, args.batch)
     params = sum(p.numel() for p in YOLO(str(weights)).model.parameters())
-    return {"metrics": metrics, "epochs": epochs, "train_min": minutes, "params": params,
-            "run_dir": str(weights.parent.parent), "calibration_s": calib}
+    out = {"metrics": metrics, "epochs": epochs, "train_min": minutes, "params": params,
+           "run_dir": str(weights.parent.parent), "calibration_s": calib}
+    if args.curve_every:
+        out["curve"] = yolo_curve(weights.parent.parent, data, args.imgsz, args.batch, metrics)
+    return out

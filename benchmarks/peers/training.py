@@ -18,6 +18,7 @@ from hmpe.engine.bench import count_params
 from hmpe.engine.trainer import Trainer
 from hmpe.utils.config import apply_overrides, default_train_config, parse_overrides, split_overrides
 from benchmarks._common import RESULTS, SkipRow, load_avg, load_hmpe_model_config, no_network, parse_row_spec
+from benchmarks.peers.curve import hmpe_curve
 from benchmarks.peers.models import PEER_NAMES, split_models
 from benchmarks.peers.report import plain_metrics, train_markdown, write_report
 from benchmarks.peers.train_dfine import train_dfine
@@ -36,7 +37,7 @@ def trainer_config(args, data, workdir: Path, name: str) -> tuple[dict, dict]:
     cfg = default_train_config()
     cfg.update(data=data, imgsz=args.imgsz, batch=args.batch, workers=args.workers, device="cpu",
                epochs=args.max_epochs, time_limit=args.minutes, val_interval=10**6, project=str(workdir),
-               name=name, exist_ok=True, seed=args.seed, heatmaps_per_epoch=0)
+               name=name, exist_ok=True, seed=args.seed, heatmaps_per_epoch=0, save_period=args.curve_every)
     model_extra, train_extra = split_overrides(parse_overrides(args.hmpe_args))
     cfg.update(train_extra)
     if args.smoke:
@@ -53,15 +54,19 @@ def train_hmpe(spec: str, args, data, workdir: Path) -> dict:
     t0 = time.time()
     trainer = Trainer(cfg, model_cfg)
     metrics = trainer.fit()
-    return {"metrics": metrics, "epochs": trainer.epochs, "train_min": (time.time() - t0) / 60,
-            "params": count_params(trainer.model), "run_dir": str(trainer.run_dir)}
+    out = {"metrics": metrics, "epochs": trainer.epochs, "train_min": (time.time() - t0) / 60,
+           "params": count_params(trainer.model), "run_dir": str(trainer.run_dir)}
+    if args.curve_every:
+        out["curve"] = hmpe_curve(Path(trainer.run_dir), data, args.imgsz, args.batch, metrics)
+    return out
 
 
 def train_row(spec: str, args, data, workdir: Path) -> dict:
     if spec == "yolo11n":
         return train_yolo(args, data, workdir)
     if spec == "dfine-n":
-        return train_dfine(trainer_config(args, data, workdir, "dfine-n")[0], smoke=args.smoke)
+        cfg = trainer_config(args, data, workdir, "dfine-n")[0] | {"save_period": 0}  # no curve: not an hmpe checkpoint
+        return train_dfine(cfg, smoke=args.smoke)
     if spec in PEER_NAMES:
         raise SkipRow(f"{spec} has no training recipe in this script (yolo11n, dfine-n, hmpe presets)")
     return train_hmpe(spec, args, data, workdir)
@@ -75,6 +80,7 @@ def run_settings(args) -> dict:
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": environment()["cpu"],
             "versions": versions(), "seed": args.seed, "minutes": args.minutes, "imgsz": args.imgsz,
             "batch": args.batch, "threads": args.threads[0], "workers": args.workers,
+            "curve_every": args.curve_every, "data": "synthetic (smoke)" if args.smoke else args.data,
             "hmpe_args": list(args.hmpe_args)}
 
 

@@ -1,6 +1,8 @@
 """Short-schedule training switches: augmentation by epoch (augment_epochs), warm-up and EMA ramp sized in
 epochs, the fused AdamW step."""
 
+import math
+
 import pytest
 
 from conftest import tiny_model_cfg, tiny_train_cfg
@@ -25,7 +27,7 @@ class Record:
 
 def _fit(tmp_path, **over):
     rec = Record()
-    cfg = tiny_train_cfg(tmp_path, epochs=4, imgsz=64, batch=2, val_interval=10_000, **over)
+    cfg = tiny_train_cfg(tmp_path, **{"epochs": 4, "imgsz": 64, "batch": 2, "val_interval": 10_000, **over})
     trainer = Trainer(cfg, tiny_model_cfg(), callbacks=[rec])
     trainer.fit()
     return trainer, rec
@@ -57,3 +59,25 @@ def test_augment_epochs_is_checked(bad):
     with pytest.raises(UsageError, match="augment_epochs"):
         check_task_args("train", {"augment_epochs": bad})
     check_task_args("train", {"augment_epochs": [0, 1]})
+
+
+def test_time_limit_sizes_the_run_in_iterations(tmp_path, monkeypatch):
+    """time_limit: after the first epoch the budget is sized in iterations at the measured pace; the last epoch
+    stops part-way, the cosine ends on the last iteration, and the checkpoint carries the budget for a resume."""
+    import hmpe.engine.trainer as trainer_mod
+    from hmpe.engine.checkpoint import load_checkpoint
+
+    paces = []
+
+    def five_iterations(budget_s, elapsed_s, done_iters, min_iters=1):
+        paces.append((budget_s, done_iters))
+        return 5  # 2.5 epochs of 2 iterations
+
+    monkeypatch.setattr(trainer_mod, "iterations_for_budget", five_iterations)
+    trainer, rec = _fit(tmp_path, time_limit=0.5, epochs=1000, warmup_iters=1, final_lr_factor=0.1)
+    n = len(trainer.train_loader)
+    assert n == 2 and paces == [(30.0, 2)]
+    assert trainer.epochs == 3 and trainer.iteration == 5 and trainer.total_iters == 5
+    assert rec.lrs[-1] == pytest.approx(trainer.cfg["lr"] * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 3 / 4))))
+    ckpt = load_checkpoint(trainer.weights_dir / "last.pt")
+    assert ckpt["budget_iters"] == 5 and ckpt["epochs"] == 3

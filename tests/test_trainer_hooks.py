@@ -11,7 +11,7 @@ from torch import nn
 
 from conftest import tiny_data, tiny_model_cfg, tiny_train_cfg
 from hmpe.engine.checkpoint import load_checkpoint
-from hmpe.engine.optim import epochs_for_budget
+from hmpe.engine.optim import iterations_for_budget
 from hmpe.engine.run_log import append_row, truncate_rows
 from hmpe.engine.trainer import ModelParts, Trainer, loss_groups
 from hmpe.models.detector import build_criterion
@@ -156,4 +156,4 @@ def test_runtime_helpers(tmp_path):
     (tmp_path / "train" / "a").mkdir(parents=True)
     assert increment_run_dir(tmp_path, "train", "a") == tmp_path / "train" / "a2"
     assert increment_run_dir(tmp_path, "train", "a", exist_ok=True) == tmp_path / "train" / "a"
-    assert epochs_for_budget(60, 7, 1) == 8 and epochs_for_budget(5, 7, 3) == 3
+    assert iterations_for_budget(60, 7, 10) == 85 and iterations_for_budget(5, 7, 10, min_iters=11) == 11

@@ -54,10 +54,13 @@ def lr_factor(it: int, total_iters: int, warmup_iters: int, schedule: str = "cos
     raise ValueError(f"unknown lr schedule {schedule!r} (cosine, step, constant)")
 
 
-def epochs_for_budget(budget_s: float, first_epoch_s: float, min_epochs: int = 1) -> int:
-    """How many epochs fit a time budget (``time_limit``) once the first epoch took ``first_epoch_s``
-    seconds: ``budget // first_epoch_s``, at least ``min_epochs`` (the epochs already done + 1)."""
-    return max(int(min_epochs), int(budget_s // max(first_epoch_s, 1e-6)))
+def iterations_for_budget(budget_s: float, elapsed_s: float, done_iters: int, min_iters: int = 1) -> int:
+    """How many iterations fit a time budget (``time_limit``) once ``done_iters`` took ``elapsed_s`` seconds:
+    the whole budget at the measured pace, at least ``min_iters``. Sizing in iterations rather than whole epochs
+    lets the last epoch be partial: with epochs of minutes, a whole-epoch count leaves up to one epoch of the
+    budget unused (4 epochs of 7 minutes in a 35-minute budget)."""
+    pace = max(elapsed_s, 1e-6) / max(done_iters, 1)
+    return max(int(min_iters), int(budget_s / pace))
 
 
 class ModelEMA:

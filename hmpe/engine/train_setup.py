@@ -83,6 +83,7 @@ class LoopState:
     epochs: int
     start_epoch: int = 0
     iteration: int = 0
+    budget_iters: int | None = None  # time_limit: the iterations that fit (the last epoch may be partial)
     best_fitness: float = -1.0
     nan_count: int = 0
     metrics: dict = field(default_factory=dict)
@@ -274,6 +275,7 @@ def restore(ckpt: dict, state: LoopState, model: nn.Module, ema: ModelEMA | None
             ema.module.load_state_dict(ckpt["model"])
         state.start_epoch, state.epochs = ckpt["epoch"] + 1, ckpt.get("epochs", state.epochs)
         state.iteration, state.best_fitness = ckpt["iteration"], ckpt["best_fitness"]
+        state.budget_iters = ckpt.get("budget_iters")
         state.metrics = ckpt.get("metrics") or {}
         return
     unwrap(model).load_state_dict(ckpt["model"])
@@ -284,6 +286,7 @@ def restore(ckpt: dict, state: LoopState, model: nn.Module, ema: ModelEMA | None
     state.start_epoch = ckpt["epoch"] + 1
     state.epochs = max(state.epochs, ckpt.get("epochs", state.epochs))
     state.iteration = ckpt["iteration"]
+    state.budget_iters = ckpt.get("budget_iters")
     state.best_fitness = ckpt["best_fitness"]
     state.nan_count = ckpt.get("nan_count", 0)
     state.metrics = ckpt.get("metrics") or {}

@@ -26,7 +26,7 @@ from hmpe.data.preprocess import Preprocess
 from hmpe.data.transforms import NUM_DROPPED_KEY, resize_batch
 from hmpe.engine.checkpoint import rng_state, save_atomic
 from hmpe.engine.evaluator import COCOEvaluator
-from hmpe.engine.optim import epochs_for_budget, lr_factor
+from hmpe.engine.optim import iterations_for_budget, lr_factor
 from hmpe.engine.run_log import append_row, epoch_row, log
 from hmpe.engine.train_setup import ModelParts, build_train_setup, resolve_model_cfg, to_device, unwrap
 from hmpe.models.mask_stats import MaskStatsAccumulator
@@ -154,6 +154,7 @@ class Trainer:
         self.optimizer, self.scaler, self.amp_dtype, self.ema = s.optimizer, s.scaler, s.amp_dtype, s.ema
         st = s.state
         self.epochs, self.start_epoch, self.iteration, self.best_fitness = st.epochs, st.start_epoch, st.iteration, st.best_fitness
+        self.budget_iters = st.budget_iters
         self.nan_count, self.metrics = st.nan_count, st.metrics
         self.callbacks = list(callbacks)
         self.train_stats: dict = {}
@@ -213,13 +214,15 @@ class Trainer:
         self.model.train()
         if isinstance(self.criterion, nn.Module):
             self.criterion.train()
-        total_iters = self.epochs * len(self.train_loader)
+        total_iters = self.total_iters
         sums: dict[str, float] = {}
         n = dropped = 0
         scale_rng = random.Random(cfg["seed"] * 1000 + epoch)  # batch sizes for multi-scale, resumable
         pbar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.epochs}",
                     disable=not du.is_main_process(), dynamic_ncols=True)
         for images, targets in pbar:
+            if self.iteration >= total_iters:  # time_limit: the budget ends inside this (last) epoch
+                break
             self._set_lr(total_iters)
             dropped += sum(int(t.get(NUM_DROPPED_KEY, 0)) for t in targets)
             if self.multi_scale:
@@ -343,13 +346,22 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = g["initial_lr"] * f
 
+    @property
+    def total_iters(self) -> int:
+        """Iterations of the whole run: the lr schedule's length (``time_limit``: what the budget holds)."""
+        return self.budget_iters or self.epochs * len(self.train_loader)
+
     def _fit_epochs_to_time(self, first_epoch_s: float) -> None:
-        """time_limit (minutes): after the first epoch, size the run so the whole schedule fits."""
-        epochs = epochs_for_budget(float(self.cfg["time_limit"]) * 60, first_epoch_s, self.start_epoch + 1)
-        self.epochs = int(du.broadcast_object(epochs))  # DDP: rank 0's clock decides for every rank
+        """time_limit (minutes): after the first epoch, size the run in iterations so that the whole schedule
+        fits the budget at the first epoch's pace; the last epoch may stop part-way (the cosine ends there)."""
+        per_epoch = len(self.train_loader)
+        iters = iterations_for_budget(float(self.cfg["time_limit"]) * 60, first_epoch_s, self.iteration,
+                                      min_iters=max(self.iteration, 1))
+        iters = int(du.broadcast_object(iters))  # DDP: rank 0's clock decides for every rank
+        self.budget_iters, self.epochs = iters, max(self.start_epoch + 1, -(-iters // per_epoch))
         self.cfg["epochs"] = self.epochs
-        self.log(f"time_limit {self.cfg['time_limit']} min: first epoch took {first_epoch_s:.0f} s -> "
-                 f"{self.epochs} epochs in all")
+        self.log(f"time_limit {self.cfg['time_limit']} min: first epoch took {first_epoch_s:.0f} s -> {iters} "
+                 f"iterations ({iters / per_epoch:.2f} epochs, {self.epochs} started)")
 
     def _on_non_finite(self, images, targets, loss_dict) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -371,7 +383,8 @@ class Trainer:
         weights (the raw ones without EMA) as ``model``, no optimiser, scaler or RNG state (about a third of
         the size: AdamW keeps two moments per weight)."""
         base = {"epoch": epoch,  # completed epoch index
-                "epochs": self.epochs, "iteration": self.iteration, "best_fitness": self.best_fitness,
+                "epochs": self.epochs, "iteration": self.iteration, "budget_iters": self.budget_iters,
+                "best_fitness": self.best_fitness,
                 "metrics": metrics, "model_cfg": self.model_cfg, "names": self.names,
                 "train_cfg": {k: v for k, v in self.cfg.items() if not k.startswith("_")},
                 # resolved (absolute path, format, names), so that val/resume work from any folder

@@ -115,7 +115,7 @@ TRAIN = (
     Key("exist_ok", False, "reuse an existing run folder"),
     Key("resume", None, "last.pt of a run to resume exactly"),
     Key("save_period", 0, "also keep epochN.pt every N epochs (0 = off)"),
-    Key("time_limit", None, "minutes: size the epochs so the run fits"),
+    Key("time_limit", None, "minutes: size the run (in iterations; the last epoch may be partial) so it fits"),
 )
 
 VAL = (

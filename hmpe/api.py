@@ -145,12 +145,13 @@ class Detector:
         """A folder written by :meth:`save_pretrained` (``config.json`` + ``model.safetensors``; no pickle)."""
         return cls(model=None, weights=str(path), device=device)
 
-    def save_pretrained(self, out_dir: str | Path) -> Path:
+    def save_pretrained(self, out_dir: str | Path, half: bool = False) -> Path:
         """Write ``out_dir/config.json`` (model config, class names, training config) and
-        ``out_dir/model.safetensors`` (the weights inference uses) - :func:`hmpe.engine.checkpoint.save_pretrained`."""
+        ``out_dir/model.safetensors`` (the weights inference uses; ``half``: in fp16, half the size) -
+        :func:`hmpe.engine.checkpoint.save_pretrained`."""
         if not self.weights:
             raise ValueError("no weights: train first, or pass a checkpoint (Detector('best.pt'))")
-        path = save_pretrained(load_checkpoint(self.weights), out_dir)
+        path = save_pretrained(load_checkpoint(self.weights), out_dir, half=half)
         print(f"saved {path / PRETRAINED_CONFIG} and the safetensors weights to {path}")
         return path
 
@@ -213,12 +214,13 @@ class Detector:
 
     # ------------------------------------------------------------------ export
     def export(self, format: str = "onnx", imgsz: int | None = None, opset: int = 17, gather_sampling: bool = False,
-               out: str | Path | None = None, check: bool = True, image: str | Path | None = None) -> Path:
+               out: str | Path | None = None, check: bool = True, image: str | Path | None = None,
+               half: bool = False) -> Path:
         """Export the checkpoint to ONNX or OpenVINO IR (post-processed outputs, dynamic batch; see
         :mod:`hmpe.engine.export`) and, with ``check``, compare the runtime (onnxruntime / OpenVINO) with
         PyTorch (raises ``ExportParityError`` on a mismatch). ``format="safetensors"``: :meth:`save_pretrained`
-        into ``out`` (default: ``<weights stem>_pretrained/`` beside the checkpoint); the other options do not
-        apply."""
+        into ``out`` (default: ``<weights stem>_pretrained/`` beside the checkpoint), in fp16 with ``half``; the
+        other options do not apply (nor ``half`` to ONNX / OpenVINO)."""
         fmt = str(format).lower()
         if fmt not in ("onnx", "openvino", "safetensors"):
             raise ValueError(f"format={format!r}: choose onnx, openvino or safetensors")
@@ -226,7 +228,9 @@ class Detector:
             raise ValueError("no weights: train first, or pass a checkpoint (Detector('best.pt'))")
         if fmt == "safetensors":
             src = Path(self.weights)
-            return self.save_pretrained(out or src.with_name(f"{src.stem}_pretrained"))
+            return self.save_pretrained(out or src.with_name(f"{src.stem}_pretrained"), half=bool(half))
+        if half:
+            raise ValueError(f"half=true applies to format=safetensors (fp16 weights), not to format={fmt}")
         fn = export_onnx if fmt == "onnx" else export_openvino
         return fn(self.weights, imgsz=imgsz, opset=opset, gather_sampling=gather_sampling, out=out, check=check,
                   image=image)

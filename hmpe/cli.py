@@ -6,7 +6,7 @@
     hmpe predict SOURCE weights=best.pt conf=0.3 [slice=640 overlap=0.2 merge=nms|wbf merge_iou=0.5 strict=false]
                                                 # exit 3: finished, unreadable inputs skipped (named)
     hmpe export weights=best.pt format=onnx|openvino [imgsz=... opset=17 gather_sampling=false out=PATH image=IMG]
-    hmpe export weights=best.pt format=safetensors [out=DIR]   # config.json + model.safetensors, no pickle
+    hmpe export weights=best.pt format=safetensors [out=DIR half=true]   # config.json + model.safetensors, no pickle
     hmpe heatmap SOURCE weights=best.pt [conf=0.25 imgsz=... level=0|1|2|max out=DIR]  # heatmap-path models
     hmpe explore weights=best.pt source=DIR|DATA.yaml [port=7860 host=127.0.0.1 split=val conf=0.25]  # browser
     hmpe bench model=rtdetr-n imgsz=640 batch=1 [device=cpu threads=2 warmup=3 runs=20 save=out.json fuse=true]
@@ -127,7 +127,7 @@ def cmd_export(argv: list[str]) -> int:
     weights = args.pop("weights", None)
     if not weights:
         raise UsageError("weights=PATH is required; usage: hmpe export weights=PATH format=onnx|openvino [imgsz=... opset=17 "
-                         "gather_sampling=false out=PATH image=IMG check=true] | format=safetensors [out=DIR]")
+                         "gather_sampling=false out=PATH image=IMG check=true] | format=safetensors [out=DIR half=true]")
     try:
         Detector(weights=weights, device="cpu").export(**args)
     except ExportParityError as e:

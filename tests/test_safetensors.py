@@ -55,3 +55,36 @@ def test_safetensors_round_trip_same_predictions(tmp_path, monkeypatch):
     monkeypatch.undo()
     again = Detector(weights=str(ckpt), device="cpu").save_pretrained(tmp_path / "again")
     assert (again / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+
+
+def test_half_safetensors_half_the_size_and_fp32_model(tmp_path):
+    """half=true: floating tensors in fp16 (integer buffers kept), about half the file; the loaded model is
+    fp32 with the fp16-rounded weights, so its raw outputs stay within fp16 rounding of the original's."""
+    import pytest
+    from safetensors import safe_open
+
+    from hmpe.api import Detector
+    from hmpe.cli import main
+    from hmpe.engine.checkpoint import load_for_inference
+
+    ckpt = make_checkpoint(tmp_path / "tiny.pt", imgsz=64)
+    full, half = tmp_path / "full", tmp_path / "half"
+    assert main(["export", f"weights={ckpt}", "format=safetensors", f"out={full}"]) == 0
+    assert main(["export", f"weights={ckpt}", "format=safetensors", f"out={half}", "half=true"]) == 0
+    assert json.loads((half / "config.json").read_text())["dtype"] == "float16"
+    ratio = (half / "model.safetensors").stat().st_size / (full / "model.safetensors").stat().st_size
+    assert 0.45 < ratio < 0.55, ratio
+    with safe_open(str(half / "model.safetensors"), "pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+    assert torch.float16 in dtypes and torch.float32 not in dtypes
+    x = torch.rand(1, 3, 64, 64)
+    ref, _, _ = load_for_inference(ckpt, torch.device("cpu"))
+    got, _, _ = load_for_inference(half, torch.device("cpu"))
+    assert all(p.dtype == torch.float32 for p in got.parameters())
+    with torch.no_grad():
+        a, b = ref(x), got(x)
+    assert torch.allclose(a["pred_boxes"], b["pred_boxes"], atol=2e-2)
+    assert torch.allclose(a["pred_logits"].sigmoid(), b["pred_logits"].sigmoid(), atol=2e-2)
+    assert len(Detector(str(half), device="cpu").predict(_images(tmp_path / "images"), conf=0.0)[0].scores) > 0
+    with pytest.raises(ValueError, match="half=true applies to format=safetensors"):
+        Detector(weights=str(ckpt), device="cpu").export(format="onnx", half=True)

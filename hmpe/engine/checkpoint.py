@@ -79,9 +79,11 @@ PRETRAINED_WEIGHTS = "model.safetensors"
 PRETRAINED_FORMAT = "hmpe-pretrained"
 
 
-def save_pretrained(ckpt: dict, out_dir: str | Path) -> Path:
+def save_pretrained(ckpt: dict, out_dir: str | Path, half: bool = False) -> Path:
     """A checkpoint -> ``out_dir/config.json`` (model config, class names, training config, hmpe version)
     and ``out_dir/model.safetensors`` (the EMA weights when the checkpoint has them: the ones inference uses).
+    ``half``: floating-point tensors stored as fp16 (half the file; loading copies them into the fp32 model,
+    so only the rounding of the weights differs), integer buffers as they are.
 
     Any safetensors reader gets the tensors; :func:`load_checkpoint` reads the folder back as a checkpoint
     (no optimizer, no RNG state), so ``Detector(folder)``, ``weights=folder`` and ``hmpe val/predict/export``
@@ -91,9 +93,13 @@ def save_pretrained(ckpt: dict, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     state = inference_state(ckpt)
     # clone: safetensors refuses tensors that share storage (tied weights); the copy is one model's size
-    save_file({k: v.detach().cpu().clone().contiguous() for k, v in state.items()}, str(out / PRETRAINED_WEIGHTS),
-              metadata={"format": "pt"})
+    def stored(v: torch.Tensor) -> torch.Tensor:
+        v = v.detach().cpu().clone().contiguous()
+        return v.half() if half and v.is_floating_point() else v
+
+    save_file({k: stored(v) for k, v in state.items()}, str(out / PRETRAINED_WEIGHTS), metadata={"format": "pt"})
     config = {"format": PRETRAINED_FORMAT, "hmpe_version": ckpt.get("hmpe_version"), "names": list(ckpt["names"]),
+              "dtype": "float16" if half else "float32",
               "model_cfg": ckpt["model_cfg"], "train_cfg": ckpt.get("train_cfg") or {},
               "data_cfg": ckpt.get("data_cfg")}
     (out / PRETRAINED_CONFIG).write_text(json.dumps(config, indent=1, default=str), encoding="utf-8")

@@ -174,6 +174,7 @@ EXPORT = (
     Key("out", None, "output file (default: next to the weights)"),
     Key("image", None, "image for the onnxruntime parity check (default: a synthetic one)"),
     Key("check", True, "compare onnxruntime with PyTorch after export"),
+    Key("half", False, "format=safetensors: fp16 weights (half the file; loaded back into the fp32 model)"),
 )
 
 BENCH = (

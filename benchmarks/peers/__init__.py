@@ -30,24 +30,28 @@ Part A (default): speed and size, in one run.
 
 Part B (``--train``): a same-budget training comparison on NWPU VHR-10 (train split -> val split).
 
-    python -m benchmarks.peers --train [--minutes 35] [--imgsz 512] [--batch 8]
+    python -m benchmarks.peers --train [--minutes 35] [--imgsz 512] [--batch 8] [--seed 0] [--curve-every N]
 
   From scratch, the same minutes of this CPU and the same image size for every model:
-    hmpe-n    ``hmpe train`` with ``time_limit=MINUTES`` (the trainer sizes the epochs after the
-              first one so that the whole schedule fits); its default recipe, overridable with
+    hmpe-n    ``hmpe train`` with ``time_limit=MINUTES`` (after the first epoch the trainer sizes the
+              run in iterations so that the whole schedule fits); its default recipe, overridable with
               ``--hmpe-args key=value ...``.
     yolo11n   ultralytics' own trainer, schedule and mosaic, with a FIXED epoch count that fits the
               minutes (so its schedule and close_mosaic are not cut short): ``--yolo-epochs N``, or
               calibrated by timing one epoch first (the calibration epoch is not counted).
               Trained on a YOLO-format copy written by ``hmpe data convert`` into the work folder.
-    dfine-n   a short loop over the HF model and its built-in loss (``outputs.loss``), with hmpe's
-              data pipeline and optimiser recipe (AdamW, warm-up + cosine, grad clip, EMA; the
-              training keys of ``--hmpe-args`` -- lr, warmup_iters, augment / mosaic -- apply to it
-              too), epochs sized after the first one to fit the minutes, like hmpe's trainer.
+    dfine-n   the HF model and its built-in loss (``outputs.loss``) trained by hmpe's Trainer: hmpe's
+              data pipeline and optimiser recipe (AdamW, warm-up + cosine, grad clip, EMA, ``time_limit``
+              sizing; the training keys of ``--hmpe-args`` -- lr, warmup_iters, augment / mosaic -- apply
+              to it too).
   All three are scored by hmpe's COCOEvaluator on the same val samples (faster-coco-eval: P, R at
   the best-F1 confidence, mAP50, mAP50-95, AP_small/medium/large); hmpe-n and D-FINE-N see the val
   images through hmpe's eval transform (square resize), YOLO11n through its own letterbox predictor,
-  boxes mapped back to original pixels in both cases. Writes ``benchmarks/results/peers_train.md``.
+  boxes mapped back to original pixels in both cases. Writes ``benchmarks/results/peers_train.md``
+  (``--out``) and a JSON beside it with the run's settings, date, CPU and versions; ``--curve-every N``
+  keeps a checkpoint every N epochs and scores each after the run (:mod:`benchmarks.peers.curve`).
+  ``python -m benchmarks.peers.combine`` gathers the runs of one budget (several seeds) into
+  ``benchmarks/results/peers_train.json`` with the mean and spread per model.
 
 ``--smoke``: a tiny run of the chosen part (64 px inputs, 2 rounds; for ``--train`` a few synthetic
 images, one epoch each) that checks the whole path in seconds; its markdown goes to the work
@@ -55,8 +59,8 @@ folder, not to ``benchmarks/results``. Rows whose package (ultralytics, transfor
 hmpe[peers]``) is missing are skipped with a message.
 
 Modules: ``models`` (row builders), ``speed`` + ``runtimes`` (Part A), ``training``, ``train_yolo``,
-``train_dfine`` (Part B's adapters), ``scoring`` (hmpe's evaluator for every row), ``report`` (markdown),
-``cli`` (arguments).
+``train_dfine`` (Part B's adapters), ``scoring`` (hmpe's evaluator for every row), ``curve`` (learning
+curves), ``combine`` (the combined result file), ``report`` (markdown), ``cli`` (arguments).
 """
 
 from benchmarks._common import set_offline_env

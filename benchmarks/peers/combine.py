@@ -41,7 +41,9 @@ def read_runs(folder: Path, minutes: float, imgsz: int) -> list[dict]:
             if model.startswith("_"):
                 continue
             m = r["metrics"]
-            runs.append({"model": model, "seed": s["seed"], "epochs": r["epochs"], "train_min": r["train_min"],
+            # hmpe's trainer under time_limit may stop part-way through its last epoch: epochs_trained
+            runs.append({"model": model, "seed": s["seed"], "epochs": r.get("epochs_trained", r["epochs"]),
+                         "train_min": r["train_min"],
                          **{k: m.get(k) for k in RUN_METRICS},
                          **{k: v for k, v in m.items() if k.startswith("mask_")},
                          "params": r.get("params"), "threads": s["threads"], "batch": s["batch"],
@@ -87,7 +89,7 @@ def markdown(result: dict, figure: Path | None) -> str:
             + [f"{s[k]:.3f} ± {s[k + '_spread']:.3f}" if len(s["seeds"]) > 1 else fmt(s[k]) for k in SUMMARY_KEYS]
             for s in result["summary"]]
     lines.append(md_table(cols, rows, "ll" + "r" * (len(cols) - 2)))
-    per_run = [[r["model"], r["seed"], r["epochs"], fmt(r["train_min"], 1)] + [fmt(r[k]) for k in RUN_METRICS]
+    per_run = [[r["model"], r["seed"], fmt(r["epochs"], 2), fmt(r["train_min"], 1)] + [fmt(r[k]) for k in RUN_METRICS]
                + [" ".join(f"{k.split('/')[-1]}:{v:.2f}/{r.get(k.replace('bg_masked', 'obj_hot'), 0):.2f}"
                            for k, v in r.items() if k.startswith("mask_bg_masked"))]
                for r in result["runs"]]

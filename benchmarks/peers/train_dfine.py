@@ -56,4 +56,5 @@ def train_dfine(cfg: dict, smoke: bool = False) -> dict:
     trainer = Trainer(dict(cfg, name="dfine-n"), model=parts)
     metrics = trainer.fit()
     return {"metrics": metrics, "epochs": trainer.epochs, "train_min": (time.time() - t0) / 60,
+            "epochs_trained": round(trainer.iteration / len(trainer.train_loader), 2),
             "params": count_params(trainer.model), "run_dir": str(trainer.run_dir)}

@@ -55,6 +55,7 @@ def train_hmpe(spec: str, args, data, workdir: Path) -> dict:
     trainer = Trainer(cfg, model_cfg)
     metrics = trainer.fit()
     out = {"metrics": metrics, "epochs": trainer.epochs, "train_min": (time.time() - t0) / 60,
+           "epochs_trained": round(trainer.iteration / len(trainer.train_loader), 2),  # time_limit: last one partial
            "params": count_params(trainer.model), "run_dir": str(trainer.run_dir)}
     if args.curve_every:
         out["curve"] = hmpe_curve(Path(trainer.run_dir), data, args.imgsz, args.batch, metrics)

@@ -273,7 +273,8 @@ def from_peers(row: dict, args) -> dict | None:
         params, gflops = model_cost(model, args.flops_imgsz)
         print(f"[{row['name']}] seed {args.seed}: the peers run {path}", flush=True)
         return {"name": row["name"], "model": row["model"], "overrides": {}, "metrics": run["metrics"],
-                "epochs": run["epochs"], "params": params, "gflops": gflops, "flops_imgsz": args.flops_imgsz,
+                "epochs": run.get("epochs_trained", run["epochs"]), "params": params, "gflops": gflops,
+                "flops_imgsz": args.flops_imgsz,
                 "decoder_layers": ckpt["model_cfg"].get("decoder", {}).get("num_layers"),
                 "run_dir": run["run_dir"], "source": str(path)}
     return None

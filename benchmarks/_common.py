@@ -167,6 +167,18 @@ def versions() -> dict[str, str]:
     return out
 
 
+def utc_stamp() -> str:
+    """Now, as every result file dates itself: ``2026-12-02 03:22 UTC``."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def provenance() -> dict:
+    """``{"date", "cpu", "versions"}``: what a result file carries so that its figures can be placed."""
+    from hmpe.engine.bench import environment
+
+    return {"date": utc_stamp(), "cpu": environment()["cpu"], "versions": versions()}
+
+
 def load_avg() -> str:
     try:
         return " ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -193,7 +205,7 @@ def header(title: str, extra: list[str] | None = None, started_load: str | None 
 
     env = environment()
     lines = [f"# {title}", "",
-             f"- date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+             f"- date: {utc_stamp()}",
              f"- CPU: {env['cpu']} ({env['logical_cpus']} logical CPUs)"
              + (f", GPU: {env['cuda_device']}" if "cuda_device" in env else ""),
              "- versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import datetime as _dt
 import json
 import re
 import shutil
@@ -42,7 +41,7 @@ from pathlib import Path
 import torch
 
 from benchmarks._common import (SkipRow, default_datasets_env, fmt, header, load_avg, load_hmpe_model_config,
-                                md_table, mean_spread, output_paths, select_named, versions)
+                                md_table, mean_spread, output_paths, provenance, select_named)
 
 ROWS_FILE = Path(__file__).resolve().parent / "ablation_rows.yaml"
 METRICS = ("precision", "recall", "mAP50", "mAP50_95", "AP_small")
@@ -231,8 +230,6 @@ def markdown(rows: list[dict], results: dict, skipped: list[tuple[str, str]], ar
 
 def combined_json(rows: list[dict], results: dict, args) -> dict:
     """The combined result file: one entry per (row, seed); mask fractions per level, null without a heatmap."""
-    from hmpe.engine.bench import environment
-
     def per_level(m: dict, kind: str) -> dict | None:
         found = {k.split("/")[-1]: v for k, v in m.items() if k.startswith(f"mask_{kind}/")}
         return found or None
@@ -245,8 +242,7 @@ def combined_json(rows: list[dict], results: dict, args) -> dict:
                             "epochs": res["epochs"], **{k: m.get(k) for k in METRICS},
                             "mask_bg_masked": per_level(m, "bg_masked"), "mask_obj_hot": per_level(m, "obj_hot"),
                             "params": res["params"], "gflops": res["gflops"], "source": res.get("source", "ablation")})
-    return {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "cpu": environment()["cpu"], "versions": versions(),
+    return {**provenance(),
             "budget_min": None if args.smoke else args.budget_minutes, "imgsz": args.imgsz, "batch": args.batch,
             "train_args": list(args.train_args), "rows": entries}
 

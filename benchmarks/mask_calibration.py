@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -30,9 +29,8 @@ from hmpe.data.dataset import build_dataset, collate_fn
 from hmpe.data.formats import load_data_config
 from hmpe.data.preprocess import Preprocess
 from hmpe.engine.checkpoint import load_for_inference
-from hmpe.models.mask_stats import TAU_MODES, MaskStatsAccumulator, remask
-from hmpe.utils.boxes import box_cxcywh_to_xyxy
-from benchmarks._common import RESULTS, default_datasets_env, header, load_avg, md_table
+from hmpe.models.mask_stats import TAU_MODES, MaskStatsAccumulator, level_names, remask, target_boxes_xyxy
+from benchmarks._common import RESULTS, default_datasets_env, header, load_avg, md_table, provenance
 
 TARGET_BG, TARGET_OBJ = 0.30, 0.95
 
@@ -57,12 +55,10 @@ def calibrate(model, loader, thresholds: list[tuple[str, float]], score_pool: st
     for images, targets in loader:
         feats = model.encoder.project(model.backbone(images))
         heat = model.heatmap(feats, image_size=images.shape[-2:])
-        h, w = images.shape[-2:]
-        scale = torch.tensor([w, h, w, h], dtype=torch.float32)
-        boxes = [box_cxcywh_to_xyxy(t["boxes"].float().reshape(-1, 4)) * scale for t in targets]
-        levels = [f"S{int(math.log2(s))}" for s in heat.strides]
+        hw = tuple(images.shape[-2:])
+        boxes, levels = target_boxes_xyxy(targets, hw), level_names(heat.strides)
         for (mode, tau), acc in stats.items():
-            acc.update(remask(heat, tau, mode=mode).mask, boxes, (h, w))
+            acc.update(remask(heat, tau, mode=mode).mask, boxes, hw)
     return {t: acc.summary(levels) for t, acc in stats.items()}
 
 
@@ -112,8 +108,8 @@ def main(argv=None) -> list[dict]:
     md = markdown(rows, args, trained, started_load)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(md)
-    args.out.with_suffix(".json").write_text(json.dumps({"weights": str(args.weights), "imgsz": args.imgsz,
-                                                         "trained": trained, "rows": rows}, indent=1))
+    record = {**provenance(), "weights": str(args.weights), "imgsz": args.imgsz, "trained": trained, "rows": rows}
+    args.out.with_suffix(".json").write_text(json.dumps(record, indent=1))
     print(md)
     return rows
 

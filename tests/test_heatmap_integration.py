@@ -199,6 +199,7 @@ def test_mask_calibration_matches_the_logged_diagnostics(trained, tmp_path):
     """benchmarks.mask_calibration at the model's own threshold reproduces the mask statistics the trainer
     logged at its last validation (same EMA weights, split and size); a higher quantile masks more."""
     import csv
+    import json
 
     from benchmarks import mask_calibration
 
@@ -215,3 +216,4 @@ def test_mask_calibration_matches_the_logged_diagnostics(trained, tmp_path):
         assert q6[f"mask_bg_masked/{level}"] >= q3[f"mask_bg_masked/{level}"]
         assert q6[f"mask_obj_hot/{level}"] <= q3[f"mask_obj_hot/{level}"]
     assert "S5 bg masked / obj hot" in (tmp_path / "calibration.md").read_text()
+    assert {"date", "cpu", "versions"} <= set(json.loads((tmp_path / "calibration.json").read_text()))

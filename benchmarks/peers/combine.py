@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-from benchmarks._common import RESULTS, fmt, md_table, mean_spread
+from benchmarks._common import RESULTS, fmt, md_table, mean_spread, utc_stamp
 
 RUN_METRICS = ("precision", "recall", "mAP50", "mAP50_95", "AP_small")
 SUMMARY_KEYS = ("epochs", "train_min") + RUN_METRICS
@@ -79,7 +78,7 @@ def combine(folder: Path, minutes: float, imgsz: int) -> dict:
 
 def markdown(result: dict, figure: Path | None) -> str:
     lines = [f"# Peers: same-budget training, {result['budget_min']:g} minutes of one core, {result['imgsz']} px", "",
-             f"- combined: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; runs dated up to {result['date']}",
+             f"- combined: {utc_stamp()}; runs dated up to {result['date']}",
              f"- CPU: {result['cpu']}",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
              "- each metric: mean over the seeds ± the spread (max - min); a difference smaller than the spreads is "

@@ -17,7 +17,8 @@ import torch
 from hmpe.engine.bench import count_params
 from hmpe.engine.trainer import Trainer
 from hmpe.utils.config import apply_overrides, default_train_config, parse_overrides, split_overrides
-from benchmarks._common import RESULTS, SkipRow, load_avg, load_hmpe_model_config, no_network, parse_row_spec
+from benchmarks._common import (RESULTS, SkipRow, load_avg, load_hmpe_model_config, no_network, parse_row_spec,
+                                provenance)
 from benchmarks.peers.curve import hmpe_curve
 from benchmarks.peers.models import PEER_NAMES, split_models
 from benchmarks.peers.report import plain_metrics, train_markdown, write_report
@@ -75,11 +76,7 @@ def train_row(spec: str, args, data, workdir: Path) -> dict:
 
 def run_settings(args) -> dict:
     """What a combined result file needs to know of one invocation (:mod:`benchmarks.peers.combine`)."""
-    from hmpe.engine.bench import environment
-    from benchmarks._common import versions
-
-    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": environment()["cpu"],
-            "versions": versions(), "seed": args.seed, "minutes": args.minutes, "imgsz": args.imgsz,
+    return {**provenance(), "seed": args.seed, "minutes": args.minutes, "imgsz": args.imgsz,
             "batch": args.batch, "threads": args.threads[0], "workers": args.workers,
             "curve_every": args.curve_every, "data": "synthetic (smoke)" if args.smoke else args.data,
             "hmpe_args": list(args.hmpe_args)}

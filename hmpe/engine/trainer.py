@@ -29,7 +29,7 @@ from hmpe.engine.evaluator import COCOEvaluator
 from hmpe.engine.optim import iterations_for_budget, lr_factor
 from hmpe.engine.run_log import append_row, epoch_row, log
 from hmpe.engine.train_setup import ModelParts, build_train_setup, resolve_model_cfg, to_device, unwrap
-from hmpe.models.mask_stats import MaskStatsAccumulator
+from hmpe.models.mask_stats import MaskStatsAccumulator, level_names, target_boxes_xyxy
 from hmpe.utils import dist as du
 from hmpe.utils.boxes import box_cxcywh_to_xyxy
 from hmpe.utils.runtime import seed_everything
@@ -74,11 +74,9 @@ def evaluate(model: nn.Module, loader: DataLoader, postprocessor: nn.Module, eva
         with ctx:
             outputs = model(images)
         if "heatmap" in outputs:
-            h, w = images.shape[-2:]
-            scale = torch.tensor([w, h, w, h], dtype=torch.float32)
-            boxes = [box_cxcywh_to_xyxy(t["boxes"].float().reshape(-1, 4)) * scale for t in targets]
-            masks.update(outputs["heatmap"].mask, boxes, (h, w))
-            levels = [f"S{int(math.log2(s))}" for s in outputs["heatmap"].strides]
+            hw = tuple(images.shape[-2:])
+            masks.update(outputs["heatmap"].mask, target_boxes_xyxy(targets, hw), hw)
+            levels = level_names(outputs["heatmap"].strides)
         orig = torch.stack([t["orig_size"] for t in targets])
         orig = (preprocess.post_sizes(orig) if preprocess is not None else orig).to(device)
         preds = postprocessor({k: v.float() for k, v in outputs.items() if k in ("pred_logits", "pred_boxes")}, orig)

@@ -13,14 +13,17 @@ Statistics of a mask against the objects of an image (:func:`object_cells`, :fun
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from hmpe.utils.boxes import box_cxcywh_to_xyxy
+
 __all__ = ["TAU_MODES", "MaskStatsAccumulator", "threshold_mask", "mix_and_mask", "remask", "object_cells",
-           "mask_statistics"]
+           "mask_statistics", "target_boxes_xyxy", "level_names"]
 
 
 TAU_MODES = ("absolute", "quantile")
@@ -118,6 +121,19 @@ def mask_statistics(mask, objects: np.ndarray) -> dict:
         "hot": float(m.mean()) if m.size else None,
         "cells": int(m.size), "object_cells": n_obj, "background_cells": n_bg,
     }
+
+
+def target_boxes_xyxy(targets: Sequence[dict], image_hw: tuple[int, int]) -> list[Tensor]:
+    """The boxes of dataset targets (cxcywh normalised to the network input) in input pixels, xyxy, per image:
+    what :meth:`MaskStatsAccumulator.update` takes."""
+    h, w = image_hw
+    scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+    return [box_cxcywh_to_xyxy(t["boxes"].float().reshape(-1, 4)) * scale for t in targets]
+
+
+def level_names(strides: Sequence[int]) -> list[str]:
+    """``[8, 16, 32]`` -> ``["S3", "S4", "S5"]``: the names the mask statistics are logged under."""
+    return [f"S{int(math.log2(s))}" for s in strides]
 
 
 class MaskStatsAccumulator:

@@ -27,8 +27,9 @@ from hmpe.data.dataset import build_dataset, collate_fn
 from hmpe.data.images import IMAGE_SUFFIXES, load_image
 from hmpe.data.formats import DataError, format_note, load_data_config
 from hmpe.data.preprocess import Preprocess
-from hmpe.engine.checkpoint import (PRETRAINED_CONFIG, checkpoint_data_config, load_checkpoint, load_for_inference,
-                                    save_pretrained)
+from hmpe.engine.checkpoint import (PRETRAINED_CONFIG, checkpoint_data_config, load_checkpoint,
+                                    load_for_inference, resolve_weights, save_pretrained, shipped_name,
+                                    shipped_weights)
 from hmpe.engine.evaluator import COCOEvaluator
 from hmpe.engine.export import export_onnx, export_openvino
 from hmpe.engine.slicing import evaluate_sliced, model_predict_fn, sliced_predict
@@ -106,10 +107,11 @@ class Detector:
 
     def __init__(self, model: str | None = "rtdetr-n", weights: str | None = None, device: str = "auto",
                  **overrides):
-        if model is not None and (str(model).endswith(".pt") or (Path(str(model)) / PRETRAINED_CONFIG).is_file()):
+        if model is not None and (str(model).endswith(".pt") or (Path(str(model)) / PRETRAINED_CONFIG).is_file()
+                                  or str(model) in shipped_weights()):
             model, weights = None, model
         self.model_name = model
-        self.weights = str(weights) if weights else None
+        self.weights = str(resolve_weights(weights)) if weights else None  # a shipped name -> its folder
         self.device_spec = device
         self.overrides = overrides
         self._model = None
@@ -226,8 +228,11 @@ class Detector:
             raise ValueError(f"format={format!r}: choose onnx, openvino or safetensors")
         if not self.weights:
             raise ValueError("no weights: train first, or pass a checkpoint (Detector('best.pt'))")
+        src = Path(self.weights)
+        if out is None and shipped_name(src):  # shipped weights: write into the working directory, not the package
+            out = {"onnx": f"{src.name}.onnx", "openvino": f"{src.name}_openvino/{src.name}.xml",
+                   "safetensors": f"{src.name}_pretrained"}[fmt]
         if fmt == "safetensors":
-            src = Path(self.weights)
             return self.save_pretrained(out or src.with_name(f"{src.stem}_pretrained"), half=bool(half))
         if half:
             raise ValueError(f"half=true applies to format=safetensors (fp16 weights), not to format={fmt}")

@@ -5,6 +5,7 @@
     hmpe val weights=runs/train/exp/weights/best.pt [data=...]
     hmpe predict SOURCE weights=best.pt conf=0.3 [slice=640 overlap=0.2 merge=nms|wbf merge_iou=0.5 strict=false]
                                                 # exit 3: finished, unreadable inputs skipped (named)
+    hmpe predict SOURCE weights=hmpe-n-nwpu      # weights=NAME: weights shipped with hmpe (hmpe/weights/NAME)
     hmpe export weights=best.pt format=onnx|openvino [imgsz=... opset=17 gather_sampling=false out=PATH image=IMG]
     hmpe export weights=best.pt format=safetensors [out=DIR half=true]   # config.json + model.safetensors, no pickle
     hmpe heatmap SOURCE weights=best.pt [conf=0.25 imgsz=... level=0|1|2|max out=DIR]  # heatmap-path models

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from hmpe.data.formats import DataError, load_data_config
+from hmpe.data.formats import DataError, load_data_config, shipped_datasets
 from hmpe.models.detector import build_model, build_postprocessor
 
 
@@ -52,13 +52,43 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         raise
 
 
+# -- weights shipped inside the package: hmpe/weights/<name>/ (a save_pretrained folder + metrics.json) ------
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+SHIPPED_METRICS = "metrics.json"  # the figures measured with these very files (hmpe val), and how
+
+
+def shipped_weights() -> list[str]:
+    """Names of the pretrained folders shipped in ``hmpe/weights`` (``weights=NAME`` anywhere weights go)."""
+    if not WEIGHTS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / PRETRAINED_CONFIG).is_file())
+
+
+def resolve_weights(weights: str | Path) -> Path:
+    """``weights`` as a path when one exists there, else the folder of the shipped weights of that name, else
+    the path as given (:func:`load_checkpoint` then says what is missing and which names are shipped)."""
+    path = Path(weights).expanduser()
+    name = str(weights)
+    if not path.exists() and "/" not in name and (WEIGHTS_DIR / name / PRETRAINED_CONFIG).is_file():
+        return WEIGHTS_DIR / name
+    return path
+
+
+def shipped_name(weights: str | Path) -> str | None:
+    """The shipped name when ``weights`` is (the folder of) shipped weights, else None."""
+    path = resolve_weights(weights)
+    return path.name if path.parent == WEIGHTS_DIR else None
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """A ``.pt`` written by ``hmpe train``, or a :func:`save_pretrained` folder (read without pickle)."""
-    path = Path(path)
+    """A ``.pt`` written by ``hmpe train``, a :func:`save_pretrained` folder (read without pickle), or the
+    name of shipped weights (:func:`shipped_weights`)."""
+    path = resolve_weights(path)
     if path.is_dir():
         return load_pretrained_dir(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path}: no such file")
+        raise FileNotFoundError(f"checkpoint {path}: no such file, and no shipped weights of that name "
+                                f"(shipped: {', '.join(shipped_weights()) or 'none'})")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # truncated or not a torch file
@@ -130,17 +160,30 @@ def checkpoint_data_config(ckpt: dict, where: str | Path | None = None) -> dict:
 
     Checkpoints store the dataset resolved (absolute ``path``, ``format``, ``names``), so this works
     from any working directory. A dataset that has moved since is a :class:`DataError` naming the
-    checkpoint and the missing folder and saying to pass ``data=``. Checkpoints from before the
-    resolved copy was stored fall back to the ``data`` value as it was typed.
+    checkpoint and the missing folder and saying to pass ``data=``, except for a shipped dataset
+    (``nwpu-vhr10``): a checkpoint trained on it elsewhere (shipped weights) reads this machine's copy
+    through the shipped YAML (``HMPE_DATASETS``). Checkpoints from before the resolved copy was stored
+    fall back to the ``data`` value as it was typed.
     """
     saved = ckpt.get("data_cfg")
     if saved is None:
         return load_data_config(ckpt.get("train_cfg", {}).get("data", "synthetic"))
     cfg = load_data_config(saved)
+    shipped = _shipped_dataset_name(saved)
+    if cfg["format"] != "synthetic" and not Path(cfg["path"]).is_dir() and shipped:
+        cfg = load_data_config(shipped)  # trained on another machine: the shipped YAML finds this machine's copy
     if cfg["format"] != "synthetic" and not Path(cfg["path"]).is_dir():
         raise DataError(where or "checkpoint", f"the dataset it was trained on ({cfg['_source']}) is no longer at "
                                                f"{cfg['path']}; pass data=PATH/TO/data.yaml to use another copy")
     return cfg
+
+
+def _shipped_dataset_name(saved: dict) -> str | None:
+    """The shipped dataset name (``nwpu-vhr10``) a stored dataset config was loaded from, else None."""
+    source = Path(str(saved.get("_source", "")))
+    if source.parent.parts[-2:] == ("configs", "datasets") and source.stem in shipped_datasets():
+        return source.stem
+    return None
 
 
 def load_for_inference(weights: str | Path, device: torch.device, fuse: bool = True):

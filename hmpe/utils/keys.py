@@ -119,7 +119,7 @@ TRAIN = (
 )
 
 VAL = (
-    Key("weights", None, "checkpoint to evaluate (required)"),
+    Key("weights", None, "checkpoint, pretrained folder or shipped name (hmpe-n-nwpu) to evaluate (required)"),
     Key("data", None, "dataset (default: the one the checkpoint was trained on)"),
     Key("split", "val", "train | val | test"),
     Key("device", "auto", "auto | cpu | cuda | cuda:N"),
@@ -137,7 +137,7 @@ VAL = (
 
 PREDICT = (
     Key("source", None, "image file, folder or glob pattern (or the first positional argument)"),
-    Key("weights", None, "checkpoint (required)"),
+    Key("weights", None, "checkpoint, pretrained folder or shipped name (hmpe-n-nwpu) (required)"),
     Key("device", "auto", "auto | cpu | cuda | cuda:N"),
     Key("conf", 0.25, "score threshold"),
     Key("imgsz", None, "input size (default: the checkpoint's training imgsz)"),
@@ -152,7 +152,7 @@ PREDICT = (
 
 HEATMAP = (
     Key("source", None, "image file, folder or glob pattern (or the first positional argument)"),
-    Key("weights", None, "checkpoint of a model with a heatmap path (required)"),
+    Key("weights", None, "checkpoint, folder or shipped name of a model with a heatmap path (required)"),
     Key("device", "auto", "auto | cpu | cuda | cuda:N"),
     Key("conf", 0.25, "score threshold of the boxes drawn"),
     Key("imgsz", None, "input size (default: the checkpoint's training imgsz)"),
@@ -192,7 +192,7 @@ BENCH = (
 )
 
 EXPLORE = (
-    Key("weights", None, "checkpoint of a model with a heatmap path (required)"),
+    Key("weights", None, "checkpoint, folder or shipped name of a model with a heatmap path (required)"),
     Key("source", None, "image folder or dataset YAML (or the first positional argument)"),
     Key("port", 7860, "local port of the page"),
     Key("host", "127.0.0.1", "address to bind (loopback by default)"),

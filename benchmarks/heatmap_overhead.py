@@ -22,7 +22,6 @@ Writes the markdown to stdout and to ``benchmarks/results/heatmap_overhead.md`` 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import os
 import platform
 import statistics
@@ -34,7 +33,7 @@ import torch
 from hmpe.engine.bench import environment
 from hmpe.models.detector import build_model
 from hmpe.utils.config import apply_overrides, load_model_config, parse_overrides
-from benchmarks._common import command_line, load_avg
+from benchmarks._common import command_line, load_avg, utc_stamp
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +94,7 @@ def render(args, argv, threads: list[int], overrides: dict, cfg_a: dict, params:
     lines = [
         "# Heatmap-path forward overhead",
         "",
-        f"- date: {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}",
+        f"- date: {utc_stamp()}",
         f"- CPU: {environment()['cpu']} ({os.cpu_count()} logical CPUs), torch.set_num_threads(n) for n in {threads}",
         f"- torch {torch.__version__}, Python {platform.python_version()}",
         f"- command: `{command_line(argv)}`",

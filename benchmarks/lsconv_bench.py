@@ -21,7 +21,6 @@ Writes the markdown to stdout and to ``benchmarks/results/lsconv.md``.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import os
 import platform
@@ -36,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hmpe.engine.bench import environment
 from hmpe.models.lsconv import DSConv, LSConv, SnakeConv, StripBlock
-from benchmarks._common import command_line, load_avg
+from benchmarks._common import command_line, load_avg, utc_stamp
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -204,7 +203,7 @@ def _header_lines(args: argparse.Namespace) -> list[str]:
     return [
         "# LSConv benchmark",
         "",
-        f"- date: {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}",
+        f"- date: {utc_stamp()}",
         f"- CPU: {environment()['cpu']} ({os.cpu_count()} logical CPUs), torch.set_num_threads(n) for n in {threads}",
         f"- torch {torch.__version__}, Python {platform.python_version()}",
         f"- command: `{command_line()}`",

@@ -78,3 +78,28 @@ def test_checkpoint_of_a_shipped_dataset_finds_this_machines_copy(tmp_path, monk
     moved = {**stored, "_source": "/elsewhere/my-data/nwpu-vhr10.yaml"}
     with pytest.raises(DataError, match="no longer at"):
         checkpoint_data_config({"data_cfg": moved})
+
+
+def test_ship_weights_states_figures_that_val_reproduces(tmp_path, monkeypatch):
+    """benchmarks/ship_weights.py: fp16 folder + metrics.json measured through ``weights=NAME``; too big: refused."""
+    import json
+
+    import hmpe.engine.checkpoint as checkpoint
+    from benchmarks.ship_weights import ship
+    from hmpe.api import Detector
+
+    monkeypatch.setattr(checkpoint, "WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.chdir(tmp_path)
+    ckpt = make_checkpoint(tmp_path / "tiny.pt", imgsz=64)
+    record = ship(ckpt, "tiny-shipped", "random tiny detector (test)")
+    folder = tmp_path / "weights" / "tiny-shipped"
+    assert json.loads((folder / "metrics.json").read_text()) == record
+    assert json.loads((folder / "config.json").read_text())["dtype"] == "float16"
+    assert record["reproduce"] == "hmpe val weights=tiny-shipped" and record["imgsz"] == 64
+    assert set(record["metrics"]) >= {"mAP50", "mAP50_95", "AP_small", "precision", "recall"}
+    again = Detector(weights="tiny-shipped", device="cpu").val(name="again")
+    for key, stated in record["metrics"].items():
+        assert again[key] == pytest.approx(stated, abs=1e-4), key
+    with pytest.raises(SystemExit, match="over --max-mb"):
+        ship(ckpt, "too-big", "x", max_mb=0.001)
+    assert not (tmp_path / "weights" / "too-big").exists()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import statistics
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import torch
 from hmpe.engine.backends import interleaved_times
 from hmpe.engine.bench import count_gflops, count_params, environment, peak_forward_memory, percentile
 from hmpe.engine.export import onnx_to_openvino
-from benchmarks._common import RESULTS, SkipRow, command_line, load_avg, no_network, versions
+from benchmarks._common import RESULTS, SkipRow, command_line, load_avg, no_network, utc_stamp, versions
 from benchmarks.peers.models import Built, build, call, peer_split, split_models
 from benchmarks.peers.report import speed_markdown, write_report
 from benchmarks.peers.runtimes import deploy, export_raw_onnx, runner
@@ -66,7 +65,7 @@ def run_speed(args) -> dict:
     if attempts:
         raise SystemExit(f"benchmarks.peers: network access was attempted: {attempts}")
     env = environment()
-    report = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": env["cpu"],
+    report = {"date": utc_stamp(), "cpu": env["cpu"],
               "logical_cpus": env["logical_cpus"], "versions": versions(), "command": command_line(),
               "backends": args.backends, "deployed": deployed, "backend_skipped": backend_skipped,
               "imgsz": args.imgsz, "nc": args.nc, "rounds": args.rounds, "warmup": args.warmup,

@@ -38,7 +38,7 @@ Part B (``--train``): a same-budget training comparison on NWPU VHR-10 (train sp
               ``--hmpe-args key=value ...``.
     yolo11n   ultralytics' own trainer, schedule and mosaic, with a FIXED epoch count that fits the
               minutes (so its schedule and close_mosaic are not cut short): ``--yolo-epochs N``, or
-              calibrated by timing one epoch first (the calibration epoch is not counted).
+              calibrated by a two-epoch run first (its second epoch timed; not counted).
               Trained on a YOLO-format copy written by ``hmpe data convert`` into the work folder.
     dfine-n   the HF model and its built-in loss (``outputs.loss``) trained by hmpe's Trainer: hmpe's
               data pipeline and optimiser recipe (AdamW, warm-up + cosine, grad clip, EMA, ``time_limit``

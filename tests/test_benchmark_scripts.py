@@ -271,6 +271,17 @@ def test_heatmap_overhead_smoke(tmp_path, one_thread):
     assert "## 1 thread" in text and "| A: rtdetr-n-heat (with heatmap path) |" in text and "**A / B = " in text
 
 
+def test_step_compare_smoke(tmp_path, one_thread):
+    sc = _load("step_compare")
+    out = tmp_path / "steps.md"
+    times = sc.main(["--smoke", "--variants", "channels_last=false", "channels_last=true decoder.num_denoising=0",
+                     "--out", str(out)])
+    assert list(times) == ["channels_last=false", "channels_last=true decoder.num_denoising=0"]
+    assert all(len(t) == 2 and min(t) > 0 for t in times.values())
+    text = out.read_text()
+    assert "| `channels_last=false` |" in text and "1.00x" in text and "images/s" in text
+
+
 def test_lsconv_bench_smoke(tmp_path, one_thread):
     import gc
 

@@ -51,3 +51,24 @@ def test_resume_is_exact(tmp_path, monkeypatch):
     assert a["final"] and b["final"] and "optimizer" not in a  # a finished run keeps the EMA weights only
     assert _states_equal(a["model"], b["model"])
     assert straight["mAP50_95"] == resumed["mAP50_95"] and straight["mAP50"] == resumed["mAP50"]
+
+
+def test_channels_last_is_the_same_training_in_another_layout(tmp_path):
+    """``channels_last`` (default): NHWC conv weights and images, the same losses up to float rounding, and
+    checkpoints that load into a model built in the default layout."""
+    from itertools import islice
+
+    from hmpe.models.detector import build_model
+
+    losses = {}
+    for layout in (False, True):
+        cfg = tiny_train_cfg(tmp_path, name=f"nhwc-{layout}", epochs=1, channels_last=layout, ema=True)
+        trainer = Trainer(cfg, tiny_model_cfg())
+        convs = [m.weight for m in trainer.model.modules()  # [C_out, C_in/groups > 1, k, k]: the layouts differ
+                 if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1 and m.weight.shape[1] > 1]
+        assert convs and all(w.is_contiguous(memory_format=torch.channels_last) == layout for w in convs)
+        losses[layout] = [trainer.train_step(images, targets)["loss"]
+                          for images, targets in islice(iter(trainer.train_loader), 3)]
+        fresh = build_model(tiny_model_cfg(), len(trainer.names))
+        fresh.load_state_dict(trainer.ema.module.state_dict())
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3)

@@ -231,6 +231,8 @@ def build_train_setup(cfg: dict, model_cfg: dict | None = None, *, explicit_keys
     else:  # a factory is called here: after the seed and with the dataset's class names, as hmpe's own model
         parts = _external_parts(parts if isinstance(parts, ModelParts) else parts(data.names), cfg, device)
     model_cfg = parts.model_cfg
+    if cfg.get("channels_last"):  # NHWC conv weights (oneDNN's / cuDNN's fast layout); the same math
+        parts.model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(parts, cfg)
     dtype = amp_dtype(cfg.get("amp", "auto"), device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)

@@ -243,6 +243,8 @@ class Trainer:
         """Forward, loss, backward, optimiser and EMA step on one batch; the loss groups and ``loss`` as
         floats, or None when the loss was not finite (the step is skipped on every rank)."""
         images = images.to(self.device, non_blocking=True)
+        if self.cfg.get("channels_last"):
+            images = images.contiguous(memory_format=torch.channels_last)
         targets = to_device(targets, self.device)
         ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
         with ctx:

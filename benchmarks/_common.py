@@ -216,6 +216,14 @@ def header(title: str, extra: list[str] | None = None, started_load: str | None 
     return "\n".join(lines) + "\n"
 
 
+def emit_report(text: str, out: str | Path | None) -> None:
+    """Print a markdown report and write it to ``out`` (None: printed only, e.g. a smoke run)."""
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
+
+
 def train_minutes(results_csv: Path) -> float:
     """Minutes a `hmpe train` run spent in its epochs (the ``time_s`` column of its results.csv)."""
     import csv

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._common import RESULTS, header, load_avg, load_hmpe_model_config, md_table, parse_row_spec
+from benchmarks._common import RESULTS, emit_report, header, load_avg, load_hmpe_model_config, md_table, parse_row_spec
 
 PARTS = ["backbone", "lsconv", "probe", "gradcam++", "mohfe", "encoder", "query sel.", "decoder", "post-process"]
 
@@ -154,11 +154,8 @@ def main(argv=None) -> dict[str, list[float]]:
         model.fuse()
     per_part = profile(model, build_postprocessor(cfg, args.nc), args.imgsz, args.rounds, args.warmup)
     text = markdown(per_part, args, started)
-    print(text)
-    out = args.out or (None if args.smoke else RESULTS / f"profile_{name}{'_unfused' if args.no_fuse else ''}.md")
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text)
+    default = RESULTS / f"profile_{name}{'_unfused' if args.no_fuse else ''}.md"
+    emit_report(text, args.out or (None if args.smoke else default))
     return per_part
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._common import RESULTS, default_datasets_env, header, load_avg, md_table
+from benchmarks._common import RESULTS, default_datasets_env, emit_report, header, load_avg, md_table
 from benchmarks.profile_parts import PartTimer, exclusive, instrument
 
 PARTS = ["data", "backbone", "lsconv", "probe", "gradcam++", "mohfe", "encoder", "query sel.", "denoising",
@@ -188,11 +188,7 @@ def main(argv=None) -> dict[str, list[float]]:
         trainer = build_trainer(args, Path(tmp))
         per_part = profile(trainer, args.iters, args.warmup)
     text = markdown(per_part, args, started)
-    print(text)
-    out = args.out or (None if args.smoke else RESULTS / f"profile_train_{Path(args.model).stem}.md")
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text)
+    emit_report(text, args.out or (None if args.smoke else RESULTS / f"profile_train_{Path(args.model).stem}.md"))
     return per_part
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._common import RESULTS, default_datasets_env, header, load_avg, md_table
+from benchmarks._common import RESULTS, default_datasets_env, emit_report, header, load_avg, md_table
 
 
 def build_trainer(args, variant: str, workdir: Path, index: int):
@@ -92,11 +92,7 @@ def main(argv=None) -> dict[str, list[float]]:
     with tempfile.TemporaryDirectory(prefix="hmpe-step-compare-") as tmp:
         times = compare(args, Path(tmp))
     text = markdown(times, args, started)
-    print(text)
-    out = args.out or (None if args.smoke else RESULTS / "step_compare.md")
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text)
+    emit_report(text, args.out or (None if args.smoke else RESULTS / "step_compare.md"))
     return times
 
 

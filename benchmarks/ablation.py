@@ -14,7 +14,8 @@ Params and GFLOPs (FlopCounterMode, 2 x MACs, 640 x 640, batch 1) are counted fo
 Every row runs once per seed (``--seeds``). Resumable: a (row, seed) whose result file
 (``<results-dir>/<row>-seed<N>.json``) exists with the same settings is skipped; one interrupted mid-run resumes
 exactly from its ``last.pt`` (``<runs-dir>/train/<row>-seed<N>/weights``), with the epoch count the budget gave it.
-``--force`` reruns from scratch. ``--from-peers DIR``: a row that is a bare preset (no overrides) takes the
+``--force`` reruns from scratch; ``--report-only`` trains nothing and tables what is stored (the combining step
+after rows were run in separate processes), listing the (row, seed) pairs without a result. ``--from-peers DIR``: a row that is a bare preset (no overrides) takes the
 same-budget training runs of ``python -m benchmarks.peers --train`` in DIR whose model, seed, budget, size, batch
 and training arguments are this invocation's (the same trainer and recipe: one run serves both tables) instead
 of training it again.
@@ -276,8 +277,9 @@ def from_peers(row: dict, args) -> dict | None:
     return None
 
 
-def run_seed(row: dict, seed: int, args) -> dict:
-    """One (row, seed): its stored result, a matching peers run (``--from-peers``), or a training run."""
+def run_seed(row: dict, seed: int, args) -> dict | None:
+    """One (row, seed): its stored result, a matching peers run (``--from-peers``), or a training run
+    (``--report-only``: None instead of training)."""
     a = copy.copy(args)
     a.seed = seed
     seeded = dict(row, name=f"{row['name']}-seed{seed}")
@@ -286,6 +288,8 @@ def run_seed(row: dict, seed: int, args) -> dict:
     if stored is not None:
         return stored
     res = from_peers(row, a)
+    if res is None and args.report_only:
+        return None
     if res is None:
         print(f"=== [{seeded['name']}] {row['model']} {row['overrides'] or ''}", flush=True)
         res = run_row(seeded, a)
@@ -317,6 +321,8 @@ def parse_args(argv=None):
     p.add_argument("--results-dir", default=None, help="per-row JSON (default: benchmarks/results/ablation)")
     p.add_argument("--out", default=None, help="markdown (default: benchmarks/results/ablation.md)")
     p.add_argument("--force", action="store_true", help="rerun rows that have results / checkpoints")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: the table of the stored and --from-peers runs, missing seeds listed")
     p.add_argument("--smoke", action="store_true", help="one epoch per row on a few synthetic images at 64 px")
     a = p.parse_args(argv)
     if a.smoke:
@@ -341,7 +347,11 @@ def main(argv=None) -> dict:
     for row in rows:
         for seed in args.seeds:
             try:
-                results.setdefault(row["name"], []).append(run_seed(row, seed, args))
+                res = run_seed(row, seed, args)
+                if res is None:  # --report-only: this seed was not run yet
+                    skipped.append((row["name"], f"seed {seed}: no stored result (--report-only)"))
+                    continue
+                results.setdefault(row["name"], []).append(res)
             except SkipRow as e:
                 skipped.append((row["name"], str(e)))
                 print(f"[{row['name']}] skipped: {e}", flush=True)

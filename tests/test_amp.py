@@ -1,5 +1,5 @@
-"""Mixed precision: bf16 (default on CUDA) and fp16 with a grad scaler; heads, losses and the heatmap
-arithmetic stay fp32.
+"""Mixed precision: bf16 (the default on CUDA and on CPUs with native bf16) and fp16 with a grad scaler;
+heads, losses and the heatmap arithmetic stay fp32.
 
 Every preset and every HMPE switch is trained a few iterations under torch's CPU autocast (bf16 and fp16),
 so the AMP code paths are checked on every CI run; the CUDA test runs when a GPU is present.
@@ -19,14 +19,31 @@ from hmpe.utils.runtime import amp_dtype
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def test_amp_auto_is_off_on_cpu_explicit_amp_on_any_device():
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_amp_auto_is_bf16_where_native_explicit_amp_on_any_device(native_bf16, monkeypatch):
+    from hmpe.utils import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native_bf16)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert amp_dtype("auto", cpu) is None and amp_dtype(False, cpu) is None
+    assert amp_dtype("auto", cpu) is (torch.bfloat16 if native_bf16 else None) and amp_dtype(False, cpu) is None
     assert amp_dtype("bf16", cpu) is torch.bfloat16 and amp_dtype("fp16", cpu) is torch.float16
     assert amp_dtype("auto", cuda) is torch.bfloat16 and amp_dtype("bf16", cuda) is torch.bfloat16
     assert amp_dtype("fp16", cuda) is torch.float16 and amp_dtype(False, cuda) is None
     with pytest.raises(ValueError):
         amp_dtype("fp8", cuda)
+
+
+def test_cpu_bf16_probe_agrees_with_the_cpu_flags():
+    from pathlib import Path
+
+    from hmpe.utils.runtime import cpu_has_native_bf16
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo (not Linux)")
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("flags")), [])
+    assert cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_tile" in flags)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="AMP runs on CUDA only (no GPU here)")
@@ -157,3 +174,16 @@ def test_trainer_amp_on_cpu_finite_losses(amp, tmp_path):
     assert math.isfinite(stats["loss"]) and stats["loss"] > 0 and trainer.nan_count == 0
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     assert 0.0 <= trainer.validate()["mAP50"] <= 1.0
+
+
+def test_validation_runs_in_fp32_after_training_under_autocast(tmp_path):
+    """The trainer's figures are the ones ``hmpe val`` (fp32) reproduces: no autocast in validation."""
+    cfg = tiny_train_cfg(tmp_path, name="val32", amp="bf16", device="cpu", epochs=1, batch=2, imgsz=64,
+                         data=tiny_data(num_train=2, num_val=2, imgsz=64), warmup_iters=1)
+    trainer = Trainer(cfg, {**tiny_model_cfg(num_denoising=10), "heatmap": {"enabled": True}})
+    seen = []
+    hook = trainer.eval_model().register_forward_hook(
+        lambda m, i, o: seen.append((torch.is_autocast_enabled("cpu"), o["pred_logits"].dtype)))
+    trainer.validate()
+    hook.remove()
+    assert seen and all(s == (False, torch.float32) for s in seen)

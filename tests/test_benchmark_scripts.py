@@ -96,6 +96,12 @@ def test_ablation_smoke_and_resume(tmp_path, one_thread):
     assert again["results"]["baseline"][0]["metrics"] == out["results"]["baseline"][0]["metrics"]
     assert again["results"]["+DSConv"] == out["results"]["+DSConv"]  # read back, not rerun
 
+    # --report-only trains nothing: seed 1 was never run and is listed as missing
+    report = ablation.main(args + ["--rows", "baseline", "--seeds", "0", "1", "--report-only"])
+    assert [r["seed"] for r in report["results"]["baseline"]] == [0]
+    assert report["skipped"] == [("baseline", "seed 1: no stored result (--report-only)")]
+    assert not (tmp_path / "res" / "baseline-seed1.json").exists()
+
 
 def test_peers_speed_smoke(tmp_path, one_thread):
     peers = _load("peers")

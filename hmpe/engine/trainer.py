@@ -60,19 +60,17 @@ def losses_to_host(loss: torch.Tensor, loss_dict: dict[str, torch.Tensor]) -> tu
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, postprocessor: nn.Module, evaluator: COCOEvaluator,
-             device: torch.device, desc: str = "val", autocast_dtype=None, preprocess: Preprocess | None = None
-             ) -> dict:
+             device: torch.device, desc: str = "val", preprocess: Preprocess | None = None) -> dict:
     """Run ``model`` over ``loader`` (images made by ``preprocess.transform``) and score it; ``preprocess`` maps
     the boxes back to original pixels (letterbox: :meth:`Preprocess.post_sizes`). Models with a heatmap path
     also report their mask per level (:func:`mask_diagnostics`): ``mask_bg_masked/S3`` (background cells the
-    mask zeroes), ``mask_obj_hot/S3`` (object cells it keeps), ... for S3, S4, S5."""
+    mask zeroes), ``mask_obj_hot/S3`` (object cells it keeps), ... for S3, S4, S5. Always fp32, also for a run
+    trained under autocast, so that the trainer's figures are the ones ``hmpe val`` reproduces."""
     model.eval()
-    ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     masks = MaskStatsAccumulator()
     for images, targets in tqdm(loader, desc=desc, leave=False, disable=not du.is_main_process()):
         images = images.to(device)
-        with ctx:
-            outputs = model(images)
+        outputs = model(images)
         if "heatmap" in outputs:
             hw = tuple(images.shape[-2:])
             masks.update(outputs["heatmap"].mask, target_boxes_xyxy(targets, hw), hw)
@@ -171,7 +169,7 @@ class Trainer:
         cfg = self.cfg
         self.log(f"hmpe train: {self.model_cfg.get('name', 'model')} on {cfg['data']} ({format_note(self.data_cfg)}; "
                  f"{len(self.train_set)} train / {len(self.val_set)} val images, {self.num_classes} classes), "
-                 f"device {self.device}, run folder {self.run_dir}")
+                 f"device {self.device}{self._precision_note()}, run folder {self.run_dir}")
         if self.resume_ckpt is not None and self.start_epoch >= self.epochs:
             self.log(f"nothing to resume: {self.run_dir} already completed all {self.epochs} epochs; to train on, "
                      f"start a new run from its weights with weights={self.cfg['resume']}")
@@ -284,6 +282,13 @@ class Trainer:
         parts = du.all_gather_objects(stats)
         return {k: sum(p.get(k, 0.0) for p in parts) / len(parts) for k in parts[0]}
 
+    def _precision_note(self) -> str:
+        """', bf16 autocast (amp=auto)' when the step runs under autocast: said once, at the start."""
+        if self.amp_dtype is None:
+            return ""
+        name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+        return f", {name} autocast (amp={self.cfg.get('amp', 'auto')})"
+
     def eval_model(self) -> nn.Module:
         """The model validation and the final checkpoint use: the EMA when there is one."""
         return self.ema.module if self.ema is not None else unwrap(self.model)
@@ -291,7 +296,7 @@ class Trainer:
     def validate(self) -> dict:
         evaluator = COCOEvaluator(self.val_set.samples, self.names, max_dets=self.cfg["max_dets"])
         metrics = evaluate(self.eval_model(), self.val_loader, self.postprocessor, evaluator, self.device,
-                           autocast_dtype=self.amp_dtype, preprocess=self.preprocess)
+                           preprocess=self.preprocess)
         self.evaluator = evaluator
         return metrics
 

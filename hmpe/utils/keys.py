@@ -93,7 +93,8 @@ TRAIN = (
     Key("ema_decay", 0.9998, "EMA decay"),
     Key("ema_warmup", 300, "iterations of the EMA decay ramp"),
     Key("ema_warmup_epochs", None, "the EMA decay ramp in epochs (a float; replaces ema_warmup when set)"),
-    Key("amp", "auto", "mixed precision: auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | false"),
+    Key("amp", "auto", "mixed precision: auto (bf16 on CUDA and on CPUs with native bf16: AVX512-BF16 or AMX; "
+                     "else fp32) | bf16 | fp16 | false"),
     Key("channels_last", True, "train with conv weights and images in NHWC memory layout (the same math; faster "
                                "convolutions on CPU and GPU)"),
     Key("nan_limit", 10, "non-finite losses tolerated (steps skipped) before stopping"),

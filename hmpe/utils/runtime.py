@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["amp_dtype", "increment_run_dir", "seed_everything", "select_device"]
+__all__ = ["amp_dtype", "cpu_has_native_bf16", "increment_run_dir", "seed_everything", "select_device"]
 
 
 def seed_everything(seed: int) -> None:
@@ -43,13 +43,22 @@ def increment_run_dir(project: str | Path, task: str, name: str | None, exist_ok
     return base / f"{stem}{i}"
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX tiles), where oneDNN's bf16 kernels are
+    faster than fp32; elsewhere torch emulates bf16 and autocast only slows training down."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 def amp_dtype(spec, device: torch.device):
-    """None (fp32), torch.bfloat16 or torch.float16. ``auto``: bf16 on CUDA, fp32 on the CPU; ``bf16`` and
-    ``fp16`` autocast on any device (the CPU through torch's CPU autocast, slow but the same code paths)."""
+    """None (fp32), torch.bfloat16 or torch.float16. ``auto``: bf16 on CUDA and on CPUs with native bf16
+    (:func:`cpu_has_native_bf16`), else fp32; ``bf16`` and ``fp16`` autocast on any device (the CPU through
+    torch's CPU autocast, emulated and slow without native support, but the same code paths)."""
     if spec in (False, None, "false", "off"):
         return None
     if spec in ("auto", True):
-        return torch.bfloat16 if device.type == "cuda" else None
+        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+        return torch.bfloat16 if native else None
     if spec == "bf16":
         return torch.bfloat16
     if spec == "fp16":

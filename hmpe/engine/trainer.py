@@ -32,7 +32,7 @@ from hmpe.engine.train_setup import ModelParts, build_train_setup, resolve_model
 from hmpe.models.mask_stats import MaskStatsAccumulator, level_names, target_boxes_xyxy
 from hmpe.utils import dist as du
 from hmpe.utils.boxes import box_cxcywh_to_xyxy
-from hmpe.utils.runtime import seed_everything
+from hmpe.utils.runtime import AMP_DTYPES, seed_everything
 from hmpe.viz.heatmap import detector_heatmaps, render_heatmap_figure, tensor_to_uint8
 from hmpe.viz.plots import plot_results_csv
 
@@ -286,7 +286,7 @@ class Trainer:
         """', bf16 autocast (amp=auto)' when the step runs under autocast: said once, at the start."""
         if self.amp_dtype is None:
             return ""
-        name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+        name = next(k for k, v in AMP_DTYPES.items() if v is self.amp_dtype)
         return f", {name} autocast (amp={self.cfg.get('amp', 'auto')})"
 
     def eval_model(self) -> nn.Module:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["amp_dtype", "cpu_has_native_bf16", "increment_run_dir", "seed_everything", "select_device"]
+__all__ = ["AMP_DTYPES", "amp_dtype", "cpu_has_native_bf16", "increment_run_dir", "seed_everything", "select_device"]
 
 
 def seed_everything(seed: int) -> None:
@@ -43,6 +43,9 @@ def increment_run_dir(project: str | Path, task: str, name: str | None, exist_ok
     return base / f"{stem}{i}"
 
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # the amp= names of the autocast dtypes
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX tiles), where oneDNN's bf16 kernels are
     faster than fp32; elsewhere torch emulates bf16 and autocast only slows training down."""
@@ -59,8 +62,6 @@ def amp_dtype(spec, device: torch.device):
     if spec in ("auto", True):
         native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
         return torch.bfloat16 if native else None
-    if spec == "bf16":
-        return torch.bfloat16
-    if spec == "fp16":
-        return torch.float16
+    if spec in AMP_DTYPES:
+        return AMP_DTYPES[spec]
     raise ValueError(f"amp={spec!r}: expected auto, bf16, fp16 or false")

@@ -187,3 +187,36 @@ def test_validation_runs_in_fp32_after_training_under_autocast(tmp_path):
     trainer.validate()
     hook.remove()
     assert seen and all(s == (False, torch.float32) for s in seen)
+
+
+def test_backbone_activations_stay_bf16_under_cpu_autocast():
+    """HGNetv2's learnable affine blocks (scalar scale and bias, fp32 parameters) keep the activation's dtype:
+    a [1]-shaped fp32 parameter would promote every later bf16 activation of the backbone to fp32."""
+    from hmpe.models.backbone import HGNetv2, LearnableAffineBlock
+
+    lab = LearnableAffineBlock(scale=1.5, bias=0.25)
+    x = torch.randn(2, 4, 8, 8, dtype=torch.bfloat16)
+    assert lab(x).dtype is torch.bfloat16
+    torch.testing.assert_close(lab(x).float(), 1.5 * x.float() + 0.25, rtol=1e-2, atol=1e-2)  # bf16 rounding
+    backbone = HGNetv2(name="B0", use_lab=True, return_idx=[1, 2, 3]).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = backbone(torch.randn(2, 3, 64, 64))
+    assert [f.dtype for f in feats] == [torch.bfloat16] * 3
+    sum(f.float().sum() for f in feats).backward()
+    assert backbone.stem.stem1.lab.scale.grad.dtype is torch.float32  # fp32 master parameter, fp32 gradient
+
+
+def test_decoder_self_attention_in_fp32_under_cpu_autocast():
+    """The queries' self-attention leaves CPU autocast (the CPU attention kernel is faster in fp32 at head
+    size 16) and gives what the same layer gives without autocast."""
+    from hmpe.models.decoder_layers import TransformerDecoderLayer
+
+    torch.manual_seed(0)
+    layer = TransformerDecoderLayer(d_model=32, n_head=2, dim_feedforward=64, n_levels=1, n_points=2)
+    q = torch.randn(2, 7, 32)
+    mask = torch.zeros(7, 7, dtype=torch.bool)
+    mask[:3, 3:] = True
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer.query_self_attention(q, q, q, mask)
+    assert out.dtype is torch.float32
+    torch.testing.assert_close(out, layer.query_self_attention(q, q, q, mask))

@@ -119,7 +119,9 @@ class LearnableAffineBlock(nn.Module):
         self.bias = nn.Parameter(torch.tensor([bias]))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.scale * x + self.bias
+        # In x's dtype: a [1]-shaped fp32 parameter would promote a bf16 activation under autocast to fp32,
+        # and every later layer of the backbone would then run (and store for backward) in fp32.
+        return self.scale.to(x.dtype) * x + self.bias.to(x.dtype)
 
 
 class ConvBNAct(nn.Module):

@@ -54,13 +54,23 @@ class TransformerDecoderLayer(nn.Module):
         query_pos: Tensor | None = None,  # [B, T, D]
     ) -> Tensor:
         q = k = tgt if query_pos is None else tgt + query_pos
-        tgt2, _ = self.self_attn(q, k, tgt, attn_mask=attn_mask, need_weights=False)
-        tgt = self.norm1(tgt + self.dropout1(tgt2))
+        tgt = self.norm1(tgt + self.dropout1(self.query_self_attention(q, k, tgt, attn_mask)))
         q = tgt if query_pos is None else tgt + query_pos
         tgt2 = self.cross_attn(q, reference_points, memory, spatial_shapes, memory_mask)
         tgt = self.norm2(tgt + self.dropout2(tgt2))
         tgt2 = self.linear2(self.dropout3(self.activation(self.linear1(tgt))))
         return self.norm3(tgt + self.dropout4(tgt2))
+
+    def query_self_attention(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None) -> Tensor:
+        """Self-attention among the queries [B, T, D]; in fp32 under CPU autocast.
+
+        On the CPU the fused attention kernel (forward and backward) is slower in bf16 than in fp32 at these
+        head sizes (d_model / n_head = 16 in the nano models), and T is only a few hundred queries, so
+        leaving autocast here costs no memory worth counting."""
+        if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return self.self_attn(q.float(), k.float(), v.float(), attn_mask=attn_mask, need_weights=False)[0]
+        return self.self_attn(q, k, v, attn_mask=attn_mask, need_weights=False)[0]
 
 
 class TransformerDecoder(nn.Module):

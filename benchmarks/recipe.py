@@ -36,6 +36,7 @@ from benchmarks._common import (SkipRow, default_datasets_env, fmt, header, load
 
 VARIANTS_FILE = Path(__file__).resolve().parent / "recipe_variants.yaml"
 METRICS = ablation.METRICS
+MASK_KEYS = ("mask_bg_masked/S5", "mask_obj_hot/S5")  # S5: where hmpe-n's position encoding enters attention
 
 
 def load_variants(path: Path) -> list[dict]:
@@ -102,6 +103,9 @@ def summarise(variants: list[dict], results: list[dict]) -> list[dict]:
              "images_per_s": mean(r["images_per_s"] or 0.0 for r in runs)}
         for k in METRICS:
             s[k], s[k + "_spread"] = mean_spread([r["metrics"].get(k, 0.0) for r in runs])
+        for k in MASK_KEYS:  # the heatmap mask at the attention level, where the model has one
+            values = [r["metrics"][k] for r in runs if k in r["metrics"]]
+            s[k] = mean(values) if values else None
         out.append(s)
     return out
 
@@ -113,7 +117,8 @@ def markdown(summary: list[dict], variants: list[dict], args, started_load: str)
              f"hmpe's COCOEvaluator; P and R at the best-F1 confidence)",
              "each metric: mean over the seeds, ± the spread (max - min); a difference smaller than the spreads "
              "is no difference"]
-    cols = ["variant", "train args / overrides", "seeds", "epochs", "img/s", "P", "R", "mAP50", "mAP50-95", "AP_S"]
+    cols = ["variant", "train args / overrides", "seeds", "epochs", "img/s", "P", "R", "mAP50", "mAP50-95", "AP_S",
+            "mask S5 bg masked / obj hot"]
     by_name = {v["name"]: v for v in variants}
     rows = []
     for s in summary:
@@ -121,7 +126,8 @@ def markdown(summary: list[dict], variants: list[dict], args, started_load: str)
         what = " ".join(f"`{t}`" for t in v["train_args"]) + "".join(f" `{k}={val}`" for k, val in v["overrides"].items())
         rows.append([s["variant"], what.strip(), ",".join(map(str, s["seeds"])), fmt(s["epochs"], 1),
                      fmt(s["images_per_s"], 2)]
-                    + [f"{s[k]:.3f} ± {s[k + '_spread']:.3f}" if len(s["seeds"]) > 1 else fmt(s[k]) for k in METRICS])
+                    + [f"{s[k]:.3f} ± {s[k + '_spread']:.3f}" if len(s["seeds"]) > 1 else fmt(s[k]) for k in METRICS]
+                    + [" / ".join(fmt(s[k], 2) for k in MASK_KEYS) if s[MASK_KEYS[0]] is not None else "-"])
     title = "Short-schedule training recipes" + (" (SMOKE)" if args.smoke else "")
     return header(title, extra, started_load) + "\n" + md_table(cols, rows, "ll" + "r" * (len(cols) - 2))
 

@@ -31,6 +31,10 @@ def test_recipe_smoke_table_and_resume(tmp_path, recipe):
     assert by_variant["aug-none"]["mAP50_spread"] == pytest.approx(max(runs) - min(runs))
     md = Path(out["markdown"]).read_text()
     assert "| aug-none |" in md and "0,1" in md and "mAP50-95" in md
+    # the mask at the attention level (the smoke model is a small hmpe-n: it has the heatmap mask)
+    masked = [r["metrics"]["mask_bg_masked/S5"] for r in out["results"]]
+    assert by_variant["aug-none"]["mask_bg_masked/S5"] == pytest.approx(sum(masked) / 2)
+    assert "mask S5 bg masked / obj hot" in md
 
     # stored results are read back, not retrained; other settings are not mixed in
     stamp = {p.name: p.stat().st_mtime for p in (tmp_path / "res").glob("*.json")}

@@ -79,7 +79,8 @@ TRAIN = (
     Key("device", "auto", "auto | cpu | cuda | cuda:N"),
     Key("seed", 0, "random seed (exact resume reseeds per epoch from it)"),
     Key("deterministic", False, "torch deterministic algorithms (warn only)"),
-    Key("lr", 4.0e-4, "AdamW learning rate"),
+    # 8e-4: learns most in a short from-scratch budget (docs/method.md, "Training recipe"); D-FINE-N uses it too
+    Key("lr", 8.0e-4, "AdamW learning rate"),
     Key("lr_backbone", None, "backbone learning rate (null: 0.1 x lr when starting from backbone.pretrained or "
                              "weights=, else lr)"),
     Key("weight_decay", 1.0e-4, "AdamW weight decay"),

@@ -55,7 +55,7 @@ def ms_deform_attn_core(
             sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
     # [B*M, Dh, Q, L, P] -> [B*M, Dh, Q, L*P]
     stacked = torch.stack(sampled, dim=-2).flatten(-2)
-    # grid_sample runs in fp32 under CPU autocast: weights in the samples' dtype keep the product off the
+    # autocast runs grid_sample in fp32: weights in the samples' dtype keep the product off the
     # slow mixed-dtype path
     w_ = attention_weights.permute(0, 2, 1, 3, 4).reshape(B * M, 1, Q, L * P).to(stacked.dtype)
     out = (stacked * w_).sum(-1)  # [B*M, Dh, Q]

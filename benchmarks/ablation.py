@@ -190,6 +190,18 @@ def row_summary(runs: list[dict]) -> dict:
     return out
 
 
+def mask_cell(runs: list[dict]) -> str:
+    """The heatmap mask at S4 and S5 (the levels where position encoding can enter attention), mean over the
+    seeds: background cells masked / object cells kept hot; "-" for a row without a heatmap."""
+    parts = []
+    for level in ("S4", "S5"):
+        bg = [r["metrics"][f"mask_bg_masked/{level}"] for r in runs if f"mask_bg_masked/{level}" in r["metrics"]]
+        obj = [r["metrics"][f"mask_obj_hot/{level}"] for r in runs if f"mask_obj_hot/{level}" in r["metrics"]]
+        if bg and obj:
+            parts.append(f"{level} {fmt(mean_spread(bg)[0], 2)} / {fmt(mean_spread(obj)[0], 2)}")
+    return ", ".join(parts) or "-"
+
+
 def markdown(rows: list[dict], results: dict, skipped: list[tuple[str, str]], args, started_load: str) -> str:
     extra = [f"data: {args.data_value if isinstance(args.data_value, str) else 'synthetic (smoke)'}: trained on "
              f"the train split, scored on the val split (hmpe's COCOEvaluator, EMA weights; P and R at the "
@@ -200,11 +212,12 @@ def markdown(rows: list[dict], results: dict, skipped: list[tuple[str, str]], ar
              f"{torch.get_num_threads()}" + (f", extra train args: {' '.join(args.train_args)}" if args.train_args else ""),
              "each metric: mean over the seeds ± the spread (max - min); a difference smaller than the spreads is "
              f"no difference; params and GFLOPs at {args.flops_imgsz} x {args.flops_imgsz}, batch 1 "
-             "(FlopCounterMode, 2 x MACs); Δ = change of the mean against the first row / the row above"]
+             "(FlopCounterMode, 2 x MACs); mask: the heatmap mask at S4 and S5 on the val split, background cells masked / "
+             "object cells kept hot, mean over the seeds; Δ = change of the mean against the first row / the row above"]
     out = [header("Ablation: the paper's Table 2 at CPU scale" + (" (SMOKE)" if args.smoke else ""), extra,
                   started_load), ""]
     cols = ["row", "config", "dec. layers", "params (M)", "GFLOPs", "seeds", "epochs", "P", "R", "mAP50",
-            "mAP50-95", "AP_S", "Δ mAP50 (first / prev)"]
+            "mAP50-95", "AP_S", "mask bg masked / obj hot", "Δ mAP50 (first / prev)"]
     summaries = {r["name"]: row_summary(results[r["name"]]) for r in rows if results.get(r["name"])}
     table, base, prev = [], None, None
     for r in rows:
@@ -221,7 +234,7 @@ def markdown(rows: list[dict], results: dict, skipped: list[tuple[str, str]], ar
                       f"{first['params'] / 1e6:.2f}", f"{first['gflops']:.2f}", ",".join(map(str, s["seeds"]))]
                      + [f"{s[k]:.3f} ± {s[k + '_spread']:.3f}" if len(s["seeds"]) > 1 else fmt(s[k])
                         for k in ("epochs",) + METRICS]
-                     + [f"{delta(base)} / {delta(prev)}"])
+                     + [mask_cell(results[r["name"]]), f"{delta(base)} / {delta(prev)}"])
         prev = s
     out.append(md_table(cols, table, "ll" + "r" * (len(cols) - 2)))
     if skipped:

@@ -79,6 +79,9 @@ def test_ablation_smoke_and_resume(tmp_path, one_thread):
     md = Path(out["markdown"]).read_text()
     for key in ("| baseline |", "mAP50-95", "Δ mAP50", "command:", "CPU:"):
         assert key in md
+    # the mask column: the heatmap rows' S4/S5 fractions, "-" for the rows without a heatmap
+    line = {ln.split(" | ")[0].strip("| "): ln for ln in md.splitlines() if ln.startswith("| ")}
+    assert " S5 " in line["+MOHFE"] and "| - |" in line["baseline"]
     for runs in out["results"].values():
         (r,) = runs  # one seed
         assert set(r["metrics"]) >= {"precision", "recall", "mAP50", "mAP50_95"}

@@ -152,7 +152,9 @@ def run_row(row: dict, args) -> dict:
           flush=True)
     return {"name": row["name"], "model": row["model"], "overrides": row["overrides"],
             "metrics": {k: float(v) for k, v in metrics.items() if k in METRICS or k.startswith("mask_")},
-            "epochs": trainer.epochs, "wall_minutes_this_session": minutes, "resumed": resumed,
+            # time_limit may end the run inside its last epoch: the epochs trained, as the peers runs record them
+            "epochs": round(trainer.iteration / len(trainer.train_loader), 2), "epochs_planned": trainer.epochs,
+            "wall_minutes_this_session": minutes, "resumed": resumed,
             "params": params, "gflops": gflops, "flops_imgsz": args.flops_imgsz,
             "decoder_layers": (trainer.model_cfg.get("decoder") or {}).get("num_layers"),
             "train_images": len(trainer.train_set),

@@ -4,7 +4,8 @@ Usage:  python -m benchmarks.step_compare --variants "channels_last=false" "chan
             [--model hmpe-n] [--data nwpu-vhr10] [--imgsz 512] [--batch 8] [--threads 1] [--iters 6] [--warmup 1]
             [--out PATH] [--smoke]
 
-Each variant (space-separated ``hmpe train`` keys, model keys included: ``decoder.num_denoising=60 amp=bf16``) is
+Each variant (space-separated ``hmpe train`` keys, model keys included: ``decoder.num_denoising=60 amp=bf16``;
+``model=PRESET`` builds that preset instead of ``--model``) is
 a :class:`hmpe.engine.trainer.Trainer` built with the same seed; every variant steps through the same batches
 (drawn once from the first variant's loader, so data loading is not timed), round after round in turn, so that
 a change of machine load hits all variants alike. Timed: ``Trainer.train_step`` (forward, loss, backward,
@@ -32,11 +33,12 @@ def build_trainer(args, variant: str, workdir: Path, index: int):
                                    split_overrides)
 
     model_over, train_over = split_overrides(parse_overrides(variant.split()))
+    model = train_over.pop("model", args.model)  # a variant may name its own preset: model=ablation/rtdetr-n-3l
     cfg = default_train_config()
-    cfg.update(model=args.model, data=args.data, imgsz=args.imgsz, batch=args.batch, workers=0, device="cpu",
+    cfg.update(model=model, data=args.data, imgsz=args.imgsz, batch=args.batch, workers=0, device="cpu",
                epochs=1, heatmaps_per_epoch=0, project=str(workdir), name=f"v{index}", exist_ok=True, seed=0)
     cfg.update(train_over)
-    return Trainer(cfg, apply_overrides(load_model_config(args.model), model_over))
+    return Trainer(cfg, apply_overrides(load_model_config(model), model_over))
 
 
 def compare(args, workdir: Path) -> dict[str, list[float]]:

@@ -289,6 +289,10 @@ def test_step_compare_smoke(tmp_path, one_thread):
     assert all(len(t) == 2 and min(t) > 0 for t in times.values())
     text = out.read_text()
     assert "| `channels_last=false` |" in text and "1.00x" in text and "images/s" in text
+    # a variant's model= builds that preset, not --model
+    args = sc.parse_args(["--variants", "x", "--data", "synthetic", "--imgsz", "64", "--batch", "2"])
+    trainer = sc.build_trainer(args, "model=ablation/rtdetr-n-3l", tmp_path / "m", 0)
+    assert trainer.model_cfg["decoder"]["num_layers"] == 3 and not (trainer.model_cfg.get("heatmap") or {})
 
 
 def test_lsconv_bench_smoke(tmp_path, one_thread):

@@ -214,8 +214,9 @@ def markdown(rows: list[dict], results: dict, skipped: list[tuple[str, str]], ar
              f"{torch.get_num_threads()}" + (f", extra train args: {' '.join(args.train_args)}" if args.train_args else ""),
              "each metric: mean over the seeds ± the spread (max - min); a difference smaller than the spreads is "
              f"no difference; params and GFLOPs at {args.flops_imgsz} x {args.flops_imgsz}, batch 1 "
-             "(FlopCounterMode, 2 x MACs); mask: the heatmap mask at S4 and S5 on the val split, background cells masked / "
-             "object cells kept hot, mean over the seeds; Δ = change of the mean against the first row / the row above"]
+             "(FlopCounterMode, 2 x MACs); mask: the heatmap mask at S4 and S5 on the val split, "
+             "background cells masked / object cells kept hot, mean over the seeds; "
+             "Δ = change of the mean against the first row / the row above"]
     out = [header("Ablation: the paper's Table 2 at CPU scale" + (" (SMOKE)" if args.smoke else ""), extra,
                   started_load), ""]
     cols = ["row", "config", "dec. layers", "params (M)", "GFLOPs", "seeds", "epochs", "P", "R", "mAP50",

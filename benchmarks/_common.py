@@ -240,6 +240,11 @@ def md_table(columns: list[str], rows: list[list], align: str | None = None) -> 
     return "\n".join(out) + "\n"
 
 
+def epochs_trained(trainer) -> float:
+    """Epochs a finished hmpe Trainer actually trained: with ``time_limit`` the last one may be partial."""
+    return round(trainer.iteration / len(trainer.train_loader), 2)
+
+
 def mean_spread(values: list[float]) -> tuple[float, float]:
     """(mean, spread) of repeated runs, the spread being max - min: the figure a difference must beat."""
     values = list(values)

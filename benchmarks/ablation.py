@@ -41,8 +41,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._common import (SkipRow, default_datasets_env, fmt, header, load_avg, load_hmpe_model_config,
-                                md_table, mean_spread, output_paths, provenance, select_named)
+from benchmarks._common import (SkipRow, default_datasets_env, epochs_trained, fmt, header, load_avg,
+                                load_hmpe_model_config, md_table, mean_spread, output_paths, provenance, select_named)
 
 ROWS_FILE = Path(__file__).resolve().parent / "ablation_rows.yaml"
 METRICS = ("precision", "recall", "mAP50", "mAP50_95", "AP_small")
@@ -152,8 +152,7 @@ def run_row(row: dict, args) -> dict:
           flush=True)
     return {"name": row["name"], "model": row["model"], "overrides": row["overrides"],
             "metrics": {k: float(v) for k, v in metrics.items() if k in METRICS or k.startswith("mask_")},
-            # time_limit may end the run inside its last epoch: the epochs trained, as the peers runs record them
-            "epochs": round(trainer.iteration / len(trainer.train_loader), 2), "epochs_planned": trainer.epochs,
+            "epochs": epochs_trained(trainer), "epochs_planned": trainer.epochs,  # as the peers runs record them
             "wall_minutes_this_session": minutes, "resumed": resumed,
             "params": params, "gflops": gflops, "flops_imgsz": args.flops_imgsz,
             "decoder_layers": (trainer.model_cfg.get("decoder") or {}).get("num_layers"),

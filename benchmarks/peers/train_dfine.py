@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from hmpe.engine.bench import count_params
 from hmpe.engine.trainer import ModelParts, Trainer
 from hmpe.models.postprocess import PostProcessor
+from benchmarks._common import epochs_trained
 from benchmarks.peers.models import SMOKE_QUERIES, dfine_n_config, require
 
 
@@ -56,5 +57,5 @@ def train_dfine(cfg: dict, smoke: bool = False) -> dict:
     trainer = Trainer(dict(cfg, name="dfine-n"), model=parts)
     metrics = trainer.fit()
     return {"metrics": metrics, "epochs": trainer.epochs, "train_min": (time.time() - t0) / 60,
-            "epochs_trained": round(trainer.iteration / len(trainer.train_loader), 2),
+            "epochs_trained": epochs_trained(trainer),
             "params": count_params(trainer.model), "run_dir": str(trainer.run_dir)}

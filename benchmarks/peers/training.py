@@ -17,8 +17,8 @@ import torch
 from hmpe.engine.bench import count_params
 from hmpe.engine.trainer import Trainer
 from hmpe.utils.config import apply_overrides, default_train_config, parse_overrides, split_overrides
-from benchmarks._common import (RESULTS, SkipRow, load_avg, load_hmpe_model_config, no_network, parse_row_spec,
-                                provenance)
+from benchmarks._common import (RESULTS, SkipRow, epochs_trained, load_avg, load_hmpe_model_config, no_network,
+                                parse_row_spec, provenance)
 from benchmarks.peers.curve import hmpe_curve
 from benchmarks.peers.models import PEER_NAMES, split_models
 from benchmarks.peers.report import plain_metrics, train_markdown, write_report
@@ -56,7 +56,7 @@ def train_hmpe(spec: str, args, data, workdir: Path) -> dict:
     trainer = Trainer(cfg, model_cfg)
     metrics = trainer.fit()
     out = {"metrics": metrics, "epochs": trainer.epochs, "train_min": (time.time() - t0) / 60,
-           "epochs_trained": round(trainer.iteration / len(trainer.train_loader), 2),  # time_limit: last one partial
+           "epochs_trained": epochs_trained(trainer),
            "params": count_params(trainer.model), "run_dir": str(trainer.run_dir)}
     if args.curve_every:
         out["curve"] = hmpe_curve(Path(trainer.run_dir), data, args.imgsz, args.batch, metrics)

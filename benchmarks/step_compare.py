@@ -56,6 +56,17 @@ def compare(args, workdir: Path) -> dict[str, list[float]]:
     return times
 
 
+def variant_models(variants, default: str) -> list[str]:
+    """The presets the variants build, in order and without repeats (a variant's ``model=`` wins over --model)."""
+    models = []
+    for variant in variants:
+        named = [kv.split("=", 1)[1] for kv in variant.split() if kv.startswith("model=")]
+        model = named[-1] if named else default
+        if model not in models:
+            models.append(model)
+    return models
+
+
 def markdown(times: dict[str, list[float]], args, started: str) -> str:
     first = statistics.median(next(iter(times.values())))
     rows = []
@@ -63,10 +74,11 @@ def markdown(times: dict[str, list[float]], args, started: str) -> str:
         med = statistics.median(t)
         rows.append([f"`{variant}`", f"{med * 1e3:.0f}", f"{min(t) * 1e3:.0f}-{max(t) * 1e3:.0f}",
                      f"{args.batch / med:.2f}", f"{first / med:.2f}x"])
-    extra = [f"model {args.model}, data {args.data}, {args.imgsz} px, batch {args.batch}, "
+    models = variant_models(times, args.model)
+    extra = [f"model {', '.join(models)}, data {args.data}, {args.imgsz} px, batch {args.batch}, "
              f"{torch.get_num_threads()} torch threads; the same {args.iters} batches for every variant (after "
              f"{args.warmup} warm-up), variants interleaved step by step; timed: Trainer.train_step"]
-    return (header(f"Training step by variant: {args.model}", extra, started_load=started) + "\n"
+    return (header(f"Training step by variant: {' / '.join(models)}", extra, started_load=started) + "\n"
             + md_table(["variant", "ms per step (median)", "range", "images/s", "speed vs first"], rows))
 
 

@@ -293,6 +293,10 @@ def test_step_compare_smoke(tmp_path, one_thread):
     args = sc.parse_args(["--variants", "x", "--data", "synthetic", "--imgsz", "64", "--batch", "2"])
     trainer = sc.build_trainer(args, "model=ablation/rtdetr-n-3l", tmp_path / "m", 0)
     assert trainer.model_cfg["decoder"]["num_layers"] == 3 and not (trainer.model_cfg.get("heatmap") or {})
+    # and the report's header names the presets the variants built
+    assert sc.variant_models(["amp=bf16", "model=ablation/rtdetr-n-3l amp=bf16", "lr=1e-3"], "hmpe-n") == \
+        ["hmpe-n", "ablation/rtdetr-n-3l"]
+    assert sc.variant_models(["model=rtdetr-n"], "hmpe-n") == ["rtdetr-n"]
 
 
 def test_lsconv_bench_smoke(tmp_path, one_thread):

@@ -27,13 +27,19 @@ import torch
 from benchmarks._common import RESULTS, default_datasets_env, emit_report, header, load_avg, md_table
 
 
-def build_trainer(args, variant: str, workdir: Path, index: int):
-    from hmpe.engine.trainer import Trainer
-    from hmpe.utils.config import (apply_overrides, default_train_config, load_model_config, parse_overrides,
-                                   split_overrides)
+def parse_variant(variant: str, default_model: str) -> tuple[str, dict, dict]:
+    """(preset, model overrides, train overrides) of one variant; its ``model=`` wins over ``default_model``."""
+    from hmpe.utils.config import parse_overrides, split_overrides
 
     model_over, train_over = split_overrides(parse_overrides(variant.split()))
-    model = train_over.pop("model", args.model)  # a variant may name its own preset: model=ablation/rtdetr-n-3l
+    return train_over.pop("model", default_model), model_over, train_over
+
+
+def build_trainer(args, variant: str, workdir: Path, index: int):
+    from hmpe.engine.trainer import Trainer
+    from hmpe.utils.config import apply_overrides, default_train_config, load_model_config
+
+    model, model_over, train_over = parse_variant(variant, args.model)
     cfg = default_train_config()
     cfg.update(model=model, data=args.data, imgsz=args.imgsz, batch=args.batch, workers=0, device="cpu",
                epochs=1, heatmaps_per_epoch=0, project=str(workdir), name=f"v{index}", exist_ok=True, seed=0)
@@ -57,14 +63,8 @@ def compare(args, workdir: Path) -> dict[str, list[float]]:
 
 
 def variant_models(variants, default: str) -> list[str]:
-    """The presets the variants build, in order and without repeats (a variant's ``model=`` wins over --model)."""
-    models = []
-    for variant in variants:
-        named = [kv.split("=", 1)[1] for kv in variant.split() if kv.startswith("model=")]
-        model = named[-1] if named else default
-        if model not in models:
-            models.append(model)
-    return models
+    """The presets the variants build, in order and without repeats."""
+    return list(dict.fromkeys(parse_variant(v, default)[0] for v in variants))
 
 
 def markdown(times: dict[str, list[float]], args, started: str) -> str:

@@ -22,8 +22,8 @@ from torch import Tensor
 
 from hmpe.utils.boxes import box_cxcywh_to_xyxy
 
-__all__ = ["TAU_MODES", "MaskStatsAccumulator", "threshold_mask", "mix_and_mask", "remask", "object_cells",
-           "mask_statistics", "target_boxes_xyxy", "level_names"]
+__all__ = ["TAU_MODES", "MaskStatsAccumulator", "threshold_mask", "mask_threshold", "straight_through_mask",
+           "mix_and_mask", "remask", "object_cells", "mask_statistics", "target_boxes_xyxy", "level_names"]
 
 
 TAU_MODES = ("absolute", "quantile")
@@ -38,15 +38,31 @@ def threshold_mask(h: Tensor, tau: float, mode: str = "absolute") -> Tensor:
       a fraction ``tau`` of the cells whatever the maps' scale (more where cells tie at the quantile, e.g. the
       ReLU's zeros), the calibration of a threshold on min-max normalised maps (docs/method.md)."""
     h = h.detach()
+    return (h > mask_threshold(h, tau, mode)).to(h.dtype)
+
+
+def mask_threshold(h: Tensor, tau: float, mode: str = "absolute") -> Tensor | float:
+    """The value eq. 6 compares ``h`` [B,...] with: ``tau`` itself (``"absolute"``), or per image the
+    ``tau``-quantile of ``h`` ([B,1,...,1], a value of the map itself, no gradient) for ``"quantile"``."""
     if mode == "absolute":
-        return (h > float(tau)).to(h.dtype)
+        return float(tau)
     if mode != "quantile":
         raise ValueError(f"tau_mode must be one of {TAU_MODES}, got {mode!r}")
     if not 0.0 <= float(tau) < 1.0:
         raise ValueError(f"tau_mode=quantile takes tau in [0, 1) (the fraction of cells masked), got {tau}")
-    flat = h.reshape(h.shape[0], -1).float()
-    q = torch.quantile(flat, float(tau), dim=1, interpolation="lower")  # [B]: a value of the map itself
-    return (flat > q[:, None]).reshape(h.shape).to(h.dtype)
+    flat = h.detach().reshape(h.shape[0], -1).float()
+    q = torch.quantile(flat, float(tau), dim=1, interpolation="lower")  # [B]
+    return q.to(h.dtype).reshape(-1, *([1] * (h.dim() - 1)))
+
+
+def straight_through_mask(h: Tensor, mask: Tensor, tau: float, mode: str, temperature: float) -> Tensor:
+    """``mask`` (eq. 6, hard) in the forward pass, the gradient of ``sigmoid((h - threshold) / temperature)``
+    in the backward pass: the same values bit for bit (``soft - soft.detach()`` is exactly zero), but a
+    gradient path from the masked position encoding (eq. 7) back to ``h`` and through eq. 4 to the gate.
+    ``temperature`` is in units of ``h`` (maps in [0, 1]): cells within a few temperatures of the threshold
+    pass gradient, the rest almost none."""
+    soft = torch.sigmoid((h - mask_threshold(h, tau, mode)) / float(temperature))
+    return mask + (soft - soft.detach()).to(mask.dtype)
 
 
 def mix_and_mask(h_class: Sequence[Tensor], h_bbox: Sequence[Tensor], lam: Tensor | Sequence[float] | float,

@@ -265,6 +265,9 @@ MODEL: dict[str, tuple[Key, ...]] = {
         Key("alpha", "gradcam++", "gradcam++ | design (eq. 1 literally)"),
         Key("score_pool", "sum", "score y of eqs. 1-3: sum over cells (paper) | mean (class-specific at any size)"),
         Key("loss_weights", None, "probe loss weights {cls, reg, quality}"),
+        Key("mask_grad", "none", "none (the mask has no gradient) | ste (straight-through in training: the gate "
+                                 "of eq. 4 learns from the masked PE of eq. 7)"),
+        Key("mask_grad_temperature", 0.05, "mask_grad=ste: width of the sigmoid around the threshold (map units)"),
     ),
     "mohfe": (_SWITCH, Key("levels", None, "levels that receive heatmap embeddings, e.g. [0,1,2]")),
     "hidq": (

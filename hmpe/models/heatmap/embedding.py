@@ -41,7 +41,7 @@ class HeatmapOutput:
 
     - ``h_class``, ``h_bbox``: normalised, fused heatmaps, no gradient;
     - ``h_mixed``: eq. 4, differentiable w.r.t. the gate only;
-    - ``mask``: eq. 6, {0,1}, no gradient;
+    - ``mask``: eq. 6, {0,1}; no gradient, except with ``mask_grad="ste"`` in training (same values);
     - ``probe``: per level ``{"cls", "reg", "quality"}`` raw probe outputs (with grad in training),
       the input of :func:`probe_loss`;
     - ``class_scores`` [B,C]: image-level score ``max_l max_ij sigmoid(s_c)``;
@@ -95,6 +95,9 @@ class HeatmapEmbedding(nn.Module):
       goes dark once the probe is confident, see docs/method.md).
     - ``score_pool``: the score y of eqs. 1-3 summed over the cells (``"sum"``, the paper) or averaged
       (``"mean"``: class-specific maps at any image size, :func:`~hmpe.models.heatmap.gradcam.pool_scale`).
+    - ``mask_grad``: ``"none"`` (the mask is a constant of the backward pass: the gate learns only where MOHFE /
+      HIDQ multiply by ``H_mixed``) or ``"ste"`` (straight-through in training, :class:`MaskFilter`: the gate also
+      learns from the masked position encoding of eq. 7), ``mask_grad_temperature`` its width.
     """
 
     def __init__(
@@ -119,6 +122,8 @@ class HeatmapEmbedding(nn.Module):
         loss_weights: dict[str, float] | None = None,
         score_pool: str = "sum",
         tau_mode: str = "absolute",
+        mask_grad: str = "none",
+        mask_grad_temperature: float = 0.05,
     ):
         super().__init__()
         check_alpha(alpha)
@@ -144,7 +149,7 @@ class HeatmapEmbedding(nn.Module):
         self.loss_weights = w
         self.probe = ProbeHead(dim, num_classes, hidden=probe_hidden, num_convs=probe_convs)
         self.gate = nn.Parameter(torch.zeros(num_levels))  # p_l; lambda_l = sigmoid(p_l) = 0.5 (eq. 4)
-        self.mask_filter = MaskFilter(tau, tau_mode)
+        self.mask_filter = MaskFilter(tau, tau_mode, mask_grad, mask_grad_temperature)
 
     @property
     def pe(self) -> str:
@@ -222,6 +227,7 @@ class HeatmapEmbedding(nn.Module):
 
         lam = torch.sigmoid(self.gate).to(feats[0].dtype)  # [L]
         h_mixed, mask = mix_and_mask(h_class, h_bbox, lam, self.mask_filter.tau, self.mask_filter.mode)  # eqs. 4, 6
+        mask = [self.mask_filter.with_grad(h, m) for h, m in zip(h_mixed, mask)]  # mask_grad=ste: gate learns by eq. 7
         return HeatmapOutput(
             h_class=h_class, h_bbox=h_bbox, h_mixed=h_mixed, mask=mask, probe=probe,
             class_scores=scores.to(feats[0].dtype), topk_classes=top, gate=lam, strides=self.strides,

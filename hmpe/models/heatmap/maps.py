@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as Fn
 from torch import Tensor, nn
 
-from hmpe.models.mask_stats import TAU_MODES, threshold_mask
+from hmpe.models.mask_stats import TAU_MODES, straight_through_mask, threshold_mask
 
 __all__ = ["MaskFilter", "fuse_levels", "minmax_per_image", "resize_map"]
 
@@ -64,21 +64,39 @@ def fuse_levels(maps: Sequence[Tensor], mode: str = "max") -> list[Tensor]:
     return out
 
 
+MASK_GRADS = ("none", "ste")
+
+
 class MaskFilter(nn.Module):
     """Eq. 6: ``Mask(i,j) = 1[H_mixed(i,j) > tau]`` (tau = 0 is eq. 6 literally), or with
     ``mode="quantile"`` the cells at or below the per-image tau-quantile masked
-    (:func:`~hmpe.models.mask_stats.threshold_mask`). Not differentiated."""
+    (:func:`~hmpe.models.mask_stats.threshold_mask`).
 
-    def __init__(self, tau: float = 0.05, mode: str = "absolute"):
+    ``grad``: ``"none"`` (the mask is a constant of the backward pass) or ``"ste"`` (in training, a straight-through
+    estimator: the same hard mask forward, the gradient of a sigmoid of width ``temperature`` around the threshold
+    backward, :func:`~hmpe.models.mask_stats.straight_through_mask`), which gives the gate of eq. 4 a gradient
+    from the masked position encoding."""
+
+    def __init__(self, tau: float = 0.05, mode: str = "absolute", grad: str = "none", temperature: float = 0.05):
         super().__init__()
         if mode not in TAU_MODES:
             raise ValueError(f"tau_mode must be one of {TAU_MODES}, got {mode!r}")
         if mode == "quantile" and not 0.0 <= float(tau) < 1.0:
             raise ValueError(f"tau_mode=quantile takes tau in [0, 1) (the fraction of cells masked), got {tau}")
-        self.tau, self.mode = float(tau), mode
+        if grad not in MASK_GRADS:
+            raise ValueError(f"mask_grad must be one of {MASK_GRADS}, got {grad!r}")
+        if not float(temperature) > 0:
+            raise ValueError(f"mask_grad_temperature must be > 0, got {temperature}")
+        self.tau, self.mode, self.grad, self.temperature = float(tau), mode, grad, float(temperature)
 
     def forward(self, h: Tensor) -> Tensor:
-        return threshold_mask(h, self.tau, self.mode)
+        return self.with_grad(h, threshold_mask(h, self.tau, self.mode))
+
+    def with_grad(self, h: Tensor, mask: Tensor) -> Tensor:
+        """``mask`` of ``h`` with the straight-through gradient in training (``grad="ste"``), else as it is."""
+        if self.grad == "ste" and self.training and h.requires_grad:
+            return straight_through_mask(h, mask, self.tau, self.mode, self.temperature)
+        return mask
 
     def extra_repr(self) -> str:
-        return f"tau={self.tau}, mode={self.mode!r}"
+        return f"tau={self.tau}, mode={self.mode!r}, grad={self.grad!r}, temperature={self.temperature}"

@@ -1,7 +1,5 @@
 """End-to-end training: a tiny detector learns, and resume is exact."""
 
-import time
-
 import pytest
 import torch
 
@@ -11,11 +9,8 @@ from hmpe.engine.trainer import Trainer
 
 
 def test_tiny_detector_overfits_four_images(tmp_path):
-    t0 = time.time()
     metrics = Trainer(tiny_train_cfg(tmp_path), tiny_model_cfg()).fit()
-    seconds = time.time() - t0
     assert metrics["mAP50"] >= 0.9, metrics
-    assert seconds < 90, f"overfitting took {seconds:.0f} s"
     run = tmp_path / "runs" / "train" / "t"
     for f in ("results.csv", "results.png", "args.yaml", "weights/last.pt", "weights/best.pt", "pr_curve.png",
               "confusion_matrix.png"):

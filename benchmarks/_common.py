@@ -60,15 +60,16 @@ def split_top_level(text: str) -> list[str]:
 
 def output_paths(args, name: str) -> None:
     """Set ``args.runs_dir`` / ``results_dir`` / ``out`` of a resumable script named ``name``: as given, else a
-    temporary folder under ``--smoke`` (never ``benchmarks/results``), else ``runs/<name>``,
-    ``benchmarks/results/<name>/`` and ``benchmarks/results/<name>.md``."""
+    temporary folder under ``--smoke`` (never ``benchmarks/results``), else ``runs/<name>`` under the working
+    directory (so that result files record the run folders relative to it), ``benchmarks/results/<name>/`` and
+    ``benchmarks/results/<name>.md``."""
     if args.smoke and not (args.runs_dir and args.results_dir):
         tmp = Path(tempfile.mkdtemp(prefix=f"hmpe-{name}-smoke-"))
         args.runs_dir = args.runs_dir or tmp / "runs"
         args.results_dir = args.results_dir or tmp / "results"
     if args.smoke:
         args.out = args.out or Path(args.results_dir) / f"{name}.md"
-    args.runs_dir = Path(args.runs_dir or ROOT / "runs" / name)
+    args.runs_dir = Path(args.runs_dir or Path("runs") / name)
     args.results_dir = Path(args.results_dir or RESULTS / name)
     args.out = Path(args.out or RESULTS / f"{name}.md")
 
@@ -194,8 +195,8 @@ def command_line(argv: list[str] | None = None) -> str:
         rel = script.resolve().relative_to(ROOT).with_suffix("")
         parts = rel.parts[:-1] if rel.name == "__main__" else rel.parts
         prog = ["-m", ".".join(parts)]
-    except ValueError:  # not a script of this checkout (pytest, an interactive session)
-        prog = [script.as_posix()]
+    except ValueError:  # not a script of this checkout (pytest, an interactive session): its name, not its folder
+        prog = [script.name]
     args = sys.argv[1:] if argv is None else list(argv)
     return "python " + " ".join(shlex.quote(a) for a in prog + args)
 
@@ -259,3 +260,47 @@ def fmt(v, digits: int = 3) -> str:
     if isinstance(v, float):
         return f"{v:.{digits}f}"
     return str(v)
+
+
+def mean_spread_of(metrics: list[dict], key: str) -> tuple[float | None, float | None]:
+    """:func:`mean_spread` of ``key`` over runs' metrics; (None, None) when a run lacks it (a result stored before
+    the key existed): a mean over some of the seeds would not compare with the other rows."""
+    if not metrics or any(m.get(key) is None for m in metrics):
+        return None, None
+    return mean_spread([float(m[key]) for m in metrics])
+
+
+def mean_cell(summary: dict, key: str) -> str:
+    """A table cell of a row summary: mean ± spread over several seeds, the value of one, n/a when missing."""
+    v = summary.get(key)
+    if v is None:
+        return fmt(None)
+    return f"{v:.3f} ± {summary[key + '_spread']:.3f}" if len(summary["seeds"]) > 1 else fmt(v)
+
+
+def size_counts_note(named_metrics: list[tuple[str, dict]]) -> str | None:
+    """The table note with the ground-truth objects per COCO size bucket of the scored split, in native pixels and
+    at the model's input (hmpe's evaluator: ``n_small`` ... ``n_large_input``), and what ``AP_S in`` is; None when
+    no run holds the counts (results stored before they existed). Counts are the same for every run of one split
+    and input size; where inputs differ (resize against letterbox) each count is followed by its runs."""
+    from hmpe.engine.evaluator import SIZE_KEYS
+
+    keys = [k for k in SIZE_KEYS if k.startswith("n_")]  # native S/M/L, then at the input
+    groups: dict[tuple, list[str]] = {}
+    for name, m in named_metrics:
+        if all(m.get(k) is not None for k in keys):
+            groups.setdefault(tuple(int(m[k]) for k in keys), []).append(str(name))
+    if not groups:
+        return None
+
+    def sml(counts: tuple) -> str:
+        return "/".join(map(str, counts))
+
+    native = " or ".join(dict.fromkeys(sml(c[:3]) for c in groups))
+    if len({c[3:] for c in groups}) == 1:
+        at_input = sml(next(iter(groups))[3:])
+    else:
+        at_input = ", ".join(f"{sml(c[3:])} ({', '.join(dict.fromkeys(n))})" for c, n in groups.items())
+    return (f"objects per size bucket (small/medium/large) of the scored split: {native} in native pixels, "
+            f"{at_input} at the model's input; AP_S in: COCO's AP_small over the objects small at the model's "
+            f"input (AP_small_input)")

@@ -6,9 +6,10 @@
 Rows (``benchmarks/ablation_rows.yaml``, or ``--rows-file``): baseline, +DSConv, +LSConv, +MOHFE, +HIDQ,
 each a model config (preset name or YAML path + dotted overrides); a row whose preset is missing in this
 checkout is skipped with a message. Each row is trained by hmpe's trainer on the dataset's train split
-(default ``nwpu-vhr10``) with ``time_limit = --budget-minutes`` (the trainer times the first epoch and sizes
-the run so that the whole schedule fits the budget), then scored on the val split by the trainer's final
-validation (EMA weights, COCOEvaluator): P and R at the best-F1 confidence, mAP50, mAP50-95, AP_small.
+(default ``nwpu-vhr10``) with ``time_limit = --budget-minutes`` (the trainer times its epochs and re-sizes
+the run after each so that the whole schedule fits the budget), then scored on the val split by the trainer's
+final validation (EMA weights, COCOEvaluator): P and R at the best-F1 confidence, mAP50, mAP50-95, AP_small and
+AP_small_input (over the objects small at the model's input; the objects per size bucket in a note).
 Params and GFLOPs (FlopCounterMode, 2 x MACs, 640 x 640, batch 1) are counted for each row's model.
 
 Every row runs once per seed (``--seeds``). Resumable: a (row, seed) whose result file
@@ -42,10 +43,13 @@ from pathlib import Path
 import torch
 
 from benchmarks._common import (SkipRow, default_datasets_env, epochs_trained, fmt, header, load_avg,
-                                load_hmpe_model_config, md_table, mean_spread, output_paths, provenance, select_named)
+                                load_hmpe_model_config, md_table, mean_cell, mean_spread, mean_spread_of, output_paths,
+                                provenance, select_named, size_counts_note)
+from hmpe.engine.evaluator import SIZE_KEYS
 
 ROWS_FILE = Path(__file__).resolve().parent / "ablation_rows.yaml"
-METRICS = ("precision", "recall", "mAP50", "mAP50_95", "AP_small")
+METRICS = ("precision", "recall", "mAP50", "mAP50_95", "AP_small", "AP_small_input")
+COUNT_KEYS = tuple(k for k in SIZE_KEYS if k.startswith("n_"))  # objects per size bucket: a table note
 # settings that make two results comparable; a stored result with other values is not reused
 SETTING_KEYS = ("budget_minutes", "imgsz", "batch", "data", "seed", "train_args", "model", "overrides")
 
@@ -151,7 +155,8 @@ def run_row(row: dict, args) -> dict:
     print(f"[{row['name']}] trained and scored in {t1 - t0:.0f} s; params / GFLOPs counted in {time.time() - t1:.0f} s",
           flush=True)
     return {"name": row["name"], "model": row["model"], "overrides": row["overrides"],
-            "metrics": {k: float(v) for k, v in metrics.items() if k in METRICS or k.startswith("mask_")},
+            "metrics": {k: float(v) for k, v in metrics.items()
+                        if k in METRICS or k in COUNT_KEYS or k.startswith("mask_")},
             "epochs": epochs_trained(trainer), "epochs_planned": trainer.epochs,  # as the peers runs record them
             "wall_minutes_this_session": minutes, "resumed": resumed,
             "params": params, "gflops": gflops, "flops_imgsz": args.flops_imgsz,
@@ -183,11 +188,12 @@ def settings(row: dict, args) -> dict:
 
 
 def row_summary(runs: list[dict]) -> dict:
-    """Mean and spread (max - min) over a row's seeds of every metric and the epochs."""
+    """Mean and spread (max - min) over a row's seeds of every metric and the epochs (None: a metric some stored
+    run lacks)."""
     out = {"seeds": sorted(r["seed"] for r in runs)}
-    for k in ("epochs",) + METRICS:
-        out[k], out[k + "_spread"] = mean_spread([float(r["metrics"].get(k, 0.0) if k != "epochs" else r[k])
-                                                  for r in runs])
+    out["epochs"], out["epochs_spread"] = mean_spread([float(r["epochs"]) for r in runs])
+    for k in METRICS:
+        out[k], out[k + "_spread"] = mean_spread_of([r["metrics"] for r in runs], k)
     return out
 
 
@@ -208,18 +214,21 @@ def markdown(rows: list[dict], results: dict, skipped: list[tuple[str, str]], ar
              f"the train split, scored on the val split (hmpe's COCOEvaluator, EMA weights; P and R at the "
              f"best-F1 confidence)",
              f"budget: {args.budget_minutes if not args.smoke else 'one epoch (smoke)'} CPU minutes per run "
-             f"(trainer time_limit: epochs sized after the first so the schedule fits), from scratch, "
-             f"{args.imgsz} px, batch {args.batch}, seeds {' '.join(map(str, args.seeds))}, torch threads "
-             f"{torch.get_num_threads()}" + (f", extra train args: {' '.join(args.train_args)}" if args.train_args else ""),
+             f"(trainer time_limit: the run re-sized after every epoch so the schedule fits), "
+             f"from scratch, {args.imgsz} px, batch {args.batch}, seeds {' '.join(map(str, args.seeds))}, "
+             f"torch threads {torch.get_num_threads()}"
+             + (f", extra train args: {' '.join(args.train_args)}" if args.train_args else ""),
              "each metric: mean over the seeds ± the spread (max - min); a difference smaller than the spreads is "
              f"no difference; params and GFLOPs at {args.flops_imgsz} x {args.flops_imgsz}, batch 1 "
              "(FlopCounterMode, 2 x MACs); mask: the heatmap mask at S4 and S5 on the val split, "
              "background cells masked / object cells kept hot, mean over the seeds; "
              "Δ = change of the mean against the first row / the row above"]
+    note = size_counts_note([(r["name"], res["metrics"]) for r in rows for res in results.get(r["name"]) or []])
+    extra += [note] if note else []
     out = [header("Ablation: the paper's Table 2 at CPU scale" + (" (SMOKE)" if args.smoke else ""), extra,
                   started_load), ""]
     cols = ["row", "config", "dec. layers", "params (M)", "GFLOPs", "seeds", "epochs", "P", "R", "mAP50",
-            "mAP50-95", "AP_S", "mask bg masked / obj hot", "Δ mAP50 (first / prev)"]
+            "mAP50-95", "AP_S", "AP_S in", "mask bg masked / obj hot", "Δ mAP50 (first / prev)"]
     summaries = {r["name"]: row_summary(results[r["name"]]) for r in rows if results.get(r["name"])}
     table, base, prev = [], None, None
     for r in rows:
@@ -234,8 +243,7 @@ def markdown(rows: list[dict], results: dict, skipped: list[tuple[str, str]], ar
 
         table.append([r["name"], f"`{r['model']}`" + (f" + `{over}`" if over else ""), first.get("decoder_layers"),
                       f"{first['params'] / 1e6:.2f}", f"{first['gflops']:.2f}", ",".join(map(str, s["seeds"]))]
-                     + [f"{s[k]:.3f} ± {s[k + '_spread']:.3f}" if len(s["seeds"]) > 1 else fmt(s[k])
-                        for k in ("epochs",) + METRICS]
+                     + [mean_cell(s, k) for k in ("epochs",) + METRICS]
                      + [mask_cell(results[r["name"]]), f"{delta(base)} / {delta(prev)}"])
         prev = s
     out.append(md_table(cols, table, "ll" + "r" * (len(cols) - 2)))
@@ -255,7 +263,7 @@ def combined_json(rows: list[dict], results: dict, args) -> dict:
         for res in results.get(r["name"], []):
             m = res["metrics"]
             entries.append({"row": r["name"], "seed": res["seed"], "model": r["model"], "overrides": r["overrides"],
-                            "epochs": res["epochs"], **{k: m.get(k) for k in METRICS},
+                            "epochs": res["epochs"], **{k: m.get(k) for k in METRICS + COUNT_KEYS},
                             "mask_bg_masked": per_level(m, "bg_masked"), "mask_obj_hot": per_level(m, "obj_hot"),
                             "params": res["params"], "gflops": res["gflops"], "source": res.get("source", "ablation")})
     return {**provenance(),
@@ -332,7 +340,8 @@ def parse_args(argv=None):
     p.add_argument("--all-rows", action="store_true", help="also the optional rows")
     p.add_argument("--rows-file", default=str(ROWS_FILE))
     p.add_argument("--train-args", nargs="*", default=[], help="key=value overrides for every row's training")
-    p.add_argument("--runs-dir", default=None, help="training runs (default: runs/ablation in the repo)")
+    p.add_argument("--runs-dir", default=None,
+                   help="training runs (default: runs/ablation under the working directory)")
     p.add_argument("--results-dir", default=None, help="per-row JSON (default: benchmarks/results/ablation)")
     p.add_argument("--out", default=None, help="markdown (default: benchmarks/results/ablation.md)")
     p.add_argument("--force", action="store_true", help="rerun rows that have results / checkpoints")

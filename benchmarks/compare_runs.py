@@ -5,10 +5,11 @@
 
 For each run folder (``runs/train/<name>``, as written by ``hmpe train``): the last validated epoch of its
 ``results.csv`` (the trainer's EMA weights scored by COCOEvaluator on the val split: P and R at the best-F1
-confidence, mAP50, mAP50-95, AP_small), the epochs and minutes it trained, and, from its ``weights/last.pt``
-(model config and class count), the model's params, GFLOPs (batch 1, ``--imgsz``), the decoder's params and
-GFLOPs, and latencies as ratios to the first run: the whole forward and the decoder alone (query selection,
-decoder layers and heads, fed the inputs captured from one forward of that model). Latencies are measured
+confidence, mAP50, mAP50-95, AP_small, AP_small_input; the objects per size bucket in a note), the epochs and
+minutes it trained, and, from its ``weights/last.pt`` (model config and class count), the model's params, GFLOPs
+(batch 1, ``--imgsz``), the decoder's params and GFLOPs, and latencies as ratios to the first run: the whole
+forward and the decoder alone (query selection, decoder layers and heads, fed the inputs captured from one forward
+of that model). Latencies are measured
 in rounds that alternate between the models (``--rounds`` rounds of ``--runs`` forwards each), so load
 drift on a shared machine hits every model alike; a ratio is the median over rounds of the per-round
 ratio of medians.
@@ -28,9 +29,11 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks._common import RESULTS, fmt, header, load_avg, md_table, train_minutes
+from benchmarks._common import RESULTS, fmt, header, load_avg, md_table, size_counts_note, train_minutes
+from hmpe.engine.evaluator import SIZE_KEYS
 
-METRICS = ("precision", "recall", "mAP50", "mAP50_95", "AP_small")
+METRICS = ("precision", "recall", "mAP50", "mAP50_95", "AP_small", "AP_small_input")
+COUNT_KEYS = tuple(k for k in SIZE_KEYS if k.startswith("n_"))  # objects per size bucket: a table note
 
 
 def final_metrics(results_csv: Path) -> dict:
@@ -44,6 +47,7 @@ def final_metrics(results_csv: Path) -> dict:
         raise SystemExit(f"{results_csv}: no validated epoch yet")
     last = validated[-1]
     out = {k: float(last[f"val/{k}"]) for k in METRICS if last.get(f"val/{k}") not in (None, "")}
+    out.update({k: int(float(last[f"val/{k}"])) for k in COUNT_KEYS if last.get(f"val/{k}") not in (None, "")})
     out["epochs"] = int(last["epoch"])
     out["train_minutes"] = train_minutes(results_csv)
     out["best_mAP50_95"] = max(float(r["val/mAP50_95"]) for r in validated)
@@ -141,10 +145,10 @@ def compare(run_dirs: list[Path], imgsz: int = 640, rounds: int = 7, runs: int =
 
 def render(rows: list[dict], imgsz: int, started_load: str) -> str:
     cols = ["run", "model", "dec. layers", "epochs", "train min", "P", "R", "mAP50", "mAP50-95", "AP_small",
-            "params (M)", "GFLOPs", "dec. params (M)", "dec. GFLOPs", "latency x", "dec. latency x"]
+            "AP_S in", "params (M)", "GFLOPs", "dec. params (M)", "dec. GFLOPs", "latency x", "dec. latency x"]
     table = [[r["run"], r["model"], r["decoder_layers"], r["epochs"], f"{r['train_minutes']:.1f}",
               fmt(r.get("precision")), fmt(r.get("recall")), fmt(r.get("mAP50")), fmt(r.get("mAP50_95")),
-              fmt(r.get("AP_small")), f"{r['params'] / 1e6:.2f}", f"{r['gflops']:.2f}",
+              fmt(r.get("AP_small")), fmt(r.get("AP_small_input")), f"{r['params'] / 1e6:.2f}", f"{r['gflops']:.2f}",
               f"{r['decoder_params'] / 1e6:.2f}", f"{r['decoder_gflops']:.2f}",
               f"{r['latency_ratio']:.2f}", f"{r['decoder_latency_ratio']:.2f}"] for r in rows]
     extra = [f"torch threads: {torch.get_num_threads()}; GFLOPs and latency at {imgsz}x{imgsz}, batch 1",
@@ -152,6 +156,8 @@ def render(rows: list[dict], imgsz: int, started_load: str) -> str:
              "latency x / dec. latency x: ratio to the first row (whole forward / decoder alone), median over "
              "interleaved rounds; absolute medians (ms): "
              + ", ".join(f"{r['run']} {r['latency_ms']:.1f} / {r['decoder_latency_ms']:.1f}" for r in rows)]
+    note = size_counts_note([(r["run"], r) for r in rows])
+    extra += [note] if note else []
     return header("Trained runs side by side", extra, started_load) + "\n" + md_table(cols, table)
 
 

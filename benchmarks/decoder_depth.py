@@ -5,13 +5,13 @@ Usage::
     python -m benchmarks.decoder_depth [--model hmpe-n] [--data nwpu-vhr10] [--layers 6]
         [--epochs 25,50,100 | --budget-minutes 15,30,60] [--fractions 0.1] [--imgsz 512] [--batch 8]
         [--flops-imgsz 640] [--set key=value ...] [--out benchmarks/results/decoder_depth.md]
-    python -m benchmarks.decoder_depth --smoke --out /tmp/decoder_depth.md      # seconds, synthetic data
+    python -m benchmarks.decoder_depth --smoke --out runs/decoder_depth.md      # seconds, synthetic data
     python -m benchmarks.decoder_depth --from-run runs/train/exp [--out ...]   # Det^k of a finished run
 
 What it does:
   * the model (a preset or a model YAML) is built with ``decoder.num_layers = L`` (``--layers``) and
     trained from scratch once per *training length* (``--epochs`` list, or ``--budget-minutes`` list:
-    the trainer's ``time_limit``, which fits the number of epochs to the first epoch's time), on the
+    the trainer's ``time_limit``, which fits the number of iterations to the measured pace), on the
     whole train split;
   * few-shot rows: for every fraction ``f`` in ``--fractions`` the same model is trained on a fixed
     random subset of ``round(f * N)`` training images (seeded, the same subset for every run) for the
@@ -263,7 +263,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--flops-imgsz", type=int, default=640)
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra overrides, training (ema=false) or dotted model keys (hidq.score=heat*cls)")
-    ap.add_argument("--project", default=str(ROOT / "runs" / "decoder_depth"))
+    ap.add_argument("--project", default="runs/decoder_depth", help="training runs (under the working directory)")
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("--from-run", default=None, metavar="RUN_DIR",
                     help="no training: score every layer of this finished run (its last.pt, EMA weights)")

@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--moves", type=int, default=20)
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     ap.add_argument("--out", default=str(RESULTS / "explore_slider.md"))
+    ap.add_argument("--screenshot", default="runs/explore_slider/page.png", help="the page's last state (PNG)")
     return ap
 
 
@@ -96,7 +97,8 @@ def _drive(url: str, args, tmp: Path) -> tuple[float, dict[str, list[tuple[float
         moves["gate"] = [_move(page, "#gate", fr) for fr in fracs]
         moves["levels"] = [_select(page, "#level", v) for v in ["1", "2", "max", "0"]]  # all five maps re-rendered
         moves["classes"] = [_select(page, "#cls", str(c)) for c in range(4)]  # H_class of that class, then re-mask
-        page.screenshot(path=str(tmp / "page.png"), full_page=True)
+        Path(args.screenshot).parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=args.screenshot, full_page=True)
         ctx.close()
     return first, moves
 
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         f"torch threads: {args.threads}; Chromium: {args.chromium} (headless, same machine)",
         f"first load of the page, including the image's one forward: {first:.2f} s"], started_load=start_load)
     text += "\n" + md_table(["slider", "updates", "median ms", "p90 ms", "max ms"], rows)
-    text += f"\nscreenshot of the last state: {tmp / 'page.png'}\n"
+    text += f"\nscreenshot of the last state: {args.screenshot}\n"
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from hmpe.data.dataset import build_dataset, collate_fn
 from hmpe.data.formats import load_data_config
 from hmpe.data.preprocess import Preprocess
-from hmpe.engine.checkpoint import load_for_inference
+from hmpe.engine.checkpoint import checkpoint_data_config, load_for_inference
 from hmpe.models.mask_stats import TAU_MODES, MaskStatsAccumulator, level_names, remask, target_boxes_xyxy
 from benchmarks._common import RESULTS, default_datasets_env, header, load_avg, md_table, provenance
 
@@ -95,7 +95,7 @@ def main(argv=None) -> list[dict]:
     if model.heatmap is None:
         raise SystemExit(f"{args.weights}: this model has no heatmap path, so no mask to calibrate")
     args.imgsz = args.imgsz or ckpt.get("train_cfg", {}).get("imgsz", 640)
-    data_cfg = load_data_config(args.data or ckpt["data_cfg"])
+    data_cfg = load_data_config(args.data) if args.data else checkpoint_data_config(ckpt, args.weights)
     args.data = args.data or data_cfg["_source"]
     ds = build_dataset(data_cfg, args.split, transforms=Preprocess(args.imgsz).transform)
     loader = DataLoader(ds, batch_size=args.batch, shuffle=False, num_workers=0, collate_fn=collate_fn)

@@ -14,7 +14,8 @@ fewer). Two runs at a time: start two processes with ``--threads 1`` and disjoin
 
 Resumable: a (variant, seed) whose result file exists with the same settings is read back; an interrupted run
 resumes exactly from its ``last.pt``. The table (``benchmarks/results/recipe.md``) gives per variant the mean
-over seeds and the spread (max - min) of P, R, mAP50, mAP50-95, AP_small, the epochs and training images/s.
+over seeds and the spread (max - min) of P, R, mAP50, mAP50-95, AP_small, AP_small_input, the epochs and training
+images/s.
 
 ``--smoke``: two variants, one epoch each, on a few synthetic images at 64 px in a temporary folder.
 """
@@ -32,7 +33,7 @@ import torch
 
 from benchmarks import ablation
 from benchmarks._common import (SkipRow, default_datasets_env, fmt, header, load_avg, md_table,
-                                mean_spread, output_paths, select_named)
+                                mean_cell, mean_spread_of, output_paths, select_named, size_counts_note)
 
 VARIANTS_FILE = Path(__file__).resolve().parent / "recipe_variants.yaml"
 METRICS = ablation.METRICS
@@ -102,7 +103,7 @@ def summarise(variants: list[dict], results: list[dict]) -> list[dict]:
              "epochs": mean(r["epochs"] for r in runs),
              "images_per_s": mean(r["images_per_s"] or 0.0 for r in runs)}
         for k in METRICS:
-            s[k], s[k + "_spread"] = mean_spread([r["metrics"].get(k, 0.0) for r in runs])
+            s[k], s[k + "_spread"] = mean_spread_of([r["metrics"] for r in runs], k)
         for k in MASK_KEYS:  # the heatmap mask at the attention level, where the model has one
             values = [r["metrics"][k] for r in runs if k in r["metrics"]]
             s[k] = mean(values) if values else None
@@ -110,15 +111,18 @@ def summarise(variants: list[dict], results: list[dict]) -> list[dict]:
     return out
 
 
-def markdown(summary: list[dict], variants: list[dict], args, started_load: str) -> str:
+def markdown(summary: list[dict], variants: list[dict], args, started_load: str, results: list[dict] = ()) -> str:
+    """The table of ``summary``; ``results`` (the runs summarised) give the note with the objects per size bucket."""
     budget = f"{args.epochs} epochs" if args.budget_minutes is None else f"{args.budget_minutes} CPU minutes"
     extra = [f"model {args.model}, {args.imgsz} px, batch {args.batch}, budget {budget} per run, from scratch, "
              f"torch threads {torch.get_num_threads()}; trained on the train split, scored on val (EMA weights, "
              f"hmpe's COCOEvaluator; P and R at the best-F1 confidence)",
              "each metric: mean over the seeds, ± the spread (max - min); a difference smaller than the spreads "
              "is no difference"]
+    note = size_counts_note([(r["variant"], r["metrics"]) for r in results])
+    extra += [note] if note else []
     cols = ["variant", "train args / overrides", "seeds", "epochs", "img/s", "P", "R", "mAP50", "mAP50-95", "AP_S",
-            "mask S5 bg masked / obj hot"]
+            "AP_S in", "mask S5 bg masked / obj hot"]
     by_name = {v["name"]: v for v in variants}
     rows = []
     for s in summary:
@@ -126,7 +130,7 @@ def markdown(summary: list[dict], variants: list[dict], args, started_load: str)
         what = " ".join(f"`{t}`" for t in v["train_args"]) + "".join(f" `{k}={val}`" for k, val in v["overrides"].items())
         rows.append([s["variant"], what.strip(), ",".join(map(str, s["seeds"])), fmt(s["epochs"], 1),
                      fmt(s["images_per_s"], 2)]
-                    + [f"{s[k]:.3f} ± {s[k + '_spread']:.3f}" if len(s["seeds"]) > 1 else fmt(s[k]) for k in METRICS]
+                    + [mean_cell(s, k) for k in METRICS]
                     + [" / ".join(fmt(s[k], 2) for k in MASK_KEYS) if s[MASK_KEYS[0]] is not None else "-"])
     title = "Short-schedule training recipes" + (" (SMOKE)" if args.smoke else "")
     return header(title, extra, started_load) + "\n" + md_table(cols, rows, "ll" + "r" * (len(cols) - 2))
@@ -150,7 +154,7 @@ def parse_args(argv=None):
     p.add_argument("--variants-file", default=str(VARIANTS_FILE))
     p.add_argument("--train-args", nargs="*", default=["lr=4.0e-4", "warmup_iters=200"],
                    help="key=value training keys common to every variant (a variant's own keys come after)")
-    p.add_argument("--runs-dir", default=None, help="training runs (default: runs/recipe in the repo)")
+    p.add_argument("--runs-dir", default=None, help="training runs (default: runs/recipe under the working directory)")
     p.add_argument("--results-dir", default=None, help="per-run JSON (default: benchmarks/results/recipe)")
     p.add_argument("--out", default=None, help="markdown (default: benchmarks/results/recipe.md)")
     p.add_argument("--force", action="store_true", help="rerun runs that have results")
@@ -185,7 +189,7 @@ def main(argv=None) -> dict:
     # the table covers every stored result of these settings, also those another process wrote
     results = collect(variants, args)
     summary = summarise(variants, results)
-    md = markdown(summary, variants, args, started_load)
+    md = markdown(summary, variants, args, started_load, results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(md)
     print(md)

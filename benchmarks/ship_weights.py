@@ -24,26 +24,53 @@ def ship(ckpt: Path, name: str, trained: str, data: str | None = None, max_mb: f
     """``ckpt`` -> ``hmpe/weights/NAME`` (fp16) + ``metrics.json`` scored on ``data``'s val split (default: the
     dataset the checkpoint was trained on) through ``weights=NAME``, as a user would."""
     from hmpe.api import Detector
-    from hmpe.engine.checkpoint import SHIPPED_METRICS, WEIGHTS_DIR, load_checkpoint, save_pretrained
+    from hmpe.engine.checkpoint import PRETRAINED_CONFIG, SHIPPED_METRICS, load_checkpoint, save_pretrained
+    from hmpe.utils import shipped
 
-    out = WEIGHTS_DIR / name
+    out = shipped.WEIGHTS_DIR / name
     if out.exists():
         shutil.rmtree(out)
     save_pretrained(load_checkpoint(ckpt), out, half=True)
+    _drop_machine_paths(out / PRETRAINED_CONFIG)
     size_mb = sum(p.stat().st_size for p in out.iterdir()) / 2**20
     if size_mb > max_mb:
         shutil.rmtree(out)
         raise SystemExit(f"{out}: {size_mb:.1f} MB, over --max-mb {max_mb}; nothing shipped")
     det = Detector(weights=name, device="cpu")
     metrics = det.val(data=data, name=f"ship-{name}", exist_ok=True)
-    record = {**provenance(), "name": name, "trained": trained, "source_checkpoint": str(ckpt),
+    source = shown_path(ckpt)
+    record = {**provenance(), "name": name, "trained": trained, "source_checkpoint": source,
               "size_mb": round(size_mb, 2), "dtype": "float16", "data": data or "the training dataset",
               "split": "val",
-              "imgsz": det.preprocess().imgsz, "command": command_line(),
+              "imgsz": det.preprocess().imgsz, "command": command_line().replace(str(ckpt), source),
               "reproduce": f"hmpe val weights={name}" + (f" data={data}" if data else ""),
               "metrics": {k: round(float(metrics[k]), 4) for k in METRIC_KEYS if k in metrics}}
     (out / SHIPPED_METRICS).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return record
+
+
+def shown_path(path: str | Path) -> str:
+    """``path`` as ``metrics.json`` records it: relative to the working directory when below it, else
+    ``RUNS/`` and its last five parts (a ``hmpe train`` checkpoint: ``RUNS/PROJECT/train/NAME/weights/FILE``),
+    ``RUNS`` standing for the folder of the training runs (BENCHMARKS.md); never this machine's folders."""
+    path = Path(path).absolute()
+    try:
+        return path.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return "/".join(("RUNS", *path.parts[-5:]))
+
+
+def _drop_machine_paths(config_file: Path) -> None:
+    """The shipped ``config.json`` records no folder of the machine that trained the weights: the paths
+    :func:`hmpe.engine.checkpoint.save_pretrained` wrote relative to that machine's folders become null (the
+    dataset's folder is left out: a shipped dataset is found by its name, ``nwpu-vhr10``, on every machine)."""
+    from hmpe.engine.checkpoint import map_paths
+
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config = map_paths(config, lambda v: None if v.startswith(("./", "../")) or Path(v).is_absolute() else v)
+    if config.get("data_cfg") and config["data_cfg"].get("path", "") is None:
+        del config["data_cfg"]["path"]
+    config_file.write_text(json.dumps(config, indent=1, default=str), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> None:

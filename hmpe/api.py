@@ -14,7 +14,9 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import os
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,11 +34,12 @@ from hmpe.engine.checkpoint import (PRETRAINED_CONFIG, checkpoint_data_config, l
                                     shipped_weights)
 from hmpe.engine.evaluator import COCOEvaluator
 from hmpe.engine.export import export_onnx, export_openvino
+from hmpe.engine.quantize import export_int8
 from hmpe.engine.slicing import evaluate_sliced, model_predict_fn, sliced_predict
 from hmpe.engine.trainer import evaluate, train
 from hmpe.utils.config import apply_overrides, default_train_config, load_model_config, split_overrides
-from hmpe.utils.keys import check_task_args
-from hmpe.utils.runtime import increment_run_dir, select_device
+from hmpe.utils.keys import TASKS, check_task_args, defaults
+from hmpe.utils.runtime import create_run_dir, increment_run_dir, select_device
 from hmpe.viz.draw import draw_detections
 from hmpe.viz.heatmap import detector_heatmaps, fit_for_display, render_heatmap_figure
 
@@ -76,6 +79,9 @@ def resolve_source(source: str | Path | list) -> list[Path]:
     if isinstance(source, (list, tuple)):
         return [p for s in source for p in resolve_source(s)]
     s = str(source)
+    if "://" in s and s.split("://", 1)[0].isalpha():  # http://, https://, s3://, ...
+        raise FileNotFoundError(f"source {s}: URLs are not read (hmpe never downloads); download the image first "
+                                f"and pass its path")
     p = Path(s)
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
@@ -98,6 +104,44 @@ def detections(outputs: dict, postprocessor, sizes: torch.Tensor, paths: list, s
         keep = o["scores"] >= conf
         out.append(Prediction(str(p), w, h, o["boxes"][keep].cpu().numpy(), o["scores"][keep].cpu().numpy(),
                               o["labels"][keep].cpu().numpy(), names))
+    return out
+
+
+#: Detections kept per image by a whole-image :meth:`Detector.predict` when ``max_det`` is not given
+#: (the ``max_det`` key's null); a sliced prediction keeps every merged detection.
+PREDICT_MAX_DET = 100
+
+
+def _capped(pred: Prediction, cap: int) -> Prediction:
+    """``pred.top(cap)``, with a warning on stderr when the cap drops detections (never silently)."""
+    if 0 < cap < len(pred.scores):
+        print(f"warning: {pred.path}: {len(pred.scores)} detections, kept the max_det={cap} highest; "
+              f"pass max_det=0 for all", file=sys.stderr)
+    return pred.top(cap)
+
+
+def output_names(paths: list[Path], suffix: str) -> list[str]:
+    """One output file name per input (``suffix`` after the name's base), all different: the stem
+    (``a.jpg`` -> ``a`` + suffix) where no other input shares it; else the file name with its dot as ``_``
+    (``a.png`` -> ``a_png``); else the path below the inputs' common folder (``x/a.png`` -> ``x_a_png``);
+    a base taken already gets ``_2``, ``_3``, ... in input order. Deterministic for a given input list."""
+    stems = Counter(p.stem for p in paths)
+    names = Counter(p.name for p in paths)
+    clashing = [os.path.abspath(p) for p in paths if names[p.name] > 1]
+    root = os.path.commonpath(clashing) if len(set(clashing)) > 1 else ""
+    out, used = [], set()
+    for p in paths:
+        if stems[p.stem] == 1:
+            base = p.stem
+        elif names[p.name] == 1 or not root:
+            base = p.name.replace(".", "_")
+        else:
+            base = Path(os.path.relpath(os.path.abspath(p), root)).as_posix().replace("/", "_").replace(".", "_")
+        name, k = base + suffix, 2
+        while name in used:
+            name, k = f"{base}_{k}{suffix}", k + 1
+        used.add(name)
+        out.append(name)
     return out
 
 
@@ -194,7 +238,7 @@ class Detector:
             raise ValueError(f"data {data}: classes {list(ds.names)} differ from the checkpoint's {self.names}")
         loader = DataLoader(ds, batch_size=tcfg["batch"], shuffle=False, num_workers=tcfg["workers"],
                             collate_fn=collate_fn)
-        evaluator = COCOEvaluator(ds.samples, self.names, max_dets=tcfg["max_dets"])
+        evaluator = COCOEvaluator(ds.samples, self.names, max_dets=tcfg["max_dets"], input_scale=pre.input_scale)
         if kwargs.get("slice"):  # full images, tiled (hmpe.engine.slicing); conf defaults to 0.001 here
             metrics = evaluate_sliced(model_predict_fn(model, self._post, self.device, pre.imgsz), ds, evaluator,
                                       int(kwargs["slice"]), pre, overlap=kwargs.get("overlap", 0.2),
@@ -203,39 +247,56 @@ class Detector:
                                       full_image=kwargs.get("full_image", False))
         else:
             metrics = evaluate(model, loader, self._post, evaluator, self.device, preprocess=pre)
-        run_dir = increment_run_dir(tcfg["project"], "val", kwargs.get("name"), kwargs.get("exist_ok", False))
-        run_dir.mkdir(parents=True, exist_ok=True)
+        print(evaluator.summary_table())  # before anything is written: a failing write cannot lose the figures
+        self.metrics = metrics
+        # under this working directory (or project=), never the checkpoint's own project: that is a folder of
+        # the machine and run that trained it
+        project = kwargs.get("project", defaults("val")["project"])
+        run_dir = increment_run_dir(project, "val", kwargs.get("name"), kwargs.get("exist_ok", False))
+        create_run_dir(run_dir)
         evaluator.plot(run_dir)
         with open(run_dir / "metrics.json", "w") as f:
             json.dump({k: v for k, v in metrics.items()}, f, indent=2, default=float)
-        print(evaluator.summary_table())
         print(f"results saved to {run_dir}")
         self.run_dir = run_dir
-        self.metrics = metrics
         return metrics
 
     # ------------------------------------------------------------------ export
     def export(self, format: str = "onnx", imgsz: int | None = None, opset: int = 17, gather_sampling: bool = False,
                out: str | Path | None = None, check: bool = True, image: str | Path | None = None,
-               half: bool = False) -> Path:
+               half: bool = False, int8: bool = False, data: str | None = None, calib_images: int = 300,
+               val_images: int | None = None) -> Path:
         """Export the checkpoint to ONNX or OpenVINO IR (post-processed outputs, dynamic batch; see
         :mod:`hmpe.engine.export`) and, with ``check``, compare the runtime (onnxruntime / OpenVINO) with
-        PyTorch (raises ``ExportParityError`` on a mismatch). ``format="safetensors"``: :meth:`save_pretrained`
-        into ``out`` (default: ``<weights stem>_pretrained/`` beside the checkpoint), in fp16 with ``half``; the
-        other options do not apply (nor ``half`` to ONNX / OpenVINO)."""
+        PyTorch (raises ``ExportParityError`` on a mismatch). ``int8``: also an INT8 file, calibrated on
+        ``calib_images`` train images of ``data`` (default: the checkpoint's dataset), and with ``check`` its
+        mAP50 beside the fp32 file's on ``val_images`` val images (:mod:`hmpe.engine.quantize`); returns the
+        INT8 path. ``format="safetensors"``: :meth:`save_pretrained` into ``out`` (default: ``<weights
+        stem>_pretrained/`` beside the checkpoint), in fp16 with ``half``; the other options do not apply (nor
+        ``half`` to ONNX / OpenVINO)."""
         fmt = str(format).lower()
-        if fmt not in ("onnx", "openvino", "safetensors"):
-            raise ValueError(f"format={format!r}: choose onnx, openvino or safetensors")
+        check_task_args("export", {"format": fmt, "imgsz": imgsz, "opset": opset, "gather_sampling": gather_sampling,
+                                   "out": out, "check": check, "image": image, "half": half, "int8": int8,
+                                   "data": data, "calib_images": calib_images, "val_images": val_images})
         if not self.weights:
             raise ValueError("no weights: train first, or pass a checkpoint (Detector('best.pt'))")
         src = Path(self.weights)
+        q = "_int8" if int8 else ""
         if out is None and shipped_name(src):  # shipped weights: write into the working directory, not the package
-            out = {"onnx": f"{src.name}.onnx", "openvino": f"{src.name}_openvino/{src.name}.xml",
+            out = {"onnx": f"{src.name}{q}.onnx", "openvino": f"{src.name}{q}_openvino/{src.name}{q}.xml",
                    "safetensors": f"{src.name}_pretrained"}[fmt]
         if fmt == "safetensors":
+            if int8:
+                raise ValueError("int8=true applies to format=onnx or format=openvino, not to format=safetensors")
             return self.save_pretrained(out or src.with_name(f"{src.stem}_pretrained"), half=bool(half))
         if half:
             raise ValueError(f"half=true applies to format=safetensors (fp16 weights), not to format={fmt}")
+        if not int8 and (data is not None or val_images is not None):
+            raise ValueError("data= and val_images= apply to int8=true (the calibration and the INT8 check)")
+        if int8:
+            return export_int8(self.weights, fmt, data=data, calib_images=calib_images, val_images=val_images,
+                               imgsz=imgsz, opset=opset, gather_sampling=gather_sampling, out=out, check=check,
+                               image=image)
         fn = export_onnx if fmt == "onnx" else export_openvino
         return fn(self.weights, imgsz=imgsz, opset=opset, gather_sampling=gather_sampling, out=out, check=check,
                   image=image)
@@ -274,10 +335,14 @@ class Detector:
     def predict(self, source, conf: float = 0.25, imgsz: int | None = None, batch: int = 4,
                 save: bool = False, project: str = "runs", name: str | None = None, slice: int | None = None,
                 overlap: float = 0.2, merge: str = "nms", merge_iou: float = 0.5,
-                full_image: bool = False, strict: bool = False, max_det: int = 100) -> list[Prediction]:
-        """Detections per image, boxes in original-image pixels (score >= ``conf``, at most ``max_det`` per
-        image, highest scores first), with the checkpoint's own preprocessing (resize or letterbox,
-        :class:`hmpe.data.preprocess.Preprocess`).
+                full_image: bool = False, strict: bool = False, max_det: int | None = None) -> list[Prediction]:
+        """Detections per image, boxes in original-image pixels (score >= ``conf``, highest scores first),
+        with the checkpoint's own preprocessing (resize or letterbox, :class:`hmpe.data.preprocess.Preprocess`).
+
+        ``max_det``: detections kept per image; ``None`` (default) keeps :data:`PREDICT_MAX_DET` of a whole
+        image and every merged detection of a sliced one; ``0`` keeps all. Each forward pass (the image, or
+        with ``slice`` each tile) yields at most the model's ``postprocess.num_top_queries``. A cap that drops
+        detections prints a warning naming the image and the counts.
 
         Unreadable inputs (empty, truncated, not an image) are skipped with a warning naming each; their
         paths are in ``self.skipped`` (``strict=True``: the first one is an error). With ``save``, every
@@ -286,14 +351,23 @@ class Detector:
         ``slice=N`` (sliced inference for large images, :mod:`hmpe.engine.slicing`): each image is read once
         and cut into N x N tiles overlapping by ``overlap``; ``batch`` tiles per forward pass; detections are
         merged across tiles (border fragments by intersection-over-smaller, then class-wise NMS at IoU
-        ``merge_iou``, or ``merge="wbf"``); ``full_image=True`` adds a pass on the whole image."""
+        ``merge_iou``, or ``merge="wbf"``); ``full_image=True`` adds a pass on the whole image.
+
+        Saved images are named after their input (``a.png`` -> ``a.jpg``; inputs sharing a stem keep their
+        whole file name, ``a_png.jpg``, see :func:`output_names`); ``predictions.json`` names the inputs."""
+        check_task_args("predict", {"conf": conf, "imgsz": imgsz, "batch": batch, "save": save, "project": project,
+                                    "name": name, "slice": slice, "overlap": overlap, "merge": merge,
+                                    "merge_iou": merge_iou, "full_image": full_image, "strict": strict,
+                                    "max_det": max_det})
+        paths = resolve_source(source)  # before the model loads: a missing source or a URL fails at once
         pre = self.preprocess(imgsz)
-        paths = resolve_source(source)
+        cap = int(max_det) if max_det is not None else (0 if slice else PREDICT_MAX_DET)
+        drawn = dict(zip(paths, output_names(paths, ".jpg")))
         self.skipped: list[str] = []
         run_dir = None
         if save:
             run_dir = increment_run_dir(project, "predict", name)
-            run_dir.mkdir(parents=True, exist_ok=True)
+            create_run_dir(run_dir)
             self.run_dir = run_dir
         results: list[Prediction] = []
         for i in range(0, len(paths), batch):
@@ -303,11 +377,11 @@ class Detector:
                 continue
             preds = self._predict_arrays([p for p, _ in read], [im for _, im in read], conf, pre, batch, slice,
                                          overlap, merge, merge_iou, full_image)
-            preds = [r.top(int(max_det)) for r in preds]
+            preds = [_capped(r, cap) for r in preds]
             for (p, im), r in zip(read, preds):
                 if run_dir is not None:
                     draw_detections(Image.fromarray(im), r.boxes, r.labels, r.scores,
-                                    r.names).save(run_dir / (Path(r.path).stem + ".jpg"))
+                                    r.names).save(run_dir / drawn[p])
             results += preds
         if run_dir is not None:
             with open(run_dir / "predictions.json", "w") as f:
@@ -325,10 +399,13 @@ class Detector:
         the masked fraction) and one channel of the masked PE, each upsampled to the image (see hmpe.viz.heatmap).
 
         level: 0 (stride 8, default), 1, 2, or ``"max"`` (per-pixel max over the levels). Figures go to
-        ``out`` or ``<project>/heatmap/<name>`` (exp, exp2, ...). Returns one dict per image: ``path``,
+        ``out`` or ``<project>/heatmap/<name>`` (exp, exp2, ...) as ``<stem>_heatmap.png`` (inputs sharing a
+        stem: :func:`output_names`). Returns one dict per image: ``path``,
         ``png`` (None when ``save=False``), ``maps`` (name -> [h,w] array on the model's grid) and
         ``prediction`` (:class:`Prediction`). One image at a time, no hooks, no autograd graph.
         """
+        check_task_args("heatmap", {"conf": conf, "imgsz": imgsz, "level": level, "save": save, "out": out,
+                                    "project": project, "name": name, "dpi": dpi})
         model = self._ensure_model()
         if getattr(model, "heatmap", None) is None:
             raise ValueError(f"{self.weights}: model {self._ckpt['model_cfg'].get('name', '?')!r} has no heatmap "
@@ -341,10 +418,10 @@ class Detector:
         run_dir = None
         if save:
             run_dir = Path(out) if out else increment_run_dir(project, "heatmap", name)
-            run_dir.mkdir(parents=True, exist_ok=True)
+            create_run_dir(run_dir, "choose a writable folder with out=DIR" if out else None)
             self.run_dir = run_dir
         results = []
-        for p in paths:
+        for p, png_name in zip(paths, output_names(paths, "_heatmap.png")):
             arr = self._read(p, strict=True)
             h, w = arr.shape[:2]
             outputs, maps = detector_heatmaps(model, pre(arr)[None].to(self.device), level)
@@ -352,7 +429,7 @@ class Detector:
                               [(w, h)], conf, self.names)[0]
             png = None
             if save:
-                png = run_dir / f"{p.stem}_heatmap.png"
+                png = run_dir / png_name
                 image, boxes = fit_for_display(arr, pred.boxes)
                 lv = ("max over levels" if level == "max"
                       else f"level {level} (stride {model.heatmap.strides[int(level)]})")
@@ -371,6 +448,8 @@ class Detector:
         ``cache``, ``scan``."""
         from hmpe.explore import serve  # the explorer sits above this module: imported on use only
 
+        table = {k.name for k in TASKS["explore"]}  # other keys go to ExploreSession, which names them
+        check_task_args("explore", {"port": port, "host": host, **{k: v for k, v in kwargs.items() if k in table}})
         return serve(self, source, host=host, port=port, block=block, **kwargs)
 
 

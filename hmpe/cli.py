@@ -7,6 +7,7 @@
                                                 # exit 3: finished, unreadable inputs skipped (named)
     hmpe predict SOURCE weights=hmpe-n-nwpu      # weights=NAME: weights shipped with hmpe (hmpe/weights/NAME)
     hmpe export weights=best.pt format=onnx|openvino [imgsz=... opset=17 gather_sampling=false out=PATH image=IMG]
+    hmpe export weights=best.pt format=onnx|openvino int8=true [data=DATA calib_images=300 val_images=N]  # + INT8
     hmpe export weights=best.pt format=safetensors [out=DIR half=true]   # config.json + model.safetensors, no pickle
     hmpe heatmap SOURCE weights=best.pt [conf=0.25 imgsz=... level=0|1|2|max out=DIR]  # heatmap-path models
     hmpe explore weights=best.pt source=DIR|DATA.yaml [port=7860 host=127.0.0.1 split=val conf=0.25]  # browser
@@ -19,11 +20,13 @@
 
 Errors are one line naming the bad key, file or value and what to do: exit status 2 for a command line
 that cannot work as typed (checked before anything loads), 1 for a failure while running (a bad file, a
-missing device); add verbose=true for the full traceback.
+missing device, an output folder that cannot be written); add verbose=true for the full traceback.
+Ctrl-C: exit status 130 (hmpe train first saves a resumable last.pt and prints the resume= command).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import yaml
@@ -47,12 +50,23 @@ def _split_source(argv: list[str]) -> tuple[str | None, list[str]]:
     return (positional[0] if positional else None), rest
 
 
-def _source_and_weights(argv: list[str], usage: str) -> tuple[str, str, dict]:
+def _task_args(task: str, argv: list[str]) -> dict:
+    """``[SOURCE] key=value ...`` of ``hmpe TASK`` -> its arguments, a positional SOURCE as ``source`` (tasks
+    that take one; given both ways: UsageError)."""
+    if "source" not in {k.name for k in TASKS[task]}:
+        return parse_overrides(argv, task)  # a positional argument: "expected key=value"
+    source, rest = _split_source(argv)
+    args = parse_overrides(rest, task)
+    if source is not None and "source" in args:
+        raise UsageError(f"SOURCE given twice ({source} and source={args['source']}); give it once")
+    return args if source is None else {"source": source, **args}
+
+
+def _source_and_weights(task: str, argv: list[str], usage: str) -> tuple[str, str, dict]:
     """``SOURCE weights=PATH key=value ...`` -> (source, weights, the other arguments); ``usage`` on error."""
 
-    source, rest = _split_source(argv)
-    args = parse_overrides(rest)
-    source = source or args.pop("source", None)
+    args = _task_args(task, argv)
+    source = args.pop("source", None)
     weights = args.pop("weights", None)
     if not source or not weights:
         raise UsageError(f"{'weights=PATH' if source else 'a SOURCE'} is required; {usage}")
@@ -63,7 +77,7 @@ def cmd_train(argv: list[str]) -> int:
     from hmpe.api import make_train_config
     from hmpe.engine.trainer import train
 
-    cfg, model_over, given = make_train_config(parse_overrides(argv))
+    cfg, model_over, given = make_train_config(parse_overrides(argv, "train"))
     train(cfg, model_over, explicit_keys=given)
     return 0
 
@@ -71,7 +85,7 @@ def cmd_train(argv: list[str]) -> int:
 def cmd_val(argv: list[str]) -> int:
     from hmpe.api import Detector
 
-    args = parse_overrides(argv)
+    args = parse_overrides(argv, "val")
     weights = args.pop("weights", None)
     if not weights:
         raise UsageError("weights=PATH is required (a checkpoint written by hmpe train)")
@@ -84,7 +98,7 @@ def cmd_predict(argv: list[str]) -> int:
     from hmpe.api import Detector
 
     source, weights, args = _source_and_weights(
-        argv, "usage: hmpe predict SOURCE weights=PATH [conf=0.25 imgsz=...]")
+        "predict", argv, "usage: hmpe predict SOURCE weights=PATH [conf=0.25 imgsz=...]")
     det = Detector(weights=weights, device=args.pop("device", "auto"))
     save = args.pop("save", True)
     results = det.predict(source, save=save, **args)
@@ -99,7 +113,7 @@ def cmd_heatmap(argv: list[str]) -> int:
     from hmpe.api import Detector
 
     source, weights, args = _source_and_weights(
-        argv, "usage: hmpe heatmap SOURCE weights=PATH [conf=0.25 imgsz=... level=0|1|2|max out=DIR]")
+        "heatmap", argv, "usage: hmpe heatmap SOURCE weights=PATH [conf=0.25 imgsz=... level=0|1|2|max out=DIR]")
     det = Detector(weights=weights, device=args.pop("device", "auto"))
     results = det.heatmap(source, **args)
     print(f"{len(results)} heatmap figures saved to {det.run_dir}")
@@ -111,7 +125,7 @@ def cmd_explore(argv: list[str]) -> int:
     from hmpe.api import Detector
 
     source, weights, args = _source_and_weights(
-        argv, "usage: hmpe explore weights=PATH source=DIR|DATA.yaml [port=7860 host=127.0.0.1 "
+        "explore", argv, "usage: hmpe explore weights=PATH source=DIR|DATA.yaml [port=7860 host=127.0.0.1 "
               "split=val conf=0.25]")
     det = Detector(weights=weights, device=args.pop("device", "cpu"))
     det.explore(source, **args)
@@ -124,11 +138,12 @@ def cmd_export(argv: list[str]) -> int:
     from hmpe.api import Detector
     from hmpe.engine.export import ExportParityError
 
-    args = parse_overrides(argv)
+    args = parse_overrides(argv, "export")
     weights = args.pop("weights", None)
     if not weights:
         raise UsageError("weights=PATH is required; usage: hmpe export weights=PATH format=onnx|openvino [imgsz=... opset=17 "
-                         "gather_sampling=false out=PATH image=IMG check=true] | format=safetensors [out=DIR half=true]")
+                         "gather_sampling=false out=PATH image=IMG check=true int8=false data=DATA] | "
+                         "format=safetensors [out=DIR half=true]")
     try:
         Detector(weights=weights, device="cpu").export(**args)
     except ExportParityError as e:
@@ -156,10 +171,13 @@ def cmd_cfg(argv: list[str]) -> int:
     return 0
 
 
-def check_args(task: str, argv: list[str]) -> None:
-    """Strict keys before any work: an unknown key raises ConfigKeyError (exit status 2)."""
+def check_args(task: str, argv: list[str], files: bool = True) -> None:
+    """The command line of ``hmpe TASK`` before any work, without loading torch (exit status 2 on error): every
+    key known (ConfigKeyError naming the nearest), given once, of its type and range, its file, preset or shipped
+    name present, no two keys in conflict (:func:`hmpe.utils.keys.check_task_args`). ``files=False``: the form
+    only, not whether files exist (a command line read away from its files)."""
     if task in TASKS:
-        check_task_args(task, parse_overrides([a for a in argv if "=" in a]))
+        check_task_args(task, _task_args(task, argv), files)
 
 
 def cmd_bench(argv: list[str]) -> int:
@@ -168,7 +186,7 @@ def cmd_bench(argv: list[str]) -> int:
     from hmpe.engine.bench import benchmark_model, count_params, format_report, param_split, save_report
     from hmpe.models.detector import build_model
 
-    args = parse_overrides(argv)
+    args = parse_overrides(argv, "bench")
     model_over, args = split_overrides(args)
     if args.get("threads"):
         torch.set_num_threads(int(args["threads"]))
@@ -201,7 +219,7 @@ def cmd_bench(argv: list[str]) -> int:
 
 def _bench_backends(model, cfg: dict, args: dict, imgsz, batch: int, backends) -> dict:
     """``backend=...``: the same model's latency in each runtime, interleaved (hmpe.engine.backends)."""
-    from hmpe.engine.backends import backend_latencies
+    from hmpe.engine.backends import INT8_CALIB, backend_latencies
     from hmpe.engine.bench import imgsz_hw
     from hmpe.models.detector import build_postprocessor
 
@@ -212,6 +230,9 @@ def _bench_backends(model, cfg: dict, args: dict, imgsz, batch: int, backends) -
     print(f"  backends ({'fused' if args.get('fuse', True) else 'unfused'} model, {next(iter(lat.values()))['runs']} "
           "interleaved rounds, median / p90 ms): "
           + ", ".join(f"{b} {v['latency_ms_median']:.1f} / {v['latency_ms_p90']:.1f}" for b, v in lat.items()))
+    if any(b.endswith("-int8") for b in lat):
+        print(f"  int8 backends: random weights calibrated on {INT8_CALIB} random images, speed only (the accuracy "
+              "of an INT8 file: hmpe export ... int8=true)")
     return lat
 
 
@@ -253,6 +274,19 @@ def _pop_verbose(rest: list[str]) -> tuple[list[str], bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit status. Output into a pipe closed early (``hmpe cfg | head``) ends quietly
+    with 141, the status of a process that SIGPIPE ended (128 + 13), as ``yes | head`` does."""
+    try:
+        status = _dispatch(argv)
+        sys.stdout.flush()  # a closed pipe shows here rather than in the flush at exit
+        return status
+    except BrokenPipeError:
+        # Python's advice: point stdout at /dev/null, so that the flush at exit does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _dispatch(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
@@ -278,12 +312,20 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"hmpe {task}: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, DataError) as e:
-        # Bad input from the user (a file, a dataset, a device): one clear line, no traceback.
+    except BrokenPipeError:  # stdout closed early: main() ends quietly
+        raise
+    except (ValueError, OSError, DataError) as e:
+        # Bad input from the user (a file, a dataset, a device, an output folder that cannot be written):
+        # one clear line, no traceback.
         if verbose:
             raise
         print(f"hmpe {task}: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:  # Ctrl-C; hmpe train first saves a resumable last.pt and says how to resume
+        if verbose:
+            raise
+        print(f"hmpe {task}: {str(e) or 'interrupted'}", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports a process Ctrl-C ended
 
 
 if __name__ == "__main__":

@@ -122,7 +122,7 @@ def test_empty_split_and_missing_dataset_are_named(tmp_path, capsys):
     data = _yolo(tmp_path / "d", None, val_images=0)
     assert main(["train", f"data={data}", "epochs=1", f"project={tmp_path / 'runs'}"]) == 1
     assert "val" in capsys.readouterr().err
-    assert main(["train", f"data={tmp_path / 'nowhere.yaml'}", "epochs=1", f"project={tmp_path / 'runs'}"]) == 1
+    assert main(["train", f"data={tmp_path / 'nowhere.yaml'}", "epochs=1", f"project={tmp_path / 'runs'}"]) == 2
     assert "nowhere.yaml" in capsys.readouterr().err
     (tmp_path / "far.yaml").write_text("format: yolo\npath: /no/such/folder\ntrain: images\nval: images\nnames: [a]\n")
     assert main(["train", f"data={tmp_path / 'far.yaml'}", "epochs=1", f"project={tmp_path / 'runs'}"]) == 1

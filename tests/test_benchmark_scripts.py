@@ -77,7 +77,7 @@ def test_ablation_smoke_and_resume(tmp_path, one_thread):
     assert "baseline" in out["results"] and "+LSConv" in out["results"]
     _skip_reasons_ok(out["skipped"])
     md = Path(out["markdown"]).read_text()
-    for key in ("| baseline |", "mAP50-95", "Δ mAP50", "command:", "CPU:"):
+    for key in ("| baseline |", "mAP50-95", "Δ mAP50", "command:", "CPU:", "AP_S in", "objects per size bucket"):
         assert key in md
     # the mask column: the heatmap rows' S4/S5 fractions, "-" for the rows without a heatmap
     line = {ln.split(" | ")[0].strip("| "): ln for ln in md.splitlines() if ln.startswith("| ")}
@@ -171,8 +171,8 @@ def test_peers_combine_seeds_and_machines(tmp_path):
     """Mean and spread over seeds per model; runs from another CPU model or another budget are not mixed in."""
     combine = _load("peers.combine")
 
-    def run(name, seed, map50, cpu="cpu A", minutes=35.0):
-        metrics = {"mAP50": map50, "mAP50_95": map50 / 2, "AP_small": 0.1, "precision": 0.5, "recall": 0.4}
+    def run(name, seed, map50, cpu="cpu A", minutes=35.0, **more):
+        metrics = {"mAP50": map50, "mAP50_95": map50 / 2, "AP_small": 0.1, "precision": 0.5, "recall": 0.4, **more}
         settings = {"date": "2026-12-02 01:00 UTC", "cpu": cpu, "versions": {"torch": "x"}, "seed": seed,
                     "minutes": minutes, "imgsz": 512, "batch": 8, "threads": 1}
         (tmp_path / f"{name}_{seed}_{cpu[-1]}_{minutes:g}.json").write_text(json.dumps(
@@ -187,7 +187,14 @@ def test_peers_combine_seeds_and_machines(tmp_path):
     assert by_model["hmpe-n"]["seeds"] == [0, 1]
     assert by_model["hmpe-n"]["mAP50"] == pytest.approx(0.25) and by_model["hmpe-n"]["mAP50_spread"] == pytest.approx(0.1)
     assert by_model["yolo11n"]["mAP50"] == pytest.approx(0.25) and by_model["yolo11n"]["mAP50_spread"] == 0
-    assert "0.250 ± 0.100" in combine.markdown(result, None)
+    md = combine.markdown(result, None)
+    assert "0.250 ± 0.100" in md and "objects per size bucket" not in md  # runs stored before the size figures
+    assert next(ln for ln in md.splitlines() if ln.startswith("| hmpe-n |")).endswith("| n/a |")  # AP_S in
+    counts = dict(n_small=26, n_medium=400, n_large=196, n_small_input=216, n_medium_input=380, n_large_input=26)
+    run("dfine-n", 0, 0.3, AP_small_input=0.2, **counts)
+    md = combine.markdown(combine.combine(tmp_path, 35.0, 512), None)
+    assert "26/400/196 in native pixels, 216/380/26 at the model's input" in md
+    assert next(ln for ln in md.splitlines() if ln.startswith("| dfine-n |")).endswith("| 0.100 | 0.200 |")
     run("yolo11n", 1, 0.2, cpu="cpu B")
     with pytest.raises(SystemExit, match="different CPUs"):
         combine.combine(tmp_path, 35.0, 512)

@@ -146,9 +146,10 @@ def test_build_dataset_from_files_keeps_the_load_report(tmp_path):
     with pytest.raises(DataError, match=r"b\.txt:1: unknown class 7"):
         build_dataset(str(tmp_path / "data.yaml"), "train")
     dataset = build_dataset(str(tmp_path / "data.yaml"), "train", skip_bad=True)
-    assert len(dataset) == 1 and len(dataset.skipped) == 1
+    assert len(dataset) == 2 and len(dataset.skipped) == 0 and len(dataset.skipped_boxes) == 1
     image, target = dataset[0]
     assert image.shape == (3, 24, 32) and target["labels"].tolist() == [0]
+    assert dataset[1][1]["labels"].tolist() == []  # b.jpg kept, its one bad box dropped
 
 
 def test_mosaic_wired_into_dataset_keeps_boxes_valid():

@@ -8,7 +8,7 @@ from torch import nn
 
 from hmpe.engine import checkpoint as ckpt_mod
 from hmpe.engine.checkpoint import load_checkpoint, save_atomic
-from hmpe.engine.optim import ModelEMA, build_param_groups, lr_factor
+from hmpe.engine.optim import ModelEMA, build_param_groups, lr_factor, schedule_progress
 from hmpe.utils.config import apply_overrides, load_model_config, parse_overrides, split_overrides
 
 
@@ -25,6 +25,21 @@ def test_lr_step_schedule():
     assert lr_factor(90, 100, 0, "step", milestones=(0.8,), gamma=0.1) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="schedule"):
         lr_factor(50, 100, 0, "poly")
+
+
+def test_lr_schedule_re_sized_at_an_anchor():
+    """time_limit re-sizing: the progress at the anchor carries on to 1 at the new total, without a jump (the
+    cosine) and without stepping back (the step schedule, re-sized longer after its milestone)."""
+    before = lr_factor(60, 100, 10, "cosine", 0.05)
+    anchor = (60, schedule_progress(60, 100, 10))
+    assert anchor[1] == pytest.approx(0.5 / 0.9) and schedule_progress(60, 100, 10, (10, 0.0)) == anchor[1]
+    assert lr_factor(60, 300, 10, "cosine", 0.05, anchor=anchor) == pytest.approx(before)  # continuous
+    assert lr_factor(60, 300, 10, "cosine", 0.05) > 1.5 * before  # recomputed over the new total: a jump
+    assert lr_factor(300, 300, 10, "cosine", 0.05, anchor=anchor) == pytest.approx(0.05)
+    assert lr_factor(5, 300, 10, "cosine", 0.05, anchor=(2, 0.1)) < 1.0  # no warm-up after an anchor
+    late = (90, schedule_progress(90, 100, 0))
+    assert lr_factor(91, 200, 0, "step", milestones=(0.8,), anchor=late) == pytest.approx(0.1)
+    assert lr_factor(91, 200, 0, "step", milestones=(0.8,)) == 1.0
 
 
 class Tiny(nn.Module):

@@ -11,6 +11,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from hmpe.data.preprocess import Preprocess
 from hmpe.data.types import Sample
 from hmpe.engine.evaluator import COCO_STAT_NAMES, COCOEvaluator, coco_match_image
 from hmpe.viz.plots import plot_results_csv, results_figure
@@ -99,15 +100,19 @@ def _evaluator(max_dets=100, backend="faster", torch_inputs=False) -> COCOEvalua
     return ev
 
 
-def _pycocotools_reference(max_dets: int) -> COCOeval:
-    """pycocotools on hand-built json (1-based category ids, float32 boxes as the Sample stores them)."""
+def _pycocotools_reference(max_dets: int, scales: dict | None = None) -> COCOeval:
+    """pycocotools on hand-built json (1-based category ids, float32 boxes as the Sample stores them);
+    ``scales``: ``{image_id: (sx, sy)}`` by which every box (ground truth and detections) is multiplied."""
     sizes, gts, preds = _fixed_set()
+    sx_sy = lambda image_id: scales[image_id] if scales else (1.0, 1.0)  # noqa: E731
     images = [{"id": i, "width": w, "height": h, "file_name": f"img{i}.jpg"} for i, (w, h) in sizes.items()]
     anns = []
     for image_id, rows in gts.items():
         for x1, y1, x2, y2, lab, ign in rows:
             # Sample stores float32 boxes; replicate that rounding in the reference json
             x1, y1, x2, y2 = (float(np.float32(v)) for v in (x1, y1, x2, y2))
+            sx, sy = sx_sy(image_id)
+            x1, y1, x2, y2 = x1 * sx, y1 * sy, x2 * sx, y2 * sy
             anns.append(
                 {
                     "id": len(anns) + 1,
@@ -120,7 +125,9 @@ def _pycocotools_reference(max_dets: int) -> COCOeval:
             )
     gt = {"images": images, "annotations": anns, "categories": [{"id": i + 1, "name": n} for i, n in enumerate(NAMES)]}
     res = [
-        {"image_id": image_id, "category_id": lab + 1, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s}
+        {"image_id": image_id, "category_id": lab + 1, "score": s,
+         "bbox": [x1 * sx_sy(image_id)[0], y1 * sx_sy(image_id)[1], (x2 - x1) * sx_sy(image_id)[0],
+                  (y2 - y1) * sx_sy(image_id)[1]]}
         for image_id, rows in preds.items()
         for x1, y1, x2, y2, s, lab in rows
     ]
@@ -161,6 +168,49 @@ def test_coco_stats_match_pycocotools(max_dets, backend):
         assert result[name] == pytest.approx(ref[i], abs=1e-6), name
     # the fixture is meant to exercise every figure: none is trivially 0 or undefined
     assert all(0 < v < 1 for v in ref), ref
+
+
+@pytest.mark.parametrize("keep_ratio", [False, True])
+@pytest.mark.parametrize("backend", ["faster", "pycocotools"])
+def test_ap_small_input_matches_pycocotools_on_rescaled_ground_truth(keep_ratio, backend):
+    """AP per size bucket at the model's input = pycocotools' on ground truth and detections whose boxes are
+    multiplied by the preprocessing's scale (resize: per-axis factors; letterbox: one); the object counts per
+    bucket are the numbers of (non-ignore) boxes in it, native and scaled."""
+    pre = Preprocess(256, keep_ratio=keep_ratio)
+    sizes, gts, _ = _fixed_set()
+    scales = {i: pre.input_scale(w, h) for i, (w, h) in sizes.items()}
+    ev = _evaluator(backend=backend)
+    ev.set_input_scale(pre.input_scale)
+    result = ev.compute()
+    ref = _pycocotools_reference(100, scales).stats
+    for i, name in ((3, "AP_small_input"), (4, "AP_medium_input"), (5, "AP_large_input")):
+        assert result[name] == pytest.approx(ref[i], abs=1e-6), name
+
+    def counts(scaled: bool) -> list[int]:
+        areas = np.array([(np.float32(x2) - np.float32(x1)) * (np.float32(y2) - np.float32(y1))
+                          * (np.prod(scales[i]) if scaled else 1.0)
+                          for i, rows in gts.items() for x1, y1, x2, y2, _, ign in rows if not ign])
+        return [int((areas <= 32**2).sum()), int(((areas >= 32**2) & (areas <= 96**2)).sum()),
+                int((areas >= 96**2).sum())]
+
+    assert [result[f"n_{b}"] for b in ("small", "medium", "large")] == counts(False)
+    assert [result[f"n_{b}_input"] for b in ("small", "medium", "large")] == counts(True)
+    assert result["n_small_input"] > result["n_small"] and result["AP_small_input"] != result["AP_small"]
+    assert "AP_S/M/L at the input" in ev.summary_table()
+    assert "AP_small_input" not in _evaluator(backend=backend).compute()  # no input_scale: native figures only
+
+
+def test_results_csv_row_has_the_size_figures():
+    """The trainer's results.csv row carries AP_small_input and the object counts per bucket (as integers)."""
+    from hmpe.engine.run_log import epoch_row
+
+    ev = _evaluator()
+    ev.set_input_scale(Preprocess(256).input_scale)
+    m = ev.compute()
+    row = epoch_row(0, 1.0, {"loss": 1.0}, m)
+    assert row["val/AP_small_input"] == round(m["AP_small_input"], 6)
+    assert row["val/n_small"] == m["n_small"] and isinstance(row["val/n_small_input"], int)
+    assert {f"val/n_{b}{s}" for b in ("small", "medium", "large") for s in ("", "_input")} <= set(row)
 
 
 def test_max_dets_changes_the_result():
@@ -369,10 +419,11 @@ def test_plot_results_csv(tmp_path):
 
 def test_results_figure_skips_undefined_metrics_and_uses_whole_epochs(tmp_path):
     csv_path = tmp_path / "results.csv"
-    csv_path.write_text("epoch,val/mAP50,val/AP_large\n1,0.1,-1\n2,0.2,-1\n3,0.25,-1\n")
+    csv_path.write_text("epoch,val/mAP50,val/AP_large,val/n_small\n1,0.1,-1,26\n2,0.2,-1,26\n3,0.25,-1,26\n")
     fig = results_figure(csv_path)
     axes = [ax for ax in fig.axes if ax.get_title()]
-    assert [ax.get_title() for ax in axes] == ["val/mAP50"]  # AP_large is COCO's -1 "undefined" throughout
+    # AP_large is COCO's -1 "undefined" throughout; n_small a constant count
+    assert [ax.get_title() for ax in axes] == ["val/mAP50"]
     fig.canvas.draw()
     ticks = [t for t in axes[0].get_xticks() if axes[0].get_xlim()[0] <= t <= axes[0].get_xlim()[1]]
     assert ticks and all(float(t).is_integer() for t in ticks), ticks

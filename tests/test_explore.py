@@ -198,6 +198,20 @@ def test_explore_refuses_other_files(dataset_server):
             server.session.resolve(name)
 
 
+def test_explore_indices_outside_the_source_are_404_and_403s_name_no_local_path(dataset_server):
+    server, _, _, _, tmp = dataset_server
+    url, n = server.url, len(server.session.images)
+    for route in ("api/detections", "api/maps"):
+        for i in (n, 99, -1, "x"):  # past the end, negative (no wrapping to the last image), not a number
+            status, body = _get(url + f"{route}/{i}")
+            assert status == 404, (route, i, status, body)
+            assert json.loads(body)["error"].startswith("image index") and b"\n" not in body
+    for bad in ("image/notes.txt", "image/link.png", "api/detections/0"):  # link.png leads out of the source
+        status, body = _get(url + bad)
+        message = json.loads(body)["error"]
+        assert status == 403 and str(tmp) not in message and "the source" in message, (bad, status, message)
+
+
 def test_explore_cli_checks_keys(ckpt, capsys):
     from hmpe.cli import main
 

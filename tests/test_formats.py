@@ -186,12 +186,13 @@ def test_skip_bad_skips_counts_and_logs(tmp_path, caplog):
     )
     with caplog.at_level(logging.WARNING, logger="hmpe.data"):
         samples, _ = load_dataset(cfg, "train", skip_bad=True)
-    assert len(samples) == 2 and len(samples.skipped) == 2
-    assert "001.txt:1: unknown class id 9" in str(samples.skipped[0])
-    assert "train.txt:4:" in str(samples.skipped[1])
-    assert [s.image_id for s in samples] == [1, 2]  # ids are list positions: stable under skipping
-    assert "2 skipped" in caplog.text and "unknown class id 9" in caplog.text
-    assert "2 skipped as bad" in samples.summary()
+    # the missing image is skipped; the bad box is dropped and its image (with no other box) kept
+    assert len(samples) == 3 and len(samples.skipped) == 1 and len(samples.skipped_boxes) == 1
+    assert "001.txt:1: unknown class id 9" in str(samples.skipped_boxes[0])
+    assert "train.txt:4:" in str(samples.skipped[0])
+    assert [s.image_id for s in samples] == [0, 1, 2] and len(samples[0].boxes) == 0  # ids: list positions
+    assert "1 skipped" in caplog.text and "unknown class id 9" in caplog.text
+    assert "1 skipped as bad, 1 bad boxes dropped" in samples.summary()
 
 
 def test_data_error_forms_and_pickling():

@@ -143,7 +143,7 @@ def test_heatmap_cli_refuses_model_without_heatmap_path(trained, tmp_path, capsy
     assert cli_main(["heatmap", str(img), f"weights={ckpt}", f"out={tmp_path / 'o'}"]) == 1
     err = capsys.readouterr().err
     assert "no heatmap path" in err and "rtdetr-n-heat" in err, err
-    assert cli_main(["heatmap", str(img), f"weights={trained.weights_dir / 'last.pt'}", "level=7"]) == 1
+    assert cli_main(["heatmap", str(img), f"weights={trained.weights_dir / 'last.pt'}", "level=7"]) == 2  # typed
 
 
 def _rss_mb() -> float:

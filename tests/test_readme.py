@@ -3,8 +3,9 @@
 Every ``hmpe`` command in the README's ``bash`` blocks is checked against the key table (task, keys,
 values) without running it; then the blocks are executed in order, in an empty folder that holds the
 files the README names (``best.pt``, ``path/to/images``, ``my-data.yaml``, ...; built here, small), with
-sizes capped so that CI can afford them (training: ``epochs=1 imgsz=64 batch=16``; bench: ``imgsz=64
-runs=1 warmup=0``; export: ``imgsz=64``). Not executed: ``pip``, the test command itself, ``hmpe
+sizes capped so that CI can afford them (training: ``epochs=1 imgsz=64 batch=16``, and 16 synthetic images
+instead of the default dataset's 256 where no ``data=`` is given; bench: ``imgsz=64 runs=1 warmup=0``; export:
+``imgsz=64``, INT8 with 4 calibration and 2 val images). Not executed: ``pip``, the test command itself, ``hmpe
 explore`` (a server that runs until stopped; tests/test_explore.py drives it) and ``torchrun``
 (tests/test_ddp.py), a command repeated in another section (run once), and training on NWPU VHR-10
 (minutes even capped): all of these are still checked statically; ``hmpe data stats nwpu-vhr10`` runs where
@@ -26,6 +27,7 @@ from hmpe.cli import COMMANDS, check_args, main
 CAPS = {"train": ["epochs=1", "imgsz=64", "batch=16", "workers=0", "device=cpu"],
         "bench": ["imgsz=64", "runs=1", "warmup=0"], "export": ["imgsz=64"]}
 NOT_RUN = ("pip ", "python -m pytest", "torchrun ", "hmpe explore ")
+SMALL_SYNTHETIC = "small-synthetic.yaml"  # the sandbox's stand-in for the default data=synthetic (16 + 8 images)
 
 
 def readme_lines() -> list[str]:
@@ -55,7 +57,7 @@ def test_every_readme_command_passes_the_key_check():
     for argv in commands:
         assert argv[0] in COMMANDS, argv
         if argv[0] not in ("data", "cfg"):
-            check_args(argv[0], [a for a in argv[1:] if "=" in a])
+            check_args(argv[0], argv[1:], files=False)  # the files it names exist in the sandbox only
 
 
 @pytest.fixture
@@ -86,6 +88,7 @@ def sandbox(tmp_path, monkeypatch):
         "path: my-data\ntrain: images/train\nval: images/val\nnames:\n"
         + "".join(f"  {i}: {n}\n" for i, n in enumerate(SYNTHETIC_NAMES)))
     (tmp_path / "new-classes.yaml").write_text("format: synthetic\nnum_train: 4\nnum_val: 2\nimgsz: 64\nclasses: 3\n")
+    (tmp_path / SMALL_SYNTHETIC).write_text("format: synthetic\nnum_train: 16\nnum_val: 8\nimgsz: 64\n")
     (tmp_path / "large-images.yaml").write_text("format: synthetic\nnum_train: 1\nnum_val: 1\nimgsz: 512\n")
     torch.manual_seed(0)
     save_file(timm.create_model("hgnetv2_b0", pretrained=False).state_dict(), str(tmp_path / "hgnetv2_b0.safetensors"))
@@ -105,7 +108,12 @@ def test_readme_command_blocks_run(sandbox, capsys):
             continue
         if "nwpu-vhr10" in line and (argv[0] != "data" or not (NWPU_ROOT / "ground truth").is_dir()):
             continue  # NWPU training and the explorer: checked above; `data stats` runs where NWPU is
-        argv = argv + CAPS.get(argv[0], [])
+        caps = CAPS.get(argv[0], [])  # replace the README's values: a key given twice is an error
+        if argv[0] == "train" and not any(a.startswith(("data=", "resume=")) for a in argv[1:]):
+            caps = [*caps, f"data={SMALL_SYNTHETIC}"]  # the default dataset's 256 images cost a minute an epoch
+        if argv[0] == "export" and "int8=true" in argv:
+            caps = [*caps, "calib_images=4", "val_images=2"]  # tests/test_int8.py checks INT8 at length
+        argv = [a for a in argv if a.split("=")[0] not in {c.split("=")[0] for c in caps}] + caps
         shape = (argv[0], *sorted(a for a in argv[1:] if a.split("=")[0] not in ("threads", "out", "imgsz")))
         if shape in seen:  # the same command again (another section repeats it): checked above, run once
             continue
@@ -115,3 +123,31 @@ def test_readme_command_blocks_run(sandbox, capsys):
         assert status == 0, (line, err[-2000:])
         ran.append(argv[0])
     assert {"train", "val", "predict", "heatmap", "bench", "export", "data"} <= set(ran), ran
+
+
+def test_readme_yaml_examples_pass_their_key_checks():
+    """The README's dataset YAML examples (the NWPU, VOC and COCO split forms) and its model YAML are valid
+    as written: dataset keys against the data table, split forms of their format, model keys against the
+    model table."""
+    import yaml
+
+    from hmpe.utils.keys import check_data_keys, check_model_config
+
+    blocks, inside = [], None
+    for line in (REPO / "README.md").read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            inside = [] if line.strip() == "```yaml" else None
+            if inside is not None:
+                blocks.append(inside)
+            continue
+        if inside is not None:
+            inside.append(line)
+    configs = [yaml.safe_load("\n".join(b)) for b in blocks]
+    data = [c for c in configs if "format" in c]
+    assert {c["format"] for c in data} >= {"nwpu", "voc", "coco"}, configs
+    for cfg in data:
+        check_data_keys(cfg)
+        if cfg["format"] == "coco":
+            assert all(set(cfg[s]) == {"ann_file", "img_dir"} for s in ("train", "val"))
+    for cfg in (c for c in configs if "base" in c):
+        check_model_config(cfg, "README", file=True)

@@ -25,12 +25,14 @@ def test_recipe_smoke_table_and_resume(tmp_path, recipe):
     assert {(r["variant"], r["seed"]) for r in out["results"]} == {("aug-none", 0), ("aug-none", 1)}
     for r in out["results"]:
         assert r["epochs"] == 1 and r["images_per_s"] > 0
-        assert set(r["metrics"]) >= {"precision", "recall", "mAP50", "mAP50_95", "AP_small"}
+        assert set(r["metrics"]) >= {"precision", "recall", "mAP50", "mAP50_95", "AP_small", "AP_small_input",
+                                     "n_small", "n_small_input"}
     by_variant = {s["variant"]: s for s in out["summary"]}
     runs = [r["metrics"]["mAP50"] for r in out["results"] if r["variant"] == "aug-none"]
     assert by_variant["aug-none"]["mAP50_spread"] == pytest.approx(max(runs) - min(runs))
     md = Path(out["markdown"]).read_text()
-    assert "| aug-none |" in md and "0,1" in md and "mAP50-95" in md
+    assert "| aug-none |" in md and "0,1" in md and "mAP50-95" in md and "AP_S in" in md
+    assert "objects per size bucket" in md  # the counts, in a note
     # the mask at the attention level (the smoke model is a small hmpe-n: it has the heatmap mask)
     masked = [r["metrics"]["mask_bg_masked/S5"] for r in out["results"]]
     assert by_variant["aug-none"]["mask_bg_masked/S5"] == pytest.approx(sum(masked) / 2)

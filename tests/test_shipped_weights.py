@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from hmpe.engine.checkpoint import SHIPPED_METRICS, WEIGHTS_DIR, shipped_weights
+from hmpe.engine.checkpoint import SHIPPED_METRICS, shipped_weights
+from hmpe.utils.shipped import WEIGHTS_DIR
 
 SHIPPED = "hmpe-n-nwpu"
 

@@ -12,13 +12,13 @@ from test_safetensors import _images
 @pytest.fixture
 def shipped_dir(tmp_path, monkeypatch):
     """A tiny detector shipped as ``tiny-shipped`` (fp16 pretrained folder) in a stand-in weights folder."""
-    import hmpe.engine.checkpoint as checkpoint
     from hmpe.engine.checkpoint import load_checkpoint, save_pretrained
+    from hmpe.utils import shipped
 
     weights_dir = tmp_path / "weights"
     ckpt = make_checkpoint(tmp_path / "tiny.pt", imgsz=64)
     save_pretrained(load_checkpoint(ckpt), weights_dir / "tiny-shipped", half=True)
-    monkeypatch.setattr(checkpoint, "WEIGHTS_DIR", weights_dir)
+    monkeypatch.setattr(shipped, "WEIGHTS_DIR", weights_dir)  # one place: the command line's check and the loader
     return weights_dir
 
 
@@ -49,7 +49,7 @@ def test_shipped_name_predicts_like_its_folder(shipped_dir, tmp_path, monkeypatc
 def test_unknown_name_lists_the_shipped_ones(shipped_dir, capsys):
     from hmpe.cli import main
 
-    assert main(["val", "weights=no-such-model"]) == 1
+    assert main(["val", "weights=no-such-model"]) == 2  # refused before anything loads
     err = capsys.readouterr().err
     assert "no-such-model" in err and "no such file" in err and "shipped: tiny-shipped" in err
 
@@ -84,11 +84,11 @@ def test_ship_weights_states_figures_that_val_reproduces(tmp_path, monkeypatch):
     """benchmarks/ship_weights.py: fp16 folder + metrics.json measured through ``weights=NAME``; too big: refused."""
     import json
 
-    import hmpe.engine.checkpoint as checkpoint
     from benchmarks.ship_weights import ship
     from hmpe.api import Detector
+    from hmpe.utils import shipped
 
-    monkeypatch.setattr(checkpoint, "WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setattr(shipped, "WEIGHTS_DIR", tmp_path / "weights")
     monkeypatch.chdir(tmp_path)
     ckpt = make_checkpoint(tmp_path / "tiny.pt", imgsz=64)
     record = ship(ckpt, "tiny-shipped", "random tiny detector (test)")

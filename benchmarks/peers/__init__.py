@@ -33,7 +33,7 @@ Part B (``--train``): a same-budget training comparison on NWPU VHR-10 (train sp
     python -m benchmarks.peers --train [--minutes 35] [--imgsz 512] [--batch 8] [--seed 0] [--curve-every N]
 
   From scratch, the same minutes of this CPU and the same image size for every model:
-    hmpe-n    ``hmpe train`` with ``time_limit=MINUTES`` (after the first epoch the trainer sizes the
+    hmpe-n    ``hmpe train`` with ``time_limit=MINUTES`` (after every epoch the trainer sizes the
               run in iterations so that the whole schedule fits); its default recipe, overridable with
               ``--hmpe-args key=value ...``.
     yolo11n   ultralytics' own trainer, schedule and mosaic, with a FIXED epoch count that fits the

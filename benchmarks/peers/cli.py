@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="Part B: keep a checkpoint every N epochs and score each after the run: a learning curve "
                         "(hmpe rows and yolo11n; 0 = off)")
     p.add_argument("--hmpe-args", nargs="*", default=[], help="Part B: key=value overrides for hmpe train")
-    p.add_argument("--workdir", default=None, help="runs and converted data (default: a temp dir outside the repo)")
+    p.add_argument("--workdir", default=None, help="runs and converted data (default: runs/peers under the working "
+                                                   "directory; --smoke: a temporary folder)")
     p.add_argument("--out", default=None, help="markdown output (default benchmarks/results/peers[_train].md)")
     return p
 
@@ -68,8 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     bad = [b for b in a.backends if b not in RUNTIMES]
     if bad:
         p.error(f"--backends {','.join(bad)}: choose from {', '.join(RUNTIMES)}")
-    a.workdir = a.workdir or tempfile.mkdtemp(prefix="hmpe-peers-")
-    os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(a.workdir) / "ultralytics-config"))
+    # relative by default, so that the result files record the run folders without this machine's folders
+    a.workdir = a.workdir or (tempfile.mkdtemp(prefix="hmpe-peers-") if a.smoke else str(Path("runs") / "peers"))
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(a.workdir).resolve() / "ultralytics-config"))
     return a
 
 

@@ -22,9 +22,10 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks._common import RESULTS, fmt, md_table, mean_spread, utc_stamp
+from benchmarks._common import (RESULTS, fmt, md_table, mean_cell, mean_spread, mean_spread_of, size_counts_note,
+                                utc_stamp)
 
-RUN_METRICS = ("precision", "recall", "mAP50", "mAP50_95", "AP_small")
+RUN_METRICS = ("precision", "recall", "mAP50", "mAP50_95", "AP_small", "AP_small_input")
 SUMMARY_KEYS = ("epochs", "train_min") + RUN_METRICS
 
 
@@ -44,6 +45,7 @@ def read_runs(folder: Path, minutes: float, imgsz: int) -> list[dict]:
             runs.append({"model": model, "seed": s["seed"], "epochs": r.get("epochs_trained", r["epochs"]),
                          "train_min": r["train_min"],
                          **{k: m.get(k) for k in RUN_METRICS},
+                         **{k: v for k, v in m.items() if k.startswith("n_")},  # objects per size bucket
                          **{k: v for k, v in m.items() if k.startswith("mask_")},
                          "params": r.get("params"), "threads": s["threads"], "batch": s["batch"],
                          "hmpe_args": s.get("hmpe_args", []), "date": s["date"], "cpu": s["cpu"],
@@ -57,8 +59,10 @@ def summarise(runs: list[dict]) -> list[dict]:
     for model in dict.fromkeys(r["model"] for r in runs):
         mine = [r for r in runs if r["model"] == model]
         s = {"model": model, "seeds": sorted(r["seed"] for r in mine)}
-        for k in SUMMARY_KEYS:
+        for k in ("epochs", "train_min"):
             s[k], s[k + "_spread"] = mean_spread([float(r[k]) for r in mine if r[k] is not None])
+        for k in RUN_METRICS:  # None when a run stored before the metric existed lacks it
+            s[k], s[k + "_spread"] = mean_spread_of(mine, k)
         out.append(s)
     return out
 
@@ -82,10 +86,12 @@ def markdown(result: dict, figure: Path | None) -> str:
              f"- CPU: {result['cpu']}",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
              "- each metric: mean over the seeds ± the spread (max - min); a difference smaller than the spreads is "
-             "no difference; scored by hmpe's COCOEvaluator on the val split", ""]
-    cols = ["model", "seeds", "epochs", "train min", "P", "R", "mAP50", "mAP50-95", "AP_S"]
-    rows = [[s["model"], ",".join(map(str, s["seeds"]))]
-            + [f"{s[k]:.3f} ± {s[k + '_spread']:.3f}" if len(s["seeds"]) > 1 else fmt(s[k]) for k in SUMMARY_KEYS]
+             "no difference; scored by hmpe's COCOEvaluator on the val split"]
+    note = size_counts_note([(r["model"], r) for r in result["runs"]])
+    lines += [f"- {note}"] if note else []
+    lines.append("")
+    cols = ["model", "seeds", "epochs", "train min", "P", "R", "mAP50", "mAP50-95", "AP_S", "AP_S in"]
+    rows = [[s["model"], ",".join(map(str, s["seeds"]))] + [mean_cell(s, k) for k in SUMMARY_KEYS]
             for s in result["summary"]]
     lines.append(md_table(cols, rows, "ll" + "r" * (len(cols) - 2)))
     per_run = [[r["model"], r["seed"], fmt(r["epochs"], 2), fmt(r["train_min"], 1)] + [fmt(r[k]) for k in RUN_METRICS]
@@ -93,7 +99,8 @@ def markdown(result: dict, figure: Path | None) -> str:
                            for k, v in r.items() if k.startswith("mask_bg_masked"))]
                for r in result["runs"]]
     lines += ["Runs (mask: per level, background cells masked / object cells kept hot):", "",
-              md_table(["model", "seed", "epochs", "train min", "P", "R", "mAP50", "mAP50-95", "AP_S", "mask"],
+              md_table(["model", "seed", "epochs", "train min", "P", "R", "mAP50", "mAP50-95", "AP_S", "AP_S in",
+                        "mask"],
                        per_run)]
     if figure is not None:
         lines += [f"![val mAP50 against training minutes]({figure.name})", ""]

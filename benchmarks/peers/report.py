@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._common import fmt, header, md_table
+from benchmarks._common import fmt, header, md_table, size_counts_note
 from benchmarks.peers.models import Built
 
 
@@ -108,12 +108,13 @@ def backend_markdown(report: dict, args) -> list[str]:
     return out
 
 
-METRIC_KEYS = ("precision", "recall", "mAP50", "mAP50_95", "AP_small", "AP_medium", "AP_large")
+METRIC_KEYS = ("precision", "recall", "mAP50", "mAP50_95", "AP_small", "AP_medium", "AP_large", "AP_small_input")
 
 
 def plain_metrics(m: dict) -> dict:
-    """The detection metrics and, for heatmap models, the mask diagnostics (``mask_bg_masked/S5``, ...)."""
-    return {k: float(v) for k, v in m.items() if k in METRIC_KEYS or k.startswith("mask_")}
+    """The detection metrics, the objects per size bucket (``n_small``, ... ``n_large_input``) and, for heatmap
+    models, the mask diagnostics (``mask_bg_masked/S5``, ...)."""
+    return {k: float(v) for k, v in m.items() if k in METRIC_KEYS or k.startswith(("mask_", "n_"))}
 
 
 def train_markdown(report: dict, args, data) -> str:
@@ -125,9 +126,12 @@ def train_markdown(report: dict, args, data) -> str:
              "hmpe-n: hmpe's trainer with time_limit; yolo11n: ultralytics' trainer with a fixed epoch count "
              "fitted to the budget (its own schedule and mosaic); dfine-n: HF D-FINE-N with its built-in loss in "
              "a short loop using hmpe's data pipeline and optimiser recipe"]
+    note = size_counts_note([(name, r["metrics"]) for name, r in report["results"].items()])
+    extra += [note] if note else []
     out = [header("Peers: same-budget training" + (" (SMOKE)" if args.smoke else ""), extra,
                   report["load_start"]), ""]
-    cols = ["model", "params (M)", "epochs", "train min", "P", "R", "mAP50", "mAP50-95", "AP_S", "AP_M", "AP_L"]
+    cols = ["model", "params (M)", "epochs", "train min", "P", "R", "mAP50", "mAP50-95", "AP_S", "AP_M", "AP_L",
+            "AP_S in"]
     rows = []
     for name, r in report["results"].items():
         m = r["metrics"]

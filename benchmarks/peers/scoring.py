@@ -26,7 +26,9 @@ def score_yolo(weights: Path, data, imgsz: int, batch: int) -> dict:
     from ultralytics import YOLO
 
     ds = val_dataset(data, imgsz)
-    ev = COCOEvaluator(ds.samples, list(ds.names), max_dets=100)
+    # AP_small_input: YOLO's letterbox scales each image by imgsz / its longer side
+    ev = COCOEvaluator(ds.samples, list(ds.names), max_dets=100,
+                       input_scale=Preprocess(imgsz, keep_ratio=True).input_scale)
     model = YOLO(str(weights))
     for i in range(0, len(ds), batch):
         idx = list(range(i, min(i + batch, len(ds))))

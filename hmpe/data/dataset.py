@@ -56,6 +56,7 @@ class DetectionDataset(Dataset):
         self.transforms = transforms
         self.image_loader = image_loader or load_sample_image
         self.skipped = list(getattr(samples, "skipped", []))
+        self.skipped_boxes = list(getattr(samples, "skipped_boxes", []))
         self.category_ids = getattr(samples, "category_ids", None)
 
     @property

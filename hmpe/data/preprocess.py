@@ -64,6 +64,12 @@ class Preprocess:
         """The ``(w, h)`` by which the post-processor scales normalised boxes to original-image pixels."""
         return letterbox_orig_size(width, height) if self.keep_ratio else (int(width), int(height))
 
+    def input_scale(self, width: int, height: int) -> tuple[float, float]:
+        """``(sx, sy)``: the factors by which this preprocessing scales an image's x and y into pixels of the
+        ``imgsz`` input (letterbox: one factor, ``imgsz / max(w, h)``); the inverse of :meth:`to_original`'s."""
+        pw, ph = self.post_size(width, height)
+        return self.imgsz / pw, self.imgsz / ph
+
     def post_sizes(self, orig_sizes: Tensor) -> Tensor:
         """``[B,2]`` original (w, h) -> ``[B,2]`` post-processor sizes."""
         if not self.keep_ratio:

@@ -80,7 +80,9 @@ def data_stats(data: str | os.PathLike | dict, splits: Sequence[str] | None = No
     ``{"names", "splits": {split: counts}, "total": counts}``; counts hold ``images``,
     ``negative_images``, ``objects`` (ignore boxes included), ``ignored_objects``,
     ``objects_per_class`` {name: n}, ``objects_by_size`` {tiny, small, medium, large} and
-    ``skipped`` (bad samples left out under ``skip_bad``; their messages in ``skipped_reasons``).
+    ``skipped`` (samples left out under ``skip_bad``: unreadable image or annotation file) and
+    ``skipped_boxes`` (bad boxes dropped under ``skip_bad``, their images kept); the messages of both are in
+    ``skipped_reasons``.
     """
     cfg = load_data_config(data)
     names: list[str] = []
@@ -90,7 +92,8 @@ def data_stats(data: str | os.PathLike | dict, splits: Sequence[str] | None = No
         samples, names = load_dataset(cfg, split, skip_bad=skip_bad)
         counts = count_samples(samples, names)
         counts["skipped"] = len(samples.skipped)
-        per_split[split] = counts | {"skipped_reasons": [str(e) for e in samples.skipped]}
+        counts["skipped_boxes"] = len(samples.skipped_boxes)
+        per_split[split] = counts | {"skipped_reasons": [str(e) for e in samples.skipped + samples.skipped_boxes]}
         total = _add_counts(total, counts)
     return {"names": names, "source": f"{cfg['_source']} ({format_note(cfg)})", "splits": per_split, "total": total}
 
@@ -105,6 +108,7 @@ def format_stats(stats: dict) -> str:
         ("objects", [t["objects"] for t in tables]),
         ("  ignored (difficult/crowd)", [t["ignored_objects"] for t in tables]),
         ("skipped as bad", [t["skipped"] for t in tables]),
+        ("bad boxes dropped", [t["skipped_boxes"] for t in tables]),
         ("objects per class:", [""] * len(tables)),
     ]
     rows += [(f"  {name}", [t["objects_per_class"].get(name, 0) for t in tables]) for name in stats["names"]]
@@ -209,13 +213,13 @@ def main_data(argv: Sequence[str]) -> int:
     stats = commands.add_parser("stats", help="images, negatives, objects per class and by size")
     stats.add_argument("data", help="dataset YAML or shipped name (nwpu-vhr10, synthetic)")
     stats.add_argument("--splits", nargs="+", help="splits to count (default: all defined)")
-    stats.add_argument("--skip-bad", action="store_true", help="skip bad samples and count them")
+    stats.add_argument("--skip-bad", action="store_true", help="skip unreadable images, drop bad boxes; count both")
     convert = commands.add_parser("convert", help="write a dataset as COCO JSON or YOLO txt")
     convert.add_argument("data", help="dataset YAML or shipped name")
     convert.add_argument("--to", choices=("coco", "yolo"), required=True)
     convert.add_argument("out", help="output folder (gets data.yaml)")
     convert.add_argument("--splits", nargs="+", help="splits to convert (default: all defined)")
-    convert.add_argument("--skip-bad", action="store_true", help="skip bad samples and count them")
+    convert.add_argument("--skip-bad", action="store_true", help="skip unreadable images, drop bad boxes; count both")
     convert.add_argument("--copy-images", action="store_true", help="copy images instead of symlinking")
     args = parser.parse_args(_flags_from_keys(list(argv)))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")

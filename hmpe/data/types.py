@@ -72,8 +72,11 @@ class SampleList(list):
     """``list[Sample]`` plus what the reader learnt while reading.
 
     Attributes:
-        skipped: the :class:`DataError` of every sample left out under ``skip_bad=True`` (and of
-            annotations that belong to no sample, such as a COCO annotation of an unknown image).
+        skipped: the :class:`DataError` of every sample left out under ``skip_bad=True`` (its image or
+            annotation file cannot be used).
+        skipped_boxes: the :class:`DataError` of every annotation dropped under ``skip_bad=True`` (a bad box,
+            class or line; the rest of its image is kept), and of annotations that belong to no sample, such
+            as a COCO annotation of an unknown image.
         category_ids: ``category_ids[label]`` is the class id the source format uses for the
             contiguous ``label`` (COCO category ids, NWPU's 1..10); ``None`` when the source has no
             ids of its own (VOC names, YOLO 0..C-1, synthetic). Needed to write predictions back.
@@ -86,16 +89,21 @@ class SampleList(list):
         skipped: Sequence[DataError] = (),
         category_ids: list[int] | None = None,
         source: str = "",
+        skipped_boxes: Sequence[DataError] = (),
     ):
         super().__init__(samples)
         self.skipped: list[DataError] = list(skipped)
+        self.skipped_boxes: list[DataError] = list(skipped_boxes)
         self.category_ids = category_ids
         self.source = source
 
     def summary(self, max_reasons: int = 5) -> str:
-        """One human-readable paragraph: how many were loaded/skipped and the first reasons."""
-        text = f"{self.source}: {len(self)} samples loaded, {len(self.skipped)} skipped as bad"
-        reasons = [f"\n  - {err}" for err in self.skipped[:max_reasons]]
-        more = len(self.skipped) - max_reasons
+        """One human-readable paragraph: how many samples were loaded / skipped, how many boxes dropped, and
+        the first reasons."""
+        text = (f"{self.source}: {len(self)} samples loaded, {len(self.skipped)} skipped as bad, "
+                f"{len(self.skipped_boxes)} bad boxes dropped")
+        errors = self.skipped + self.skipped_boxes
+        reasons = [f"\n  - {err}" for err in errors[:max_reasons]]
+        more = len(errors) - max_reasons
         tail = f"\n  ... and {more} more" if more > 0 else ""
         return text + "".join(reasons) + tail

@@ -1,6 +1,7 @@
-"""Latency of one model in several runtimes, measured in one run: PyTorch, ONNX Runtime, OpenVINO.
+"""Latency of one model in several runtimes, measured in one run: PyTorch, ONNX Runtime, OpenVINO, fp32 or INT8.
 
     hmpe bench model=hmpe-n imgsz=640 backend=[torch,onnxruntime,openvino] threads=2 runs=20
+    hmpe bench model=hmpe-n imgsz=640 backend=[onnxruntime,onnxruntime-int8,openvino,openvino-int8] threads=2
 
 The model is built once and put in deploy mode (``DetectionModel.fuse()``, unless ``fuse=false``);
 the runtimes get it exported as :mod:`hmpe.engine.export` does (ONNX graph with the post-processing
@@ -9,6 +10,11 @@ follows :mod:`hmpe.engine.bench`: ``warmup`` untimed calls each, then ``runs`` r
 backend is timed once, in a rotated order (so load from other processes hits all alike); median,
 p90 and minimum per backend. ``torch`` times the raw module forward (the bench convention); the
 exported graphs also run the top-K post-processing (no NMS), a small fixed cost.
+
+``onnxruntime-int8`` / ``openvino-int8`` quantize that graph as ``hmpe export int8=true`` does
+(:mod:`hmpe.engine.quantize`), calibrated on :data:`INT8_CALIB` random images: the bench model has random
+weights, so these figures are speed only (the int8 kernels cost the same whatever the ranges); the accuracy
+of an INT8 file is what ``hmpe export ... int8=true`` measures on a dataset.
 """
 
 from __future__ import annotations
@@ -19,15 +25,18 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from hmpe.engine.bench import percentile
 from hmpe.engine.export import onnx_to_openvino, runtime_session, write_onnx
+from hmpe.engine.quantize import quantize_onnx, quantize_openvino, require_int8
 
-BENCH_BACKENDS = ("torch", "onnxruntime", "openvino")
+BENCH_BACKENDS = ("torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8")
+INT8_CALIB = 8  # random calibration images of the int8 backends (speed only: see the module docstring)
 
-__all__ = ["BENCH_BACKENDS", "backend_latencies", "interleaved_times", "parse_backends"]
+__all__ = ["BENCH_BACKENDS", "INT8_CALIB", "backend_latencies", "interleaved_times", "parse_backends"]
 
 
 def parse_backends(value) -> list[str]:
@@ -37,7 +46,7 @@ def parse_backends(value) -> list[str]:
     for b in (str(v).strip().lower() for v in items):
         if b not in BENCH_BACKENDS:
             raise ValueError(f"backend={b!r}: choose from {', '.join(BENCH_BACKENDS)} "
-                             "(a list: backend=[torch,openvino])")
+                             "(a list: backend=[torch,openvino,openvino-int8])")
         if b not in out:
             out.append(b)
     return out
@@ -64,6 +73,25 @@ def _summary(times: list[float]) -> dict:
             "latency_ms_min": min(times) * 1e3, "runs": len(times)}
 
 
+def _runtime_files(model: nn.Module, postprocessor: nn.Module, imgsz: tuple[int, int], backends: list[str],
+                   tmp: Path) -> dict[str, tuple[str, Path]]:
+    """``{backend: (runtime, file)}`` for every backend but torch, exported (and quantized) into ``tmp``."""
+    int8 = [b for b in backends if b.endswith("-int8")]
+    for b in int8:  # before any work: a missing quantizer is one line naming the extra
+        require_int8("onnx" if b == "onnxruntime-int8" else "openvino")
+    onnx_path, _ = write_onnx(model, postprocessor, imgsz, tmp / "model.onnx")
+    files: dict[str, tuple[str, Path]] = {"onnxruntime": ("onnxruntime", onnx_path)}
+    if any(b.startswith("openvino") for b in backends):
+        files["openvino"] = ("openvino", onnx_to_openvino(onnx_path, tmp / "model.xml"))
+    g = np.random.default_rng(0)
+    calib = [g.random((1, 3, *imgsz), dtype=np.float32) for _ in range(INT8_CALIB if int8 else 0)]
+    for b in int8:
+        runtime, fp32 = files[b.removesuffix("-int8")]
+        quantize = quantize_onnx if runtime == "onnxruntime" else quantize_openvino
+        files[b] = (runtime, quantize(fp32, tmp / f"{b}{fp32.suffix}", calib))
+    return files
+
+
 @torch.no_grad()
 def backend_latencies(model: nn.Module, postprocessor: nn.Module, imgsz: tuple[int, int], batch: int = 1,
                       backends: Sequence[str] = BENCH_BACKENDS, threads: int | None = None, warmup: int = 3,
@@ -76,16 +104,11 @@ def backend_latencies(model: nn.Module, postprocessor: nn.Module, imgsz: tuple[i
     xn = x.numpy()
     fns: dict[str, Callable[[], object]] = {}
     with tempfile.TemporaryDirectory(prefix="hmpe-bench-") as tmp:
-        onnx_path = None
-        if any(b != "torch" for b in backends):
-            onnx_path, _ = write_onnx(model, postprocessor, imgsz, Path(tmp) / "model.onnx")
+        files = _runtime_files(model, postprocessor, imgsz, backends, Path(tmp)) if backends != ["torch"] else {}
         for b in backends:
             if b == "torch":
                 fns[b] = lambda: model(x)
-            elif b == "onnxruntime":
-                fns[b] = (lambda run: lambda: run(xn))(runtime_session(onnx_path, "onnxruntime", threads))
             else:
-                xml = onnx_to_openvino(onnx_path, Path(tmp) / "model.xml")
-                fns[b] = (lambda run: lambda: run(xn))(runtime_session(xml, "openvino", threads))
+                fns[b] = (lambda run: lambda: run(xn))(runtime_session(files[b][1], files[b][0], threads))
         times = interleaved_times(fns, warmup, runs)
     return {b: _summary(t) for b, t in times.items()}

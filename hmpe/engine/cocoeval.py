@@ -145,6 +145,36 @@ def coco_results(predictions: Mapping[int, dict[str, np.ndarray]]) -> list[dict]
     return out
 
 
+def size_counts(gt: dict, params: Any) -> dict[str, int]:
+    """Ground-truth objects per COCO area range, ``{"small": n, "medium": n, "large": n}``: boxes that count as
+    ground truth (not ``iscrowd``), bounds inclusive as COCOeval applies them (an object of exactly 32 x 32
+    counts as small and as medium)."""
+    areas = np.array([a["area"] for a in gt["annotations"] if not a["iscrowd"]], np.float64)
+    return {
+        label: int(((areas >= lo) & (areas <= hi)).sum())
+        for label, (lo, hi) in zip(params.areaRngLbl, params.areaRng)
+        if label != "all"
+    }
+
+
+def scale_to_input(gt: dict, results: list[dict], scales: Mapping[int, tuple[float, float]]) -> tuple[dict, list[dict]]:
+    """Copies of ``gt`` and ``results`` with every box in pixels of the model's input: image ``i``'s x and
+    width times ``scales[i][0]``, y and height times ``scales[i][1]``, areas ``w * h`` of the scaled boxes.
+
+    IoU is unchanged by scaling both boxes' axes, so COCOeval matches exactly as on the native boxes; only
+    the area ranges (small < 32^2 px ...) now apply to the sizes the model saw."""
+
+    def box(b: list[float], s: tuple[float, float]) -> list[float]:
+        return [b[0] * s[0], b[1] * s[1], b[2] * s[0], b[3] * s[1]]
+
+    annotations = []
+    for a in gt["annotations"]:
+        b = box(a["bbox"], scales[a["image_id"]])
+        annotations.append({**a, "bbox": b, "area": b[2] * b[3]})
+    scaled = [{**r, "bbox": box(r["bbox"], scales[r["image_id"]])} for r in results]
+    return {**gt, "annotations": annotations}, scaled  # image sizes: unused by bbox evaluation
+
+
 def per_class_ap(precision: np.ndarray, params: Any, num_classes: int) -> list[tuple[float, float]]:
     """(AP50-95, AP50) per class from COCO's precision array (NaN: class has no ground truth)."""
     iou50 = int(np.flatnonzero(np.isclose(params.iouThrs, 0.5))[0])

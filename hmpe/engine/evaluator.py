@@ -19,6 +19,16 @@ What is computed and how
   hard-codes ``maxDets=100`` for the first figure (mAP50-95), which yields -1 when ``max_dets`` is
   not 100; here every AP figure uses ``max_dets``. A -1 keeps COCO's meaning: no ground truth in
   that area range.
+* **Small at the model's input** (``AP_small_input``, ``AP_medium_input``, ``AP_large_input``): COCO's
+  size buckets (small: area <= 32^2, medium: 32^2..96^2, large: >= 96^2) are defined in native pixels, but
+  the model sees each image resized to its input (a 1000-px image at 512 px: every area x 0.26), so
+  COCO's AP_small can cover a handful of objects while many more are small where detection happens.
+  Given ``input_scale`` (the preprocessing's per-image factors, :meth:`Preprocess.input_scale`), a
+  second COCOeval runs on copies of the ground truth and the detections with every box scaled into
+  input pixels (:func:`hmpe.engine.cocoeval.scale_to_input`): the same matches (IoU does not change
+  under the scaling), the buckets applied to the sizes the model saw. ``n_small``, ``n_medium``,
+  ``n_large`` count the ground-truth objects (ignore boxes left out) per native bucket, ``n_*_input``
+  per input bucket (COCOeval's inclusive bounds: an area of exactly 32^2 is in two buckets).
 * **Precision / recall at the best-F1 confidence** (``precision``, ``recall``, ``f1``, ``conf``):
   class-averaged, the way ultralytics reports them, but computed exactly at each detection score
   instead of on an interpolated 1000-point grid and without smoothing.
@@ -47,7 +57,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +71,24 @@ from hmpe.engine.cocoeval import (
     coco_results,
     per_class_ap,
     run_cocoeval,
+    scale_to_input,
+    size_counts,
     summarize,
 )
 from hmpe.engine.matching import best_f1_point, coco_match_image, confusion_counts, to_numpy
 
-__all__ = ["COCOEvaluator", "coco_match_image", "best_f1_point", "COCO_STAT_NAMES"]
+__all__ = ["COCOEvaluator", "coco_match_image", "best_f1_point", "COCO_STAT_NAMES", "SIZE_KEYS"]
+
+_BUCKETS = ("small", "medium", "large")
+#: The size figures beside COCO's: AP per bucket at the model's input, then the object count per bucket,
+#: native and at the input (module docstring).
+SIZE_KEYS: tuple[str, ...] = (
+    *(f"AP_{b}_input" for b in _BUCKETS),
+    *(f"n_{b}" for b in _BUCKETS),
+    *(f"n_{b}_input" for b in _BUCKETS),
+)
+#: ``input_scale``: per image ``(width, height) -> (sx, sy)``, or one linear factor for every image
+InputScale = Callable[[int, int], tuple[float, float]] | float
 
 
 class COCOEvaluator:
@@ -78,6 +101,9 @@ class COCOEvaluator:
             300+ for dense scenes where 100 would cap recall.
         backend: ``"faster"`` (faster-coco-eval, default) or ``"pycocotools"``.
         verbose: let COCOeval print its progress/summary (silenced by default).
+        input_scale: how the model's input scaled each image, for the ``*_input`` figures (module
+            docstring): ``(width, height) -> (sx, sy)`` (e.g. :meth:`Preprocess.input_scale`), or one
+            factor for every image; None: those figures are left out (the native counts stay).
 
     Usage::
 
@@ -94,6 +120,7 @@ class COCOEvaluator:
         max_dets: int = 100,
         backend: str = "faster",
         verbose: bool = False,
+        input_scale: InputScale | None = None,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -107,6 +134,7 @@ class COCOEvaluator:
         self.max_dets = int(max_dets)
         self.backend = backend
         self.verbose = verbose
+        self.input_scale = input_scale
         for s in samples:
             if len(s.labels) and (s.labels.min() < 0 or s.labels.max() >= self.num_classes):
                 raise ValueError(f"sample {s.path or s.image_id}: label outside 0..{self.num_classes - 1}")
@@ -145,6 +173,11 @@ class COCOEvaluator:
             self._preds[image_id] = {"boxes": boxes, "scores": scores, "labels": labels}
         self._result = None
         self._curves = None
+
+    def set_input_scale(self, input_scale: InputScale | None) -> None:
+        """Replace ``input_scale`` (e.g. sliced evaluation: the tile's scale, not the whole image's)."""
+        self.input_scale = input_scale
+        self._result = None
 
     @property
     def num_predictions(self) -> int:
@@ -189,13 +222,14 @@ class COCOEvaluator:
             mAP50_95, mAP50, mAP75, AP_small, AP_medium, AP_large, AR1, AR10, AR, AR_small,
             AR_medium, AR_large, precision, recall, f1, conf, num_images, num_predictions,
             stats (the 12 COCO numbers), per_class_AP {name: {"AP50_95", "AP50"}} (NaN for a class
-            without ground truth), per_class {name: {"P", "R", "F1", "instances", "images"}}.
+            without ground truth), per_class {name: {"P", "R", "F1", "instances", "images"}};
+            n_small, n_medium, n_large (ints) and, with ``input_scale``, AP_small_input,
+            AP_medium_input, AP_large_input, n_small_input, n_medium_input, n_large_input.
         """
         if self._result is not None:
             return copy.deepcopy(self._result)
-        precision, recall, params = run_cocoeval(
-            self.coco_ground_truth(), self.coco_results(), self.max_dets, self.backend, self.verbose
-        )
+        gt, dets = self.coco_ground_truth(), self.coco_results()
+        precision, recall, params = run_cocoeval(gt, dets, self.max_dets, self.backend, self.verbose)
         stats = summarize(precision, recall, params)
         pr = self._pr_at_best_f1()
         result: dict[str, Any] = {name: float(v) for name, v in zip(COCO_STAT_NAMES, stats)}
@@ -208,6 +242,9 @@ class COCOEvaluator:
             num_predictions=self.num_predictions,
             stats=[float(v) for v in stats],
         )
+        result.update({f"n_{b}": n for b, n in size_counts(gt, params).items()})
+        if self.input_scale is not None:
+            result.update(self._input_figures(gt, dets))
         ap_all = per_class_ap(precision, params, self.num_classes)
         result["per_class_AP"] = {n: {"AP50_95": a, "AP50": b} for n, (a, b) in zip(self.class_names, ap_all)}
         instances, images = self._gt_counts()
@@ -229,6 +266,20 @@ class COCOEvaluator:
         }
         self._result = result
         return copy.deepcopy(result)
+
+    def _input_figures(self, gt: dict, dets: list[dict]) -> dict[str, Any]:
+        """AP and object count per size bucket with every box scaled into the model's input (module docstring)."""
+        f = self.input_scale
+        scales = {
+            i: tuple(float(v) for v in (f(s.width, s.height) if callable(f) else (f, f)))
+            for i, s in self.samples.items()
+        }
+        gt_in, dets_in = scale_to_input(gt, dets, scales)
+        precision, recall, params = run_cocoeval(gt_in, dets_in, self.max_dets, self.backend, self.verbose)
+        stats = dict(zip(COCO_STAT_NAMES, summarize(precision, recall, params)))
+        out: dict[str, Any] = {f"AP_{b}_input": float(stats[f"AP_{b}"]) for b in _BUCKETS}
+        out.update({f"n_{b}_input": n for b, n in size_counts(gt_in, params).items()})
+        return out
 
     def _gt_counts(self) -> tuple[np.ndarray, np.ndarray]:
         """Per class: non-ignored instances and images containing at least one."""
@@ -324,4 +375,15 @@ class COCOEvaluator:
             f"conf={r['conf']:.3f} (best class-mean F1={r['f1']:.3f}), max_dets={self.max_dets}, "
             f"images with objects={n_pos}, AP_S/M/L={r['AP_small']:.3f}/{r['AP_medium']:.3f}/{r['AP_large']:.3f}"
         )
+        lines.append(self._size_line(r))
         return "\n".join(lines)
+
+    @staticmethod
+    def _size_line(r: dict) -> str:
+        """Objects per size bucket, native and at the model's input, and the AP over each input bucket."""
+        native = "/".join(str(r[f"n_{b}"]) for b in _BUCKETS)
+        if "AP_small_input" not in r:
+            return f"objects S/M/L={native} (native pixels)"
+        at_input = "/".join(str(r[f"n_{b}_input"]) for b in _BUCKETS)
+        ap = "/".join(f"{r[f'AP_{b}_input']:.3f}" for b in _BUCKETS)
+        return f"objects S/M/L={native} native, {at_input} at the model input; AP_S/M/L at the input={ap}"

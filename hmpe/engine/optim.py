@@ -1,9 +1,11 @@
-"""Optimiser, learning-rate schedule and EMA, in the official RT-DETR solver's spirit."""
+"""Optimiser, learning-rate schedule (and its sizing to a ``time_limit``) and EMA, in the official RT-DETR solver's
+spirit."""
 
 from __future__ import annotations
 
 import copy
 import math
+import time
 from typing import Iterable
 
 import torch
@@ -36,17 +38,29 @@ def build_param_groups(model: nn.Module, lr: float, lr_backbone: float, weight_d
     return out
 
 
+def schedule_progress(it: int, total_iters: int, warmup_iters: int, anchor: tuple[int, float] | None = None) -> float:
+    """The fraction of the lr decay done at iteration ``it``: 0 at the end of warm-up, 1 at ``total_iters``.
+
+    ``anchor = (i0, p0)``: the run was re-sized at iteration ``i0`` (``time_limit``), where the progress was
+    ``p0``; from there it runs linearly from ``p0`` to 1 at the new ``total_iters``, so a re-sizing stretches or
+    squeezes the rest of the schedule without a jump, and the progress never goes back."""
+    i0, p0 = anchor if anchor is not None else (warmup_iters, 0.0)
+    return min(1.0, max(0.0, p0 + (1 - p0) * (it - i0) / max(1, total_iters - i0)))
+
+
 def lr_factor(it: int, total_iters: int, warmup_iters: int, schedule: str = "cosine",
-              final_factor: float = 0.05, milestones: Iterable[float] = (0.8,), gamma: float = 0.1) -> float:
+              final_factor: float = 0.05, milestones: Iterable[float] = (0.8,), gamma: float = 0.1,
+              anchor: tuple[int, float] | None = None) -> float:
     """Multiplier of the base lr at iteration ``it``: linear warm-up, then cosine or step decay.
 
-    ``milestones`` are fractions of the training length (step schedule).
+    ``milestones`` are fractions of the training length (step schedule). ``anchor``: where a ``time_limit`` run
+    was last re-sized (:func:`schedule_progress`; set only after the warm-up).
     """
-    if warmup_iters > 0 and it < warmup_iters:
+    if warmup_iters > 0 and it < warmup_iters and anchor is None:
         return (it + 1) / warmup_iters
     if schedule == "constant":
         return 1.0
-    progress = min(1.0, (it - warmup_iters) / max(1, total_iters - warmup_iters))
+    progress = schedule_progress(it, total_iters, warmup_iters, anchor)
     if schedule == "cosine":
         return final_factor + (1 - final_factor) * 0.5 * (1 + math.cos(math.pi * progress))
     if schedule == "step":
@@ -54,13 +68,64 @@ def lr_factor(it: int, total_iters: int, warmup_iters: int, schedule: str = "cos
     raise ValueError(f"unknown lr schedule {schedule!r} (cosine, step, constant)")
 
 
-def iterations_for_budget(budget_s: float, elapsed_s: float, done_iters: int, min_iters: int = 1) -> int:
+def iterations_for_budget(budget_s: float, elapsed_s: float, done_iters: int, min_iters: int = 1,
+                          pace_s: float | None = None) -> int:
     """How many iterations fit a time budget (``time_limit``) once ``done_iters`` took ``elapsed_s`` seconds:
-    the whole budget at the measured pace, at least ``min_iters``. Sizing in iterations rather than whole epochs
-    lets the last epoch be partial: with epochs of minutes, a whole-epoch count leaves up to one epoch of the
-    budget unused (4 epochs of 7 minutes in a 35-minute budget)."""
-    pace = max(elapsed_s, 1e-6) / max(done_iters, 1)
-    return max(int(min_iters), int(budget_s / pace))
+    those done plus what the rest of the budget holds at ``pace_s`` seconds per iteration (default: the mean
+    pace so far, which makes it the whole budget at that pace), at least ``min_iters``. Sizing in iterations
+    rather than whole epochs lets the last epoch be partial: with epochs of minutes, a whole-epoch count leaves
+    up to one epoch of the budget unused (4 epochs of 7 minutes in a 35-minute budget)."""
+    pace = pace_s if pace_s is not None else max(elapsed_s, 1e-6) / max(done_iters, 1)
+    return max(int(min_iters), done_iters + int(max(0.0, budget_s - elapsed_s) / max(pace, 1e-9)))
+
+
+class TimeBudget:
+    """The ``time_limit`` state of a run, re-sized after every epoch (the trainer's ``_fit_epochs_to_time``): the
+    seconds used, where the pace is measured from, where the lr schedule was last re-sized. :meth:`state` is what
+    a checkpoint keeps (``time_budget``), so a resumed run sizes itself as the uninterrupted one would at the
+    same clock readings.
+
+    * Pace: seconds per iteration since the end of the first epoch (training, validation, checkpoints: what the
+      rest of the run spends too); right after the first epoch, that epoch's own. A slow first epoch (a busy
+      machine, start-up costs) sizes the run only until the next epoch measures again. The total is the
+      iterations done plus what the rest of the budget holds at that pace (:func:`iterations_for_budget`).
+    * Schedule: a re-sizing past the warm-up anchors the lr schedule where it is (:func:`schedule_progress`): its
+      progress runs on from the current value to 1 at the new total, so the lr does not jump and a step
+      schedule never steps back; inside the warm-up only the end of the decay moves.
+    """
+
+    def __init__(self, minutes: float, state: dict | None = None):
+        s = state or {}
+        self.budget_s = float(minutes) * 60
+        self.used_before_s = float(s.get("elapsed_s", 0.0))  # by earlier processes of a resumed run
+        self.pace_ref: tuple[float, int] | None = tuple(s["pace_ref"]) if s.get("pace_ref") else None
+        self.lr_anchor: tuple[int, float] | None = tuple(s["lr_anchor"]) if s.get("lr_anchor") else None
+        self.clock_start = time.perf_counter()
+
+    def start(self) -> None:
+        """Start this process's clock (the budget counts the epochs, not the setup before them)."""
+        self.clock_start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.used_before_s + time.perf_counter() - self.clock_start
+
+    def state(self) -> dict:
+        return {"elapsed_s": self.elapsed(), "pace_ref": list(self.pace_ref) if self.pace_ref else None,
+                "lr_anchor": list(self.lr_anchor) if self.lr_anchor else None}
+
+    def iterations(self, done_iters: int) -> tuple[int, float, float]:
+        """After an epoch ending at ``done_iters``: (the iterations that fit the budget, seconds used, pace)."""
+        elapsed = self.elapsed()
+        ref_s, ref_it = self.pace_ref or (0.0, 0)
+        pace = (elapsed - ref_s) / max(1, done_iters - ref_it)
+        self.pace_ref = self.pace_ref or (elapsed, done_iters)
+        return (iterations_for_budget(self.budget_s, elapsed, done_iters, min_iters=max(done_iters, 1), pace_s=pace),
+                elapsed, pace)
+
+    def anchor_schedule(self, it: int, total_iters: int, warmup_iters: int) -> None:
+        """The run is re-sized at iteration ``it`` away from ``total_iters``: keep the schedule's progress there."""
+        if it >= warmup_iters:
+            self.lr_anchor = (it, schedule_progress(it, total_iters, warmup_iters, self.lr_anchor))
 
 
 class ModelEMA:

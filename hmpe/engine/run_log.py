@@ -11,12 +11,14 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
+from hmpe.engine.evaluator import SIZE_KEYS
 from hmpe.utils import dist as du
 
 __all__ = ["RESULTS_CSV", "VAL_KEYS", "append_row", "epoch_row", "log", "truncate_rows", "write_args"]
 
 RESULTS_CSV = "results.csv"
-VAL_KEYS = ("precision", "recall", "mAP50", "mAP50_95", "mAP75", "AP_small", "AP_medium", "AP_large")
+# SIZE_KEYS: AP over the objects small at the model's input and the object counts per size bucket
+VAL_KEYS = ("precision", "recall", "mAP50", "mAP50_95", "mAP75", "AP_small", "AP_medium", "AP_large", *SIZE_KEYS)
 
 
 def log(msg: str) -> None:
@@ -40,9 +42,15 @@ def epoch_row(epoch: int, seconds: float, stats: dict, metrics: dict) -> dict:
     ``val/*`` metrics of :data:`VAL_KEYS` that ``metrics`` holds (none on epochs without validation)."""
     row = {"epoch": epoch + 1, "time_s": round(seconds, 1)}
     row.update({f"train/{k}": round(v, 6) for k, v in stats.items()})
-    row.update({f"val/{k}": round(float(metrics[k]), 6) for k in VAL_KEYS if k in metrics})
-    row.update({f"val/{k}": round(float(v), 6) for k, v in metrics.items() if k.startswith("mask_")})  # heatmap models
+    row.update({f"val/{k}": _cell(metrics[k]) for k in VAL_KEYS if k in metrics})
+    # heatmap models: the mask per level and the gate of eq. 4
+    row.update({f"val/{k}": round(float(v), 6) for k, v in metrics.items() if k.startswith(("mask_", "gate/"))})
     return row
+
+
+def _cell(v) -> int | float:
+    """A metric as written: counts as integers, figures rounded to 6 decimals."""
+    return v if isinstance(v, int) else round(float(v), 6)
 
 
 def _read(path: Path) -> tuple[list[str], list[dict]]:

@@ -31,6 +31,12 @@ Pipeline for one image (:func:`sliced_predict`):
       cluster's fused box join it (in descending score order); the fused box is the score-weighted
       mean of its members and its score the highest member score.
 
+How many detections come back: each tile yields at most the model's ``postprocess.num_top_queries``
+(the RT-DETR top-K over queries x classes, 300 by default) above ``conf``; the merged image keeps every
+detection the merge leaves, unless ``max_det`` caps it (``hmpe predict max_det=K``: the K highest, with a
+warning when the cap drops some). A 6000 x 6000 image holds hundreds of tiles, so a per-image cap sized
+for one model input would silently drop most objects.
+
 Objects larger than about twice the overlap can be cut by every tile that sees them; their fragments
 may then stay apart. Raise ``overlap``, or set ``full_image=True``, which adds one prediction on the
 whole image resized to the model input: its detections are never cut, so they absorb the fragments of
@@ -277,7 +283,8 @@ def sliced_predict(predict_fn: PredictFn, image: np.ndarray, size: int, imgsz: i
                    merge_ios: float = 0.6, edge_margin: float = 0.015, full_image: bool = False,
                    max_det: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Detections on ``image uint8 [H,W,3]`` by tiles -> ``(boxes [N,4] xyxy full-image px, scores, labels)``
-    on the CPU, sorted by score. ``predict_fn`` runs the model on a batch of inputs (see ``PredictFn``)."""
+    on the CPU, sorted by score: all that the merge keeps, or the ``max_det`` highest. ``predict_fn`` runs
+    the model on a batch of inputs (see ``PredictFn``)."""
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an RGB image array [H,W,3], got shape {tuple(image.shape)}")
     height, width = image.shape[:2]
@@ -332,7 +339,12 @@ def evaluate_sliced(predict_fn: PredictFn, dataset, evaluator, size: int, imgsz:
                     batch: int = 4, conf: float = 0.001, merge: str = "nms", merge_iou: float = 0.5,
                     full_image: bool = False, max_det: int | None = None, progress: bool = True) -> dict:
     """Score sliced prediction on the full images of ``dataset`` (a ``DetectionDataset``: each image is
-    decoded once by its loader, tiled, merged and compared to the original-image annotations)."""
+    decoded once by its loader, tiled, merged and compared to the original-image annotations).
+
+    The evaluator's ``*_input`` figures (AP_small_input, ...) are set to the tile's scale: a ``size`` tile is fed
+    at ``imgsz``, so every object is seen ``imgsz / size`` times its native size (the ``full_image`` pass, which
+    sees it smaller still, is not reflected)."""
+    evaluator.set_input_scale(as_preprocess(imgsz).imgsz / size)
     for sample in tqdm(dataset.samples, desc=f"val (slice {size})", leave=False, disable=not progress):
         image = np.asarray(dataset.image_loader(sample), dtype=np.uint8)
         b, s, l = sliced_predict(predict_fn, image, size, imgsz, overlap, batch, conf, merge, merge_iou,

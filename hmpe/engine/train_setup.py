@@ -22,14 +22,15 @@ from hmpe.data.dataset import build_dataset, collate_fn
 from hmpe.data.formats import load_data_config
 from hmpe.data.preprocess import Preprocess
 from hmpe.data.transforms import build_pipeline, multi_scale_sizes
-from hmpe.engine.checkpoint import load_checkpoint, rng_state, set_rng_state
+from hmpe.engine.checkpoint import checkpoint_data_config, load_checkpoint, load_weights, rng_state, set_rng_state
+from hmpe.engine.interrupt import worker_ignores_sigint
 from hmpe.engine.optim import ModelEMA, build_param_groups
 from hmpe.engine.run_log import log, truncate_rows, write_args
 from hmpe.engine.transfer import load_start_weights
 from hmpe.models.detector import build_criterion, build_model, build_postprocessor
 from hmpe.utils import dist as du
 from hmpe.utils.config import apply_overrides, load_model_config
-from hmpe.utils.runtime import amp_dtype, increment_run_dir, seed_everything, select_device
+from hmpe.utils.runtime import amp_dtype, create_run_dir, increment_run_dir, seed_everything, select_device
 
 __all__ = ["LoopState", "ModelParts", "TrainData", "TrainSetup", "build_train_setup", "resolve_model_cfg",
            "to_device", "unwrap"]
@@ -84,6 +85,9 @@ class LoopState:
     start_epoch: int = 0
     iteration: int = 0
     budget_iters: int | None = None  # time_limit: the iterations that fit (the last epoch may be partial)
+    # time_limit: seconds used, pace reference, lr-schedule anchor (Trainer._fit_epochs_to_time); None in a
+    # checkpoint written before the run was re-sized after every epoch
+    time_budget: dict | None = None
     best_fitness: float = -1.0
     nan_count: int = 0
     metrics: dict = field(default_factory=dict)
@@ -170,10 +174,10 @@ def build_data(cfg: dict, saved_data_cfg: dict | None) -> TrainData:
     train_loader = DataLoader(
         train_set, batch_size=cfg["batch"], shuffle=sampler is None, sampler=sampler, num_workers=cfg["workers"],
         collate_fn=collate_fn, drop_last=(len(sampler) if sampler is not None else len(train_set)) > cfg["batch"],
-        generator=gen, persistent_workers=False)
+        generator=gen, persistent_workers=False, worker_init_fn=worker_ignores_sigint)
     val_sampler = DistributedSampler(val_set, shuffle=False) if du.is_dist() else None
     val_loader = DataLoader(val_set, batch_size=cfg["batch"], shuffle=False, sampler=val_sampler,
-                            num_workers=cfg["workers"], collate_fn=collate_fn)
+                            num_workers=cfg["workers"], collate_fn=collate_fn, worker_init_fn=worker_ignores_sigint)
     return TrainData(data_cfg, train_set, val_set, train_loader, val_loader, sampler, gen, multi_scale, preprocess,
                      (tr_t, mosaic, plain_t))
 
@@ -225,7 +229,7 @@ def build_train_setup(cfg: dict, model_cfg: dict | None = None, *, explicit_keys
     seed_everything(cfg["seed"])
     if cfg.get("deterministic"):
         torch.use_deterministic_algorithms(True, warn_only=True)
-    data = build_data(cfg, ckpt.get("data_cfg") if ckpt is not None else None)
+    data = build_data(cfg, checkpoint_data_config(ckpt, cfg["resume"]) if ckpt is not None else None)
     if parts is None:
         parts = build_model_parts(model_cfg, cfg, data.names, device, fresh=ckpt is None)
     else:  # a factory is called here: after the seed and with the dataset's class names, as hmpe's own model
@@ -260,7 +264,11 @@ def open_run_dir(cfg: dict, model_cfg: dict, state: LoopState) -> Path:
         run_dir = increment_run_dir(cfg["project"], "train", cfg.get("name"), cfg.get("exist_ok", False))
         run_dir = Path(du.broadcast_object(str(run_dir)))
     if du.is_main_process():
-        (run_dir / "weights").mkdir(parents=True, exist_ok=True)
+        if cfg.get("resume"):
+            create_run_dir(run_dir, "resume from a copy of the run folder in a writable place")
+        else:
+            create_run_dir(run_dir)
+        (run_dir / "weights").mkdir(exist_ok=True)
         write_args(run_dir, cfg, model_cfg)
     return run_dir
 
@@ -272,7 +280,7 @@ def restore(ckpt: dict, state: LoopState, model: nn.Module, ema: ModelEMA | None
         if ckpt["epoch"] + 1 < state.epochs:
             raise ValueError(f"{source}: the final checkpoint of a finished run (weights only, no optimizer "
                              f"state) cannot train more epochs; start a new run from it with weights={source}")
-        unwrap(model).load_state_dict(ckpt["model"])
+        load_weights(unwrap(model), ckpt["model"], source)
         if ema is not None:
             ema.module.load_state_dict(ckpt["model"])
         state.start_epoch, state.epochs = ckpt["epoch"] + 1, ckpt.get("epochs", state.epochs)
@@ -280,7 +288,7 @@ def restore(ckpt: dict, state: LoopState, model: nn.Module, ema: ModelEMA | None
         state.budget_iters = ckpt.get("budget_iters")
         state.metrics = ckpt.get("metrics") or {}
         return
-    unwrap(model).load_state_dict(ckpt["model"])
+    load_weights(unwrap(model), ckpt["model"], source)
     if ema is not None and ckpt.get("ema"):
         ema.load_state_dict(ckpt["ema"])
     optimizer.load_state_dict(ckpt["optimizer"])
@@ -289,6 +297,7 @@ def restore(ckpt: dict, state: LoopState, model: nn.Module, ema: ModelEMA | None
     state.epochs = max(state.epochs, ckpt.get("epochs", state.epochs))
     state.iteration = ckpt["iteration"]
     state.budget_iters = ckpt.get("budget_iters")
+    state.time_budget = ckpt.get("time_budget")
     state.best_fitness = ckpt["best_fitness"]
     state.nan_count = ckpt.get("nan_count", 0)
     state.metrics = ckpt.get("metrics") or {}

@@ -24,9 +24,10 @@ from tqdm import tqdm
 from hmpe.data.formats import format_note
 from hmpe.data.preprocess import Preprocess
 from hmpe.data.transforms import NUM_DROPPED_KEY, resize_batch
-from hmpe.engine.checkpoint import rng_state, save_atomic
+from hmpe.engine.checkpoint import rng_state, save_atomic, stored_paths
 from hmpe.engine.evaluator import COCOEvaluator
-from hmpe.engine.optim import iterations_for_budget, lr_factor
+from hmpe.engine.interrupt import StopFlag, TrainingInterrupted, save_interrupted, skip_done_batches
+from hmpe.engine.optim import TimeBudget, lr_factor
 from hmpe.engine.run_log import append_row, epoch_row, log
 from hmpe.engine.train_setup import ModelParts, build_train_setup, resolve_model_cfg, to_device, unwrap
 from hmpe.models.mask_stats import MaskStatsAccumulator, level_names, target_boxes_xyxy
@@ -36,7 +37,8 @@ from hmpe.utils.runtime import AMP_DTYPES, seed_everything
 from hmpe.viz.heatmap import detector_heatmaps, render_heatmap_figure, tensor_to_uint8
 from hmpe.viz.plots import plot_results_csv
 
-__all__ = ["ModelParts", "Trainer", "evaluate", "loss_groups", "losses_to_host", "train", "unwrap"]
+__all__ = ["ModelParts", "Trainer", "TrainingInterrupted", "evaluate", "loss_groups", "losses_to_host", "train",
+           "unwrap"]
 
 
 def loss_groups(loss_dict: dict[str, float], groups: Mapping[str, str]) -> dict[str, float]:
@@ -64,7 +66,8 @@ def evaluate(model: nn.Module, loader: DataLoader, postprocessor: nn.Module, eva
     """Run ``model`` over ``loader`` (images made by ``preprocess.transform``) and score it; ``preprocess`` maps
     the boxes back to original pixels (letterbox: :meth:`Preprocess.post_sizes`). Models with a heatmap path
     also report their mask per level (:func:`mask_diagnostics`): ``mask_bg_masked/S3`` (background cells the
-    mask zeroes), ``mask_obj_hot/S3`` (object cells it keeps), ... for S3, S4, S5. Always fp32, also for a run
+    mask zeroes), ``mask_obj_hot/S3`` (object cells it keeps), ... for S3, S4, S5, and the gate ``gate/S3``
+    (lambda of eq. 4) per level. Always fp32, also for a run
     trained under autocast, so that the trainer's figures are the ones ``hmpe val`` reproduces."""
     model.eval()
     masks = MaskStatsAccumulator()
@@ -74,7 +77,7 @@ def evaluate(model: nn.Module, loader: DataLoader, postprocessor: nn.Module, eva
         if "heatmap" in outputs:
             hw = tuple(images.shape[-2:])
             masks.update(outputs["heatmap"].mask, target_boxes_xyxy(targets, hw), hw)
-            levels = level_names(outputs["heatmap"].strides)
+            levels, gate = level_names(outputs["heatmap"].strides), outputs["heatmap"].gate
         orig = torch.stack([t["orig_size"] for t in targets])
         orig = (preprocess.post_sizes(orig) if preprocess is not None else orig).to(device)
         preds = postprocessor({k: v.float() for k, v in outputs.items() if k in ("pred_logits", "pred_boxes")}, orig)
@@ -85,6 +88,7 @@ def evaluate(model: nn.Module, loader: DataLoader, postprocessor: nn.Module, eva
     metrics = du.broadcast_object(evaluator.compute() if du.is_main_process() else None)
     if masks.counts:
         metrics.update(mask_diagnostics(masks, levels))
+        metrics.update({f"gate/{lv}": float(g) for lv, g in zip(levels, gate)})  # lambda_l of eq. 4
     return metrics
 
 
@@ -151,10 +155,17 @@ class Trainer:
         st = s.state
         self.epochs, self.start_epoch, self.iteration, self.best_fitness = st.epochs, st.start_epoch, st.iteration, st.best_fitness
         self.budget_iters = st.budget_iters
+        # time_limit: re-sized after every epoch; None also for a checkpoint written before that (its size stays)
+        self.time_budget = (TimeBudget(self.cfg["time_limit"], st.time_budget) if self.cfg.get("time_limit") and
+                            (self.resume_ckpt is None or st.time_budget is not None) else None)
         self.nan_count, self.metrics = st.nan_count, st.metrics
         self.callbacks = list(callbacks)
         self.train_stats: dict = {}
         self.evaluator: COCOEvaluator | None = None
+        self.stop = StopFlag()  # Ctrl-C: stop between two steps (hmpe.engine.interrupt)
+        # the epoch in progress (batches done, loss sums): what Ctrl-C saves; the one a resumed run continues
+        self.epoch_progress: dict | None = None
+        self.resumed_progress: dict | None = (self.resume_ckpt or {}).get("epoch_progress")
 
     log = staticmethod(log)
 
@@ -166,6 +177,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ training loop
     def fit(self) -> dict:
+        """Train the remaining epochs; the final validation metrics. Ctrl-C stops after the training step in
+        progress, saves where the run stopped as a resumable ``last.pt`` (mid-epoch: ``resume=`` continues
+        inside that epoch, as an uninterrupted run would) and raises :class:`TrainingInterrupted`."""
+        try:
+            with self.stop:
+                return self._fit()
+        except KeyboardInterrupt as e:
+            raise save_interrupted(self) from e
+
+    def _fit(self) -> dict:
         cfg = self.cfg
         self.log(f"hmpe train: {self.model_cfg.get('name', 'model')} on {cfg['data']} ({format_note(self.data_cfg)}; "
                  f"{len(self.train_set)} train / {len(self.val_set)} val images, {self.num_classes} classes), "
@@ -176,23 +197,28 @@ class Trainer:
             self.metrics = dict(self.resume_ckpt.get("metrics") or {})
             return self.metrics
         self._emit("on_train_start")
-        t_start = time.time()
+        if self.time_budget is not None:
+            self.time_budget.start()
         epoch = self.start_epoch
         while epoch < self.epochs:
             t0 = time.time()
             self.train_stats = stats = self.train_one_epoch(epoch)
-            if epoch == self.start_epoch and cfg.get("time_limit") and self.resume_ckpt is None:
-                # size the run before save(), so that last.pt already holds the final epoch count
-                self._fit_epochs_to_time(time.time() - t_start)
+            if self.time_budget is not None and (self.budget_iters is None or self.iteration < self.budget_iters):
+                # re-size the run after every epoch until its budget is spent; before the validation (an epoch
+                # that becomes the last is validated) and save() (last.pt holds the current size)
+                self._fit_epochs_to_time(epoch)
             last = epoch + 1 == self.epochs
             metrics = self.validate() if (last or (epoch + 1) % max(1, cfg["val_interval"]) == 0) else {}
             if metrics:
                 self.metrics = metrics
                 self.save_val_heatmaps(epoch)
+            self.epoch_progress = None  # from here on last.pt holds the completed epoch
             self.save(epoch, metrics)
             self.log_epoch(epoch, stats, metrics, time.time() - t0)
             self._emit("on_epoch_end", epoch, metrics)
             epoch += 1
+            if self.stop.requested and epoch < self.epochs:  # Ctrl-C during validation or saving
+                raise KeyboardInterrupt
         self.finish()
         self._emit("on_train_end", self.metrics)
         return self.metrics
@@ -211,12 +237,14 @@ class Trainer:
         if isinstance(self.criterion, nn.Module):
             self.criterion.train()
         total_iters = self.total_iters
-        sums: dict[str, float] = {}
-        n = dropped = 0
         scale_rng = random.Random(cfg["seed"] * 1000 + epoch)  # batch sizes for multi-scale, resumable
-        pbar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.epochs}",
-                    disable=not du.is_main_process(), dynamic_ncols=True)
-        for images, targets in pbar:
+        batches = iter(self.train_loader)
+        done = skip_done_batches(self, epoch, batches, scale_rng)  # resumed mid-epoch: the batches already done
+        sums: dict[str, float] = dict(done["sums"])
+        n, dropped = done["n"], done["dropped"]
+        pbar = tqdm(batches, total=len(self.train_loader), initial=done["batches"],
+                    desc=f"epoch {epoch + 1}/{self.epochs}", disable=not du.is_main_process(), dynamic_ncols=True)
+        for i, (images, targets) in enumerate(pbar, start=done["batches"] + 1):  # i: batches done after this one
             if self.iteration >= total_iters:  # time_limit: the budget ends inside this (last) epoch
                 break
             self._set_lr(total_iters)
@@ -224,12 +252,14 @@ class Trainer:
             if self.multi_scale:
                 images, targets = resize_batch(images, targets, scale_rng.choice(self.multi_scale))
             step = self.train_step(images, targets)
-            if step is None:
-                continue
-            n += 1
-            for k, v in step.items():
-                sums[k] = sums.get(k, 0.0) + v
-            pbar.set_postfix(loss=f"{sums['loss'] / n:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+            if step is not None:
+                n += 1
+                for k, v in step.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                pbar.set_postfix(loss=f"{sums['loss'] / n:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+            self.epoch_progress = {"epoch": epoch, "batches": i, "sums": dict(sums), "n": n, "dropped": dropped}
+            if self.stop.requested:  # Ctrl-C: stop here, between two steps
+                raise KeyboardInterrupt
         stats = self._epoch_stats({k: v / max(1, n) for k, v in sums.items()})
         stats["lr"] = self.optimizer.param_groups[0]["lr"]
         stats["dropped_boxes"] = dropped
@@ -294,7 +324,8 @@ class Trainer:
         return self.ema.module if self.ema is not None else unwrap(self.model)
 
     def validate(self) -> dict:
-        evaluator = COCOEvaluator(self.val_set.samples, self.names, max_dets=self.cfg["max_dets"])
+        evaluator = COCOEvaluator(self.val_set.samples, self.names, max_dets=self.cfg["max_dets"],
+                                  input_scale=self.preprocess.input_scale)
         metrics = evaluate(self.eval_model(), self.val_loader, self.postprocessor, evaluator, self.device,
                            preprocess=self.preprocess)
         self.evaluator = evaluator
@@ -341,13 +372,17 @@ class Trainer:
             self.log(f"epoch {epoch + 1}: augmentation {'on' if on else 'off'} (augment_epochs {list(window)})")
 
     # ------------------------------------------------------------------ bookkeeping
+    def _warmup_iters(self, total_iters: int) -> int:
+        warmup = self.cfg["warmup_iters"]
+        if self.cfg.get("warmup_epochs") is not None:  # sized by the data, not by COCO-sized iteration counts
+            warmup = round(float(self.cfg["warmup_epochs"]) * len(self.train_loader))
+        return min(warmup, total_iters // 2)
+
     def _set_lr(self, total_iters: int) -> None:
         cfg = self.cfg
-        warmup = cfg["warmup_iters"]
-        if cfg.get("warmup_epochs") is not None:  # sized by the data, not by COCO-sized iteration counts
-            warmup = round(float(cfg["warmup_epochs"]) * len(self.train_loader))
-        f = lr_factor(self.iteration, total_iters, min(warmup, total_iters // 2), cfg["schedule"],
-                      cfg["final_lr_factor"], cfg.get("milestones", (0.8,)))
+        f = lr_factor(self.iteration, total_iters, self._warmup_iters(total_iters), cfg["schedule"],
+                      cfg["final_lr_factor"], cfg.get("milestones", (0.8,)),
+                      anchor=self.time_budget.lr_anchor if self.time_budget is not None else None)
         for g in self.optimizer.param_groups:
             g["lr"] = g["initial_lr"] * f
 
@@ -356,17 +391,22 @@ class Trainer:
         """Iterations of the whole run: the lr schedule's length (``time_limit``: what the budget holds)."""
         return self.budget_iters or self.epochs * len(self.train_loader)
 
-    def _fit_epochs_to_time(self, first_epoch_s: float) -> None:
-        """time_limit (minutes): after the first epoch, size the run in iterations so that the whole schedule
-        fits the budget at the first epoch's pace; the last epoch may stop part-way (the cosine ends there)."""
+    def _fit_epochs_to_time(self, epoch: int) -> None:
+        """time_limit (minutes), after every epoch until the budget is spent: size the run in iterations so that
+        it ends when the budget does, at the pace measured so far (:class:`~hmpe.engine.optim.TimeBudget`: how,
+        and how the lr schedule follows); the last epoch may stop part-way (the schedule ends there)."""
         per_epoch = len(self.train_loader)
-        iters = iterations_for_budget(float(self.cfg["time_limit"]) * 60, first_epoch_s, self.iteration,
-                                      min_iters=max(self.iteration, 1))
+        iters, elapsed, pace = self.time_budget.iterations(self.iteration)
         iters = int(du.broadcast_object(iters))  # DDP: rank 0's clock decides for every rank
-        self.budget_iters, self.epochs = iters, max(self.start_epoch + 1, -(-iters // per_epoch))
+        if iters == self.budget_iters:
+            return
+        old, was = self.total_iters, self.budget_iters
+        self.time_budget.anchor_schedule(self.iteration, old, self._warmup_iters(old))
+        self.budget_iters, self.epochs = iters, max(epoch + 1, -(-iters // per_epoch))
         self.cfg["epochs"] = self.epochs
-        self.log(f"time_limit {self.cfg['time_limit']} min: first epoch took {first_epoch_s:.0f} s -> {iters} "
-                 f"iterations ({iters / per_epoch:.2f} epochs, {self.epochs} started)")
+        self.log(f"time_limit {self.cfg['time_limit']} min: {elapsed / 60:.1f} min used, {pace:.3g} s/iteration "
+                 f"-> {iters} iterations ({iters / per_epoch:.2f} epochs, {self.epochs} started)"
+                 + (f"; was {was}" if was is not None else ""))
 
     def _on_non_finite(self, images, targets, loss_dict) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -389,11 +429,14 @@ class Trainer:
         the size: AdamW keeps two moments per weight)."""
         base = {"epoch": epoch,  # completed epoch index
                 "epochs": self.epochs, "iteration": self.iteration, "budget_iters": self.budget_iters,
+                "time_budget": self.time_budget.state() if self.time_budget is not None else None,
                 "best_fitness": self.best_fitness,
                 "metrics": metrics, "model_cfg": self.model_cfg, "names": self.names,
                 "train_cfg": {k: v for k, v in self.cfg.items() if not k.startswith("_")},
-                # resolved (absolute path, format, names), so that val/resume work from any folder
+                # loaded (folder, format, names), so that val/resume work from any folder
                 "data_cfg": dict(self.data_cfg), "hmpe_version": __import__("hmpe").__version__}
+        # every checkpoint is written into weights_dir: its paths are recorded relative to it (or by name)
+        base = stored_paths(base, self.weights_dir)
         if final:
             return base | {"model": self.eval_model().state_dict(), "ema": None, "final": True}
         return base | {"model": unwrap(self.model).state_dict(),

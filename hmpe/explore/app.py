@@ -103,8 +103,9 @@ def build_app(session: ExploreSession, allowed_hosts: list[str] | None = None):
                 return JSONResponse({"error": str(err)}, status_code=400)
         return endpoint
 
-    def index_of(request) -> int:
-        return _number(request.path_params, "i", None, int)
+    def index_of(request) -> int:  # 0..n-1; anything else (-1, past the end, not a number) is a 404
+        raw = request.path_params["i"]
+        return session.index(int(raw) if raw.removeprefix("-").isdecimal() else raw)
 
     def maps(request):
         t0 = time.perf_counter()

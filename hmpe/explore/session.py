@@ -11,6 +11,7 @@ the cached maps, then :func:`~hmpe.viz.heatmap.heatmap_maps` and
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 import threading
 from collections import OrderedDict
@@ -115,12 +116,19 @@ class ExploreSession:
         """The file of one of the source's images; anything else (another file, a path outside the source,
         ``..``, an absolute path) raises PermissionError: the page cannot read arbitrary files."""
         i = self.by_name.get(str(name))
+        # the messages name the file as asked or relative to the source: the page never learns local paths
         if i is None:
-            raise PermissionError(f"{name!r} is not one of the {len(self.images)} images of the source {self.root}")
+            raise PermissionError(f"{name!r} is not one of the {len(self.images)} images of the source")
         path = self.images[i].path
         if not path.resolve().is_relative_to(self.root.resolve()):  # a symlink in the source pointing out of it
-            raise PermissionError(f"{name!r} resolves outside the source {self.root}")
+            raise PermissionError(f"{name!r} resolves outside the source")
         return path
+
+    def index(self, index) -> int:
+        """``index`` as an image index of the source: 0..n-1 (no negative indices), else UnknownImage (404)."""
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral) or not 0 <= index < len(self.images):
+            raise UnknownImage(f"image index {index} outside 0..{len(self.images) - 1}")
+        return int(index)
 
     def info(self) -> dict:
         heat = self.model.heatmap
@@ -182,9 +190,7 @@ class ExploreSession:
 
     def entry(self, index: int) -> dict:
         """The cache entry of image ``index`` (the forward runs on the first request only)."""
-        if not 0 <= int(index) < len(self.images):
-            raise UnknownImage(f"image index {index} outside 0..{len(self.images) - 1}")
-        index = int(index)
+        index = self.index(index)
         with self._cache_lock:
             if index in self._cache:
                 self._cache.move_to_end(index)
@@ -202,8 +208,9 @@ class ExploreSession:
         return e
 
     def summary(self, index: int) -> dict:
-        self.resolve(self.images[int(index)].name)  # the allow-list holds for cached answers too
-        s = self._summaries.get(int(index))
+        index = self.index(index)
+        self.resolve(self.images[index].name)  # the allow-list holds for cached answers too
+        s = self._summaries.get(index)
         return s if s is not None else self.entry(index)["summary"]
 
     # ------------------------------------------------------------------ maps and statistics

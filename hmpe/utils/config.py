@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
-from hmpe.utils.keys import BASE_KEY, MODEL_SECTIONS, check_model_config, defaults
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # shipped presets: models/, datasets/
+from hmpe.utils.keys import BASE_KEY, MODEL_SECTIONS, UsageError, check_model_config, defaults, key_type
+from hmpe.utils.keytypes import TEXT_KINDS, show
+from hmpe.utils.shipped import CONFIG_DIR, model_presets
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -35,10 +35,6 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
-
-
-def model_presets() -> list[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / "models").glob("*.yaml"))
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -124,17 +120,25 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def parse_overrides(args: list[str]) -> dict:
-    """``["epochs=3", "decoder.num_layers=3"]`` -> ``{"epochs": 3, "decoder.num_layers": 3}``."""
-    out = {}
+def parse_overrides(args: list[str], task: str | None = None) -> dict:
+    """``["epochs=3", "decoder.num_layers=3"]`` -> ``{"epochs": 3, "decoder.num_layers": 3}``. A key given twice
+    is a UsageError naming both values (no silent "the later one wins"). With ``task``, a number typed for a key
+    that takes text or a path (``name=2``, ``weights=123``) stays the text typed."""
+    out: dict = {}
     for a in args:
         if "=" not in a:
-            raise ValueError(f"argument {a!r}: expected key=value (e.g. epochs=10)")
+            raise UsageError(f"argument {a!r}: expected key=value (e.g. epochs=10)")
         k, v = a.split("=", 1)
         k = k.strip().lstrip("-").replace("-", "_")
         if not k:
-            raise ValueError(f"argument {a!r}: empty key")
-        out[k] = parse_value(v)
+            raise UsageError(f"argument {a!r}: empty key")
+        value = parse_value(v)
+        t = key_type(task, k) if task else None
+        if t is not None and t.kind in TEXT_KINDS and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = v
+        if k in out:
+            raise UsageError(f"{k} given twice ({k}={show(out[k])} and {k}={show(value)}); give it once")
+        out[k] = value
     return out
 
 

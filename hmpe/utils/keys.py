@@ -1,15 +1,20 @@
 """Every key a user can type, declared once: per task (``hmpe train/val/predict/heatmap/export/bench``), per
-model-config section, per dataset YAML. Each :class:`Key` has a name, a default and a one-line meaning.
+model-config section, per dataset YAML. Each :class:`Key` has a name, a default, a one-line meaning and the
+type of its value (:mod:`hmpe.utils.keytypes`: ``Int(">= 1")``, ``Num("[0, 1]")``, ``Choice("nms", "wbf")``,
+``Kind("weights")``, ...).
 
 This table is the single source of truth for
 - the training defaults (:func:`hmpe.utils.config.default_train_config` is built from ``TASKS["train"]``),
 - the strict check of command-line and config keys (:func:`check_task_args`, :func:`check_model_config`,
   :func:`check_data_keys`): an unknown key is a :class:`ConfigKeyError` naming it and the nearest known key,
+  a value of the wrong type or out of range (or a file, preset or shipped name that does not exist) a
+  :class:`UsageError` naming the key, the value and what it expects (:func:`check_value`),
 - ``hmpe cfg`` (and a task's ``--help``), which print the keys with their meanings.
 
-To add a key: add one ``Key(...)`` line to the task's tuple below (or to the model section / dataset tuple),
-then read it in the code. ``tests/test_config_keys.py`` checks that the model sections list exactly the
-constructor arguments the model builder passes them to.
+To add a key: add one ``Key(...)`` line, with its type, to the task's tuple below (or to the model section /
+dataset tuple), then read it in the code. ``tests/test_config_keys.py`` checks that the model sections list
+exactly the constructor arguments the model builder passes them to; ``tests/test_key_types.py`` that every task
+key has a type its default fits, and that wrong values are refused.
 """
 
 from __future__ import annotations
@@ -19,12 +24,16 @@ import difflib
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from hmpe.utils.keytypes import (Bool, Choice, Device, Int, Kind, ListOf, Num, OneOrList, Text, Type, show,
+                                 size_problem)
+
 
 @dataclass(frozen=True)
 class Key:
     name: str
     default: Any = None
     help: str = ""
+    type: Type | None = None  # every task key has one; a model key without one is not checked
 
 
 class UsageError(ValueError):
@@ -36,177 +45,187 @@ class ConfigKeyError(UsageError):
     """An unknown key (the CLI exits with status 2)."""
 
 
-#: Input sizes must be multiples of the largest feature stride (S5, stride 32 in every preset): other sizes
-#: are floored level by level and the ONNX export cannot trace them.
-MAX_STRIDE = 32
-
-
 def check_imgsz(value: Any, key: str = "imgsz") -> None:
     """``imgsz`` as typed (an int, ``HxW``, or a list of either) -> UsageError unless every size is a positive
-    multiple of :data:`MAX_STRIDE`, naming the nearest valid sizes."""
-    values = value if isinstance(value, (list, tuple)) else [value]
-    for v in values:
-        parts = str(v).lower().split("x") if isinstance(v, str) else [v]
-        for part in parts:
-            try:
-                n = int(part)
-            except (TypeError, ValueError):
-                raise UsageError(f"{key}={value}: not an image size (an integer such as 640)") from None
-            if n <= 0 or n % MAX_STRIDE:
-                lo = max(MAX_STRIDE, n // MAX_STRIDE * MAX_STRIDE)
-                raise UsageError(f"{key}={value}: sizes must be multiples of {MAX_STRIDE} (the model's largest "
-                                 f"stride); use {lo} or {lo + MAX_STRIDE}")
+    multiple of :data:`~hmpe.utils.keytypes.MAX_STRIDE` (32), naming the nearest valid sizes."""
+    problem = size_problem(value)
+    if problem:
+        raise UsageError(f"{key}={show(value)}: {problem}")
 
 
 # ------------------------------------------------------------------------------------------------ tasks
 _PRED = (  # options shared by val / predict (sliced inference: hmpe.engine.slicing)
-    Key("slice", None, "tile size N for sliced inference on large images (None = whole image)"),
-    Key("overlap", 0.2, "tile overlap as a fraction of the tile (slice=N)"),
-    Key("merge", "nms", "merge of tile detections: nms | wbf (slice=N)"),
-    Key("merge_iou", 0.5, "IoU of the class-wise merge (slice=N)"),
-    Key("full_image", False, "slice=N: also one pass on the whole image"),
+    Key("slice", None, "tile size N for sliced inference on large images (None = whole image)", Int(">= 1", null=True)),
+    Key("overlap", 0.2, "tile overlap as a fraction of the tile (slice=N)", Num("[0, 1)")),
+    Key("merge", "nms", "merge of tile detections: nms | wbf (slice=N)", Choice("nms", "wbf")),
+    Key("merge_iou", 0.5, "IoU of the class-wise merge (slice=N)", Num("[0, 1]")),
+    Key("full_image", False, "slice=N: also one pass on the whole image", Bool()),
 )
 
 TRAIN = (
-    Key("model", "rtdetr-n", "preset name (hmpe cfg lists them) or a model YAML path"),
-    Key("data", "synthetic", "dataset YAML path or shipped name (synthetic, nwpu-vhr10)"),
+    Key("model", "rtdetr-n", "preset name (hmpe cfg lists them) or a model YAML path", Kind("model")),
+    Key("data", "synthetic", "dataset YAML path or shipped name (synthetic, nwpu-vhr10)", Kind("data")),
     Key("weights", None, "checkpoint to start from (its model config is used; other classes: class heads "
-                         "re-initialised)"),
-    Key("epochs", 10, "training epochs"),
-    Key("batch", 8, "images per batch (per process under torchrun)"),
-    Key("imgsz", 256, "network input size (square)"),
-    Key("workers", 2, "data-loader worker processes"),
-    Key("device", "auto", "auto | cpu | cuda | cuda:N"),
-    Key("seed", 0, "random seed (exact resume reseeds per epoch from it)"),
-    Key("deterministic", False, "torch deterministic algorithms (warn only)"),
+                         "re-initialised)", Kind("weights", null=True)),
+    Key("epochs", 10, "training epochs", Int(">= 1")),
+    Key("batch", 8, "images per batch (per process under torchrun)", Int(">= 1")),
+    Key("imgsz", 256, "network input size (square)", Kind("size")),
+    Key("workers", 2, "data-loader worker processes", Int(">= 0")),
+    Key("device", "auto", "auto | cpu | cuda | cuda:N", Device()),
+    Key("seed", 0, "random seed (exact resume reseeds per epoch from it)", Int()),
+    Key("deterministic", False, "torch deterministic algorithms (warn only)", Bool()),
     # 8e-4: learns most in a short from-scratch budget (docs/method.md, "Training recipe"); D-FINE-N uses it too
-    Key("lr", 8.0e-4, "AdamW learning rate"),
+    Key("lr", 8.0e-4, "AdamW learning rate", Num("> 0")),
     Key("lr_backbone", None, "backbone learning rate (null: 0.1 x lr when starting from backbone.pretrained or "
-                             "weights=, else lr)"),
-    Key("weight_decay", 1.0e-4, "AdamW weight decay"),
-    Key("warmup_iters", 100, "linear warm-up iterations"),
-    Key("warmup_epochs", None, "linear warm-up in epochs (a float; replaces warmup_iters when set)"),
-    Key("schedule", "cosine", "cosine | step | constant"),
-    Key("final_lr_factor", 0.05, "final lr as a fraction of lr"),
-    Key("milestones", [0.8], "step schedule: fractions of training where lr drops"),
-    Key("clip_grad", 0.1, "max gradient norm, 0 = off"),
-    Key("ema", True, "keep an exponential moving average of the weights (used for val and saved weights)"),
-    Key("ema_decay", 0.9998, "EMA decay"),
-    Key("ema_warmup", 300, "iterations of the EMA decay ramp"),
-    Key("ema_warmup_epochs", None, "the EMA decay ramp in epochs (a float; replaces ema_warmup when set)"),
+                             "weights=, else lr)", Num(">= 0", null=True)),
+    Key("weight_decay", 1.0e-4, "AdamW weight decay", Num(">= 0")),
+    Key("warmup_iters", 100, "linear warm-up iterations", Int(">= 0")),
+    Key("warmup_epochs", None, "linear warm-up in epochs (a float; replaces warmup_iters when set)",
+        Num(">= 0", null=True)),
+    Key("schedule", "cosine", "cosine | step | constant", Choice("cosine", "step", "constant")),
+    Key("final_lr_factor", 0.05, "final lr as a fraction of lr", Num("[0, 1]")),
+    Key("milestones", [0.8], "step schedule: fractions of training where lr drops", ListOf(Num("[0, 1]"))),
+    Key("clip_grad", 0.1, "max gradient norm, 0 = off", Num(">= 0")),
+    Key("ema", True, "keep an exponential moving average of the weights (used for val and saved weights)", Bool()),
+    Key("ema_decay", 0.9998, "EMA decay", Num("[0, 1]")),
+    Key("ema_warmup", 300, "iterations of the EMA decay ramp", Int(">= 0")),
+    Key("ema_warmup_epochs", None, "the EMA decay ramp in epochs (a float; replaces ema_warmup when set)",
+        Num(">= 0", null=True)),
     Key("amp", "auto", "mixed precision: auto (bf16 on CUDA and on CPUs with native bf16: AVX512-BF16 or AMX; "
-                     "else fp32) | bf16 | fp16 | false"),
+                     "else fp32) | bf16 | fp16 | false", Choice("auto", "bf16", "fp16", False, True)),
     Key("channels_last", True, "train with conv weights and images in NHWC memory layout (the same math; faster "
-                               "convolutions on CPU and GPU)"),
-    Key("nan_limit", 10, "non-finite losses tolerated (steps skipped) before stopping"),
-    Key("sync_bn", False, "SyncBatchNorm across torchrun processes (CUDA only)"),
-    Key("find_unused_parameters", False, "DDP: parameters used only in some iterations"),
+                               "convolutions on CPU and GPU)", Bool()),
+    Key("nan_limit", 10, "non-finite losses tolerated (steps skipped) before stopping", Int(">= 0")),
+    Key("sync_bn", False, "SyncBatchNorm across torchrun processes (CUDA only)", Bool()),
+    Key("find_unused_parameters", False, "DDP: parameters used only in some iterations", Bool()),
     # flip + colour jitter by default: on NWPU from scratch the RT-DETR recipe's zoom-out and IoU crop halve what
     # a short run learns (docs/method.md, "Training recipe"); augment=true restores them for long schedules
     Key("augment", {"zoom_out": False, "iou_crop": False},
         "flip + colour jitter (default) | true: the RT-DETR recipe (+ zoom-out, IoU crop) | false | a mapping of "
-        "switches over the RT-DETR recipe (augment.keep_ratio=true: letterbox)"),
+        "switches over the RT-DETR recipe (augment.keep_ratio=true: letterbox)", Kind("switch")),
     Key("augment_epochs", None, "[start, stop] fractions of the epochs with augmentation; resize only outside "
-                                "(null: every epoch)"),
-    Key("skip_bad", False, "skip unreadable images / bad labels (counted) instead of stopping"),
-    Key("multi_scale", None, "training sizes drawn per batch, e.g. [288,320,352]"),
-    Key("max_dets", 100, "detections per image scored by the evaluator"),
-    Key("val_interval", 1, "validate every N epochs (and always after the last)"),
-    Key("heatmaps_per_epoch", 2, "validation heatmap figures per validated epoch (heatmap models; 0 = off)"),
-    Key("conf", 0.25, "score threshold of predictions made with this run's weights"),
-    Key("project", "runs", "output root folder"),
-    Key("name", None, "run folder name (default exp, exp2, ...)"),
-    Key("exist_ok", False, "reuse an existing run folder"),
-    Key("resume", None, "last.pt of a run to resume exactly"),
-    Key("save_period", 0, "also keep epochN.pt every N epochs (0 = off)"),
-    Key("time_limit", None, "minutes: size the run (in iterations; the last epoch may be partial) so it fits"),
+                                "(null: every epoch)", Kind("window", null=True)),
+    Key("skip_bad", False, "skip unreadable images / bad labels (counted) instead of stopping", Bool()),
+    Key("multi_scale", None, "training sizes drawn per batch, e.g. [288,320,352]", ListOf(Kind("size"), null=True)),
+    Key("max_dets", 100, "detections per image scored by the evaluator", Int(">= 1")),
+    Key("val_interval", 1, "validate every N epochs (and always after the last)", Int(">= 1")),
+    Key("heatmaps_per_epoch", 2, "validation heatmap figures per validated epoch (heatmap models; 0 = off)",
+        Int(">= 0")),
+    Key("conf", 0.25, "score threshold of predictions made with this run's weights", Num("[0, 1]")),
+    Key("project", "runs", "output root folder", Text("a folder")),
+    Key("name", None, "run folder name (default exp, exp2, ...)", Text("a folder name", null=True)),
+    Key("exist_ok", False, "reuse an existing run folder", Bool()),
+    Key("resume", None, "last.pt of a run to resume exactly", Kind("file", null=True)),
+    Key("save_period", 0, "also keep epochN.pt every N epochs (0 = off)", Int(">= 0")),
+    Key("time_limit", None, "minutes: size the run (in iterations; the last epoch may be partial) so it fits",
+        Num("> 0", null=True)),
 )
 
 VAL = (
-    Key("weights", None, "checkpoint, pretrained folder or shipped name (hmpe-n-nwpu) to evaluate (required)"),
-    Key("data", None, "dataset (default: the one the checkpoint was trained on)"),
-    Key("split", "val", "train | val | test"),
-    Key("device", "auto", "auto | cpu | cuda | cuda:N"),
-    Key("batch", None, "images per batch (default: the training batch)"),
-    Key("workers", None, "data-loader workers (default: the training value)"),
-    Key("imgsz", None, "input size (default: the checkpoint's training imgsz)"),
-    Key("max_dets", None, "detections per image scored (default: the training value)"),
-    Key("skip_bad", None, "skip unreadable images / bad labels (counted)"),
-    Key("conf", 0.001, "score threshold (sliced evaluation)"),
-    Key("project", "runs", "output root folder"),
-    Key("name", None, "output folder name under <project>/val"),
-    Key("exist_ok", False, "reuse an existing output folder"),
+    Key("weights", None, "checkpoint, pretrained folder or shipped name (hmpe-n-nwpu) to evaluate (required)",
+        Kind("weights", null=True)),
+    Key("data", None, "dataset (default: the one the checkpoint was trained on)", Kind("data", null=True)),
+    Key("split", "val", "train | val | test", Choice("train", "val", "test")),
+    Key("device", "auto", "auto | cpu | cuda | cuda:N", Device()),
+    Key("batch", None, "images per batch (default: the training batch)", Int(">= 1", null=True)),
+    Key("workers", None, "data-loader workers (default: the training value)", Int(">= 0", null=True)),
+    Key("imgsz", None, "input size (default: the checkpoint's training imgsz)", Kind("size", null=True)),
+    Key("max_dets", None, "detections per image scored (default: the training value)", Int(">= 1", null=True)),
+    Key("skip_bad", None, "skip unreadable images / bad labels (counted)", Bool(null=True)),
+    Key("conf", 0.001, "score threshold (sliced evaluation)", Num("[0, 1]")),
+    Key("project", "runs", "output root folder", Text("a folder")),
+    Key("name", None, "output folder name under <project>/val", Text("a folder name", null=True)),
+    Key("exist_ok", False, "reuse an existing output folder", Bool()),
     *_PRED,
 )
 
 PREDICT = (
-    Key("source", None, "image file, folder or glob pattern (or the first positional argument)"),
-    Key("weights", None, "checkpoint, pretrained folder or shipped name (hmpe-n-nwpu) (required)"),
-    Key("device", "auto", "auto | cpu | cuda | cuda:N"),
-    Key("conf", 0.25, "score threshold"),
-    Key("imgsz", None, "input size (default: the checkpoint's training imgsz)"),
-    Key("batch", 4, "images (or tiles) per forward pass"),
-    Key("save", True, "write annotated images and predictions.json"),
-    Key("strict", False, "stop at the first unreadable image instead of skipping it"),
-    Key("max_det", 100, "detections kept per image, highest scores first (0 = all above conf)"),
-    Key("project", "runs", "output root folder"),
-    Key("name", None, "output folder name under <project>/predict"),
+    Key("source", None, "image file, folder or glob pattern (or the first positional argument)",
+        Text("an image, folder or glob", null=True)),
+    Key("weights", None, "checkpoint, pretrained folder or shipped name (hmpe-n-nwpu) (required)",
+        Kind("weights", null=True)),
+    Key("device", "auto", "auto | cpu | cuda | cuda:N", Device()),
+    Key("conf", 0.25, "score threshold", Num("[0, 1]")),
+    Key("imgsz", None, "input size (default: the checkpoint's training imgsz)", Kind("size", null=True)),
+    Key("batch", 4, "images (or tiles) per forward pass", Int(">= 1")),
+    Key("save", True, "write annotated images and predictions.json", Bool()),
+    Key("strict", False, "stop at the first unreadable image instead of skipping it", Bool()),
+    Key("max_det", None, "detections kept per image, highest scores first (null: 100, or with slice=N every "
+                         "merged detection; 0 = all above conf); a cap that drops some warns. Each pass (image "
+                         "or tile) yields at most the model's postprocess.num_top_queries",
+        Int(">= 0", null=True)),
+    Key("project", "runs", "output root folder", Text("a folder")),
+    Key("name", None, "output folder name under <project>/predict", Text("a folder name", null=True)),
     *_PRED,
 )
 
 HEATMAP = (
-    Key("source", None, "image file, folder or glob pattern (or the first positional argument)"),
-    Key("weights", None, "checkpoint, folder or shipped name of a model with a heatmap path (required)"),
-    Key("device", "auto", "auto | cpu | cuda | cuda:N"),
-    Key("conf", 0.25, "score threshold of the boxes drawn"),
-    Key("imgsz", None, "input size (default: the checkpoint's training imgsz)"),
-    Key("level", 0, "0 | 1 | 2 | max: pyramid level shown"),
-    Key("out", None, "output folder (default <project>/heatmap/<name>)"),
-    Key("project", "runs", "output root folder"),
-    Key("name", None, "output folder name"),
-    Key("dpi", 100, "figure resolution"),
-    Key("save", True, "write the figures"),
+    Key("source", None, "image file, folder or glob pattern (or the first positional argument)",
+        Text("an image, folder or glob", null=True)),
+    Key("weights", None, "checkpoint, folder or shipped name of a model with a heatmap path (required)",
+        Kind("weights", null=True)),
+    Key("device", "auto", "auto | cpu | cuda | cuda:N", Device()),
+    Key("conf", 0.25, "score threshold of the boxes drawn", Num("[0, 1]")),
+    Key("imgsz", None, "input size (default: the checkpoint's training imgsz)", Kind("size", null=True)),
+    Key("level", 0, "0 | 1 | 2 | max: pyramid level shown", Choice(0, 1, 2, "max")),
+    Key("out", None, "output folder (default <project>/heatmap/<name>)", Text("a folder", null=True)),
+    Key("project", "runs", "output root folder", Text("a folder")),
+    Key("name", None, "output folder name", Text("a folder name", null=True)),
+    Key("dpi", 100, "figure resolution", Int(">= 1")),
+    Key("save", True, "write the figures", Bool()),
 )
 
 EXPORT = (
-    Key("weights", None, "checkpoint to export (required)"),
+    Key("weights", None, "checkpoint to export (required)", Kind("weights", null=True)),
     Key("format", "onnx", "onnx | openvino (IR + OpenVINO parity check) | safetensors (a folder: config.json + "
-                          "model.safetensors, no pickle)"),
-    Key("imgsz", None, "input size (default: the checkpoint's training imgsz)"),
-    Key("opset", 17, "ONNX opset"),
-    Key("gather_sampling", False, "deformable sampling by gathers instead of grid_sample"),
-    Key("out", None, "output file (default: next to the weights)"),
-    Key("image", None, "image for the onnxruntime parity check (default: a synthetic one)"),
-    Key("check", True, "compare onnxruntime with PyTorch after export"),
-    Key("half", False, "format=safetensors: fp16 weights (half the file; loaded back into the fp32 model)"),
+                          "model.safetensors, no pickle)", Choice("onnx", "openvino", "safetensors")),
+    Key("imgsz", None, "input size (default: the checkpoint's training imgsz)", Kind("sizes", null=True)),
+    Key("opset", 17, "ONNX opset (17 or newer: LayerNormalization)", Int(">= 17")),
+    Key("gather_sampling", False, "deformable sampling by gathers instead of grid_sample", Bool()),
+    Key("out", None, "output file (default: next to the weights)", Text("a file or folder", null=True)),
+    Key("image", None, "image for the onnxruntime parity check (default: a synthetic one)", Kind("file", null=True)),
+    Key("check", True, "compare onnxruntime with PyTorch after export", Bool()),
+    Key("half", False, "format=safetensors: fp16 weights (half the file; loaded back into the fp32 model)", Bool()),
+    Key("int8", False, "format=onnx|openvino: INT8 post-training quantization (ONNX Runtime QDQ / NNCF), calibrated "
+                       "on data's train images; prints fp32 vs INT8 mAP50 on its val split", Bool()),
+    Key("data", None, "int8=true: dataset of the calibration and the fp32-vs-INT8 check (default: the "
+                      "checkpoint's)", Kind("data", null=True)),
+    Key("calib_images", 300, "int8=true: train images that calibrate the activation ranges", Int(">= 1")),
+    Key("val_images", None, "int8=true: val images of the fp32-vs-INT8 mAP50 check (null: all)",
+        Int(">= 1", null=True)),
 )
 
 BENCH = (
-    Key("model", "rtdetr-n", "preset name or model YAML path"),
-    Key("nc", 10, "number of classes of the benchmarked model"),
-    Key("imgsz", 640, "size, a list [512,640] (one report each) or HxW (512x640)"),
-    Key("batch", 1, "batch size or a list"),
-    Key("device", "cpu", "cpu | cuda | cuda:N"),
-    Key("threads", None, "torch intra-op threads"),
-    Key("warmup", 3, "untimed warm-up runs"),
-    Key("runs", 20, "timed runs"),
-    Key("save", None, "write the reports to this JSON file"),
-    Key("fuse", True, "deploy mode (BatchNorm folded, constants cached), as predict / val / export run the model"),
-    Key("backend", None, "torch | onnxruntime | openvino or a list: each runtime's latency, rounds interleaved"),
+    Key("model", "rtdetr-n", "preset name or model YAML path", Kind("model")),
+    Key("nc", 10, "number of classes of the benchmarked model", Int(">= 1")),
+    Key("imgsz", 640, "size, a list [512,640] (one report each) or HxW (512x640)", Kind("sizes")),
+    Key("batch", 1, "batch size or a list", OneOrList(Int(">= 1"))),
+    Key("device", "cpu", "cpu | cuda | cuda:N", Device(auto=False)),
+    Key("threads", None, "torch intra-op threads", Int(">= 1", null=True)),
+    Key("warmup", 3, "untimed warm-up runs", Int(">= 0")),
+    Key("runs", 20, "timed runs", Int(">= 1")),
+    Key("save", None, "write the reports to this JSON file", Text("a JSON file", null=True)),
+    Key("fuse", True, "deploy mode (BatchNorm folded, constants cached), as predict / val / export run the model",
+        Bool()),
+    Key("backend", None, "torch | onnxruntime | openvino | onnxruntime-int8 | openvino-int8 or a list: each "
+                         "runtime's latency, rounds interleaved (int8: calibrated on random images, speed only)",
+        OneOrList(Choice("torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8"), null=True)),
 )
 
 EXPLORE = (
-    Key("weights", None, "checkpoint, folder or shipped name of a model with a heatmap path (required)"),
-    Key("source", None, "image folder or dataset YAML (or the first positional argument)"),
-    Key("port", 7860, "local port of the page"),
-    Key("host", "127.0.0.1", "address to bind (loopback by default)"),
-    Key("split", "val", "dataset split shown when source is a dataset YAML"),
-    Key("conf", 0.25, "initial confidence threshold of the boxes"),
-    Key("imgsz", None, "input size (default: the checkpoint's training imgsz)"),
-    Key("device", "cpu", "cpu | cuda | cuda:N"),
-    Key("floor", 0.05, "lowest confidence kept in the per-image cache (the slider's floor)"),
-    Key("cache", 16, "images whose maps are kept in memory"),
-    Key("scan", True, "dataset sources: score every image in the background to rank them by misses"),
+    Key("weights", None, "checkpoint, folder or shipped name of a model with a heatmap path (required)",
+        Kind("weights", null=True)),
+    Key("source", None, "image folder or dataset YAML (or the first positional argument)",
+        Text("an image folder or a dataset", null=True)),
+    Key("port", 7860, "local port of the page", Int("[0, 65535]")),
+    Key("host", "127.0.0.1", "address to bind (loopback by default)", Text("an address")),
+    Key("split", "val", "dataset split shown when source is a dataset YAML", Choice("train", "val", "test")),
+    Key("conf", 0.25, "initial confidence threshold of the boxes", Num("[0, 1]")),
+    Key("imgsz", None, "input size (default: the checkpoint's training imgsz)", Kind("size", null=True)),
+    Key("device", "cpu", "cpu | cuda | cuda:N", Device()),
+    Key("floor", 0.05, "lowest confidence kept in the per-image cache (the slider's floor)", Num("[0, 1]")),
+    Key("cache", 16, "images whose maps are kept in memory", Int(">= 1")),
+    Key("scan", True, "dataset sources: score every image in the background to rank them by misses", Bool()),
 )
 
 TASKS: dict[str, tuple[Key, ...]] = {
@@ -221,92 +240,104 @@ OPEN_SECTIONS = ("augment",)  # train mappings whose own builder checks the sub-
 # HybridEncoder, heatmap -> HeatmapEmbedding, mohfe -> MOHFE, hidq -> HeatmapQuerySelector, decoder ->
 # RTDETRDecoder, matcher -> HungarianMatcher, loss -> SetCriterion, postprocess -> PostProcessor).
 # Defaults live in the constructors and presets; None here means "see the preset / constructor".
-_SWITCH = Key("enabled", True, "component switch (false: off, the baseline's graph)")
+_SWITCH = Key("enabled", True, "component switch (false: off, the baseline's graph)", Bool())
 MODEL: dict[str, tuple[Key, ...]] = {
     "backbone": (
-        Key("name", "B0", "HGNetv2 size: B0 | B1 | ..."),
-        Key("return_idx", [1, 2, 3], "stages returned (strides 8, 16, 32)"),
-        Key("use_lab", False, "learnable affine blocks"),
-        Key("freeze_at", -1, "freeze the stem and stages up to this index (-1 = none)"),
-        Key("freeze_norm", False, "freeze BatchNorm statistics and affine"),
+        Key("name", "B0", "HGNetv2 size: B0 | B1 | ...", Choice("B0", "B1", "B2", "B3", "B4", "B5", "B6")),
+        Key("return_idx", [1, 2, 3], "stages returned (strides 8, 16, 32)", ListOf(Int("[0, 3]"))),
+        Key("use_lab", False, "learnable affine blocks", Bool()),
+        Key("freeze_at", -1, "freeze the stem and stages up to this index (-1 = none)", Int(">= -1")),
+        Key("freeze_norm", False, "freeze BatchNorm statistics and affine", Bool()),
         Key("strip_conv", None, "LSConv / DSConv: {kind: lsconv|dsconv, stages: [3,4], kernel_size: 9}"),
         Key("pretrained", None, "ImageNet HGNetv2 weights file (timm / D-FINE / RT-DETRv2 layout), read at the "
-                                "start of a fresh training run (hmpe.models.pretrained)"),
+                                "start of a fresh training run (hmpe.models.pretrained)", Kind("file", null=True)),
     ),
     "encoder": (
-        Key("nhead", 8, "AIFI attention heads"),
-        Key("dim_feedforward", 1024, "AIFI feed-forward width"),
-        Key("dropout", 0.0, "AIFI dropout"),
-        Key("enc_act", "gelu", "AIFI activation"),
-        Key("use_encoder_idx", [2], "levels with AIFI attention"),
-        Key("num_encoder_layers", 1, "AIFI layers"),
-        Key("pe_temperature", None, "position-encoding temperature (default: heatmap.temperature, else 10000)"),
-        Key("expansion", 1.0, "CCFM width factor"),
-        Key("depth_mult", 1.0, "CCFM depth factor"),
-        Key("act", "silu", "CCFM activation"),
-        Key("pe", None, "position encoding: rtdetr | paper (default: heatmap.pe, else rtdetr)"),
+        Key("nhead", 8, "AIFI attention heads", Int(">= 1")),
+        Key("dim_feedforward", 1024, "AIFI feed-forward width", Int(">= 1")),
+        Key("dropout", 0.0, "AIFI dropout", Num("[0, 1)")),
+        Key("enc_act", "gelu", "AIFI activation", Text("an activation")),
+        Key("use_encoder_idx", [2], "levels with AIFI attention", ListOf(Int(">= 0"))),
+        Key("num_encoder_layers", 1, "AIFI layers", Int(">= 0")),
+        Key("pe_temperature", None, "position-encoding temperature (default: heatmap.temperature, else 10000)",
+            Num("> 0", null=True)),
+        Key("expansion", 1.0, "CCFM width factor", Num("> 0")),
+        Key("depth_mult", 1.0, "CCFM depth factor", Num("> 0")),
+        Key("act", "silu", "CCFM activation", Text("an activation")),
+        Key("pe", None, "position encoding: rtdetr | paper (default: heatmap.pe, else rtdetr)",
+            Choice("rtdetr", "paper", null=True)),
     ),
     "heatmap": (
         _SWITCH,
-        Key("mask_pe", True, "multiply the AIFI position encoding by the mask (eq. 7)"),
-        Key("tau", 0.05, "mask threshold (eq. 6); tau_mode=quantile: the fraction of cells masked per image"),
-        Key("tau_mode", "absolute", "absolute (H_mixed > tau; 0 = eq. 6's ReLU zeros) | quantile (per image)"),
-        Key("bbox_heat", "quality", "H_bbox target: quality (the only form; 'loss' of older configs reads as quality)"),
-        Key("pe", "rtdetr", "position-encoding form; also the default of encoder.pe (and the form drawn in figures)"),
-        Key("topk_classes", 3, "classes whose maps make H_class"),
-        Key("closed_form", True, "closed-form Grad-CAM++ (false: the autograd reference)"),
-        Key("probe_convs", 2, "probe tower convolutions"),
-        Key("probe_hidden", None, "probe tower width (default hidden_dim)"),
-        Key("fuse_levels", "down", "down | max | none"),
-        Key("temperature", 10000.0, "position-encoding temperature; also the default of encoder.pe_temperature"),
-        Key("radius", 1.5, "probe target centre radius (strides)"),
+        Key("mask_pe", True, "multiply the AIFI position encoding by the mask (eq. 7)", Bool()),
+        Key("tau", 0.05, "mask threshold (eq. 6); tau_mode=quantile: the fraction of cells masked per image",
+            Num(">= 0")),
+        Key("tau_mode", "absolute", "absolute (H_mixed > tau; 0 = eq. 6's ReLU zeros) | quantile (per image)",
+            Choice("absolute", "quantile")),
+        Key("bbox_heat", "quality", "H_bbox target: quality (the only form; 'loss' of older configs reads as quality)",
+            Choice("quality", "loss")),
+        Key("pe", "rtdetr", "position-encoding form; also the default of encoder.pe (and the form drawn in figures)",
+            Choice("rtdetr", "paper")),
+        Key("topk_classes", 3, "classes whose maps make H_class", Int(">= 1")),
+        Key("closed_form", True, "closed-form Grad-CAM++ (false: the autograd reference)", Bool()),
+        Key("probe_convs", 2, "probe tower convolutions", Int(">= 0")),
+        Key("probe_hidden", None, "probe tower width (default hidden_dim)", Int(">= 1", null=True)),
+        Key("fuse_levels", "down", "down | max | none", Choice("down", "max", "none")),
+        Key("temperature", 10000.0, "position-encoding temperature; also the default of encoder.pe_temperature",
+            Num("> 0")),
+        Key("radius", 1.5, "probe target centre radius (strides)", Num("> 0")),
         Key("scale_ranges", None, "probe target size range per level"),
-        Key("huber_beta", 1.0, "probe regression Huber beta (strides)"),
-        Key("alpha", "gradcam++", "gradcam++ | design (eq. 1 literally)"),
-        Key("score_pool", "sum", "score y of eqs. 1-3: sum over cells (paper) | mean (class-specific at any size)"),
+        Key("huber_beta", 1.0, "probe regression Huber beta (strides)", Num("> 0")),
+        Key("alpha", "gradcam++", "gradcam++ | design (eq. 1 literally)", Choice("gradcam++", "design")),
+        Key("score_pool", "sum", "score y of eqs. 1-3: sum over cells (paper) | mean (class-specific at any size)",
+            Choice("sum", "mean")),
         Key("loss_weights", None, "probe loss weights {cls, reg, quality}"),
         Key("mask_grad", "none", "none (the mask has no gradient) | ste (straight-through in training: the gate "
-                                 "of eq. 4 learns from the masked PE of eq. 7)"),
-        Key("mask_grad_temperature", 0.05, "mask_grad=ste: width of the sigmoid around the threshold (map units)"),
+                                 "of eq. 4 learns from the masked PE of eq. 7)", Choice("none", "ste")),
+        Key("mask_grad_temperature", 0.05, "mask_grad=ste: width of the sigmoid around the threshold (map units)",
+            Num("> 0")),
     ),
-    "mohfe": (_SWITCH, Key("levels", None, "levels that receive heatmap embeddings, e.g. [0,1,2]")),
+    "mohfe": (_SWITCH, Key("levels", None, "levels that receive heatmap embeddings, e.g. [0,1,2]",
+                           ListOf(Int(">= 0"), null=True))),
     "hidq": (
         _SWITCH,
-        Key("score", "heat", "token score: heat | heat*cls"),
-        Key("tie_break", 1e-4, "weight of the class score that breaks heat ties"),
-        Key("detach_memory", True, "detach the selected memory"),
+        Key("score", "heat", "token score: heat | heat*cls", Choice("heat", "heat*cls")),
+        Key("tie_break", 1e-4, "weight of the class score that breaks heat ties", Num(">= 0")),
+        Key("detach_memory", True, "detach the selected memory", Bool()),
     ),
     "decoder": (
-        Key("num_queries", 300, "object queries"),
-        Key("num_points", 4, "deformable sampling points"),
-        Key("nhead", 8, "attention heads"),
-        Key("num_layers", 6, "decoder layers"),
-        Key("dim_feedforward", 1024, "feed-forward width"),
-        Key("dropout", 0.0, "dropout"),
-        Key("activation", "relu", "feed-forward activation"),
-        Key("num_denoising", 100, "denoising queries (0 = off)"),
-        Key("label_noise_ratio", 0.5, "denoising label noise"),
-        Key("box_noise_scale", 1.0, "denoising box noise"),
-        Key("eval_idx", -1, "decoder layer used at inference"),
+        Key("num_queries", 300, "object queries", Int(">= 1")),
+        Key("num_points", 4, "deformable sampling points", Int(">= 1")),
+        Key("nhead", 8, "attention heads", Int(">= 1")),
+        Key("num_layers", 6, "decoder layers", Int(">= 1")),
+        Key("dim_feedforward", 1024, "feed-forward width", Int(">= 1")),
+        Key("dropout", 0.0, "dropout", Num("[0, 1)")),
+        Key("activation", "relu", "feed-forward activation", Text("an activation")),
+        Key("num_denoising", 100, "denoising queries (0 = off)", Int(">= 0")),
+        Key("label_noise_ratio", 0.5, "denoising label noise", Num("[0, 1]")),
+        Key("box_noise_scale", 1.0, "denoising box noise", Num(">= 0")),
+        Key("eval_idx", -1, "decoder layer used at inference", Int()),
         Key("eval_spatial_size", None, "fixed anchors for this input size (export)"),
-        Key("aux_loss", True, "losses on every decoder layer"),
+        Key("aux_loss", True, "losses on every decoder layer", Bool()),
         Key("feat_channels", None, "input channels per level (default hidden_dim)"),
-        Key("return_all_layers", False, "eval: also return every layer's detections"),
+        Key("return_all_layers", False, "eval: also return every layer's detections", Bool()),
     ),
     "matcher": (
-        Key("cost_class", 2.0, "class cost"), Key("cost_bbox", 5.0, "L1 box cost"),
-        Key("cost_giou", 2.0, "GIoU cost"), Key("use_focal", True, "focal class cost"),
-        Key("alpha", 0.25, "focal alpha"), Key("gamma", 2.0, "focal gamma"),
+        Key("cost_class", 2.0, "class cost", Num(">= 0")), Key("cost_bbox", 5.0, "L1 box cost", Num(">= 0")),
+        Key("cost_giou", 2.0, "GIoU cost", Num(">= 0")), Key("use_focal", True, "focal class cost", Bool()),
+        Key("alpha", 0.25, "focal alpha", Num("[0, 1]")), Key("gamma", 2.0, "focal gamma", Num(">= 0")),
     ),
     "loss": (
         Key("weight_dict", None, "loss weights {loss_vfl (or loss_mal), loss_bbox, loss_giou}"),
-        Key("alpha", 0.75, "varifocal alpha"), Key("gamma", 2.0, "varifocal gamma"),
-        Key("cls_loss", "vfl", "classification loss: vfl (RT-DETR varifocal) | mal (DEIM matchability-aware)"),
-        Key("mal_gamma", 1.5, "mal: exponent of the IoU target and of the negatives' score weight"),
+        Key("alpha", 0.75, "varifocal alpha", Num("[0, 1]")), Key("gamma", 2.0, "varifocal gamma", Num(">= 0")),
+        Key("cls_loss", "vfl", "classification loss: vfl (RT-DETR varifocal) | mal (DEIM matchability-aware)",
+            Choice("vfl", "mal")),
+        Key("mal_gamma", 1.5, "mal: exponent of the IoU target and of the negatives' score weight", Num(">= 0")),
     ),
-    "postprocess": (Key("num_top_queries", None, "detections kept per image (default decoder.num_queries)"),),
+    "postprocess": (Key("num_top_queries", None, "detections kept per image (default decoder.num_queries)",
+                        Int(">= 1", null=True)),),
 }
-MODEL_SCALARS = (Key("hidden_dim", 256, "model width"),)
+MODEL_SCALARS = (Key("hidden_dim", 256, "model width", Int(">= 1")),)
 # top-level keys that route a command-line override into the model config (`name` stays the run folder's)
 MODEL_SECTIONS = (*MODEL, *(k.name for k in MODEL_SCALARS))
 MODEL_TOP = (*MODEL_SECTIONS, "name")  # a model config may also carry its display name
@@ -377,35 +408,52 @@ def check_model_config(cfg: dict, where: str = "the model config", file: bool = 
                 check_model_key(f"{top}.{sub}", where)
 
 
-def check_task_args(task: str, args: dict) -> None:
-    """Command-line keys of ``hmpe TASK`` (after ``source`` / positional handling)."""
+def key_type(task: str, key: str) -> Type | None:
+    """The declared type of ``key`` in ``hmpe TASK``: a task key, or (train / bench) a model key
+    ``section.key`` or ``hidden_dim``; None for a key without one (a model key may be untyped)."""
+    for k in TASKS.get(task, ()):
+        if k.name == key:
+            return k.type
+    section, _, sub = key.partition(".")
+    keys = (MODEL.get(section, ()) if sub else MODEL_SCALARS) if task in MODEL_KEY_TASKS else ()
+    return next((k.type for k in keys if k.name == (sub or section)), None)
+
+
+def check_value(task: str, key: str, value: Any, files: bool = True) -> None:
+    """``key=value`` of ``hmpe TASK`` against the key's type -> UsageError naming the key, the value and what it
+    expects (``epochs=0: expected an integer >= 1``). ``files=False``: only the form of paths, not whether the
+    file, preset, dataset or shipped weights exist (a command line read without its files)."""
+    t = key_type(task, key)
+    problem = t.problem(value, files) if t is not None else None
+    if problem:
+        raise UsageError(f"{key}={show(value)}: {problem}")
+
+
+def check_task_args(task: str, args: dict, files: bool = True) -> None:
+    """Keys of ``hmpe TASK`` (after ``source`` / positional handling): each known (else ConfigKeyError naming the
+    nearest; checked first, a typo being the likelier mistake), each value of its key's type
+    (:func:`check_value`), no two keys that contradict each other."""
     known = [k.name for k in TASKS[task]]
-    for key in args:
+    where = f"hmpe {task} (model keys)"
+    values = {}  # key -> value of every typed key, model sections given as mappings spread out
+    for key, value in args.items():
         head = key.split(".")[0]
         if task in MODEL_KEY_TASKS and head in MODEL_SECTIONS and head not in known:
-            check_model_key(key, f"hmpe {task} (model keys)")
+            check_model_key(key, where)
+            for sub, v in (value.items() if head in MODEL and "." not in key and isinstance(value, dict) else ()):
+                check_model_key(f"{head}.{sub}", where)  # decoder={num_layers: 3}: as decoder.num_layers=3
+                values[f"{head}.{sub}"] = v
         elif "." in key and head in OPEN_SECTIONS and head in known:
             continue
         elif key not in known:
             extra = list(MODEL_SECTIONS) if task in MODEL_KEY_TASKS else []
             raise unknown_key_error(key, known + extra, f"hmpe {task}")
-    for key in ("imgsz", "multi_scale"):
-        if args.get(key) is not None:
-            check_imgsz(args[key], key)
-    if args.get("augment_epochs") is not None:
-        check_fraction_window(args["augment_epochs"], "augment_epochs")
-
-
-def check_fraction_window(value: Any, key: str) -> None:
-    """``[start, stop]`` with ``0 <= start < stop <= 1`` (fractions of the run) -> else UsageError."""
-    try:
-        start, stop = (float(v) for v in value)
-        ok = 0.0 <= start < stop <= 1.0
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise UsageError(f"{key}={value}: expected [start, stop], fractions of the epochs with 0 <= start < stop "
-                         f"<= 1, e.g. [0.1, 0.8]")
+        values[key] = value
+    for key, value in values.items():
+        check_value(task, key, value, files)
+    if task == "train" and args.get("model") is not None and args.get("weights") is not None:
+        raise UsageError(f"model={show(args['model'])} and weights={show(args['weights'])}: the weights bring their "
+                         f"own model config (model keys such as decoder.num_layers= still apply); drop model=")
 
 
 def check_data_keys(cfg: dict) -> None:

@@ -3,13 +3,15 @@ autocast dtype and run folders. One definition each; nothing here knows about mo
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["AMP_DTYPES", "amp_dtype", "cpu_has_native_bf16", "increment_run_dir", "seed_everything", "select_device"]
+__all__ = ["AMP_DTYPES", "RunDirError", "amp_dtype", "cpu_has_native_bf16", "create_run_dir", "increment_run_dir",
+           "seed_everything", "select_device"]
 
 
 def seed_everything(seed: int) -> None:
@@ -41,6 +43,27 @@ def increment_run_dir(project: str | Path, task: str, name: str | None, exist_ok
     while (base / f"{stem}{i}").exists():
         i += 1
     return base / f"{stem}{i}"
+
+
+class RunDirError(OSError):
+    """An output folder that cannot be created or written (the command line: one line, exit status 1)."""
+
+
+def create_run_dir(path: str | Path, advice: str | None = None) -> Path:
+    """Make the output folder ``path`` (parents too); one that cannot be created or written to is a
+    :class:`RunDirError` naming it, followed by ``advice`` (what to pass instead; default: ``project=`` and
+    ``name=``)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        writable = os.access(path, os.W_OK | os.X_OK)
+        reason = "" if writable else "not writable"
+    except OSError as e:
+        reason = e.strerror or str(e)
+    if reason:
+        raise RunDirError(f"output folder {path}: cannot be created or written to ({reason}); "
+                          f"{advice or 'choose a writable folder with project=DIR (and name=NAME)'}")
+    return path
 
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # the amp= names of the autocast dtypes

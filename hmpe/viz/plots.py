@@ -198,12 +198,13 @@ def plot_results_csv(csv_path: str | Path, out_png: str | Path, x_column: str = 
 def results_figure(csv_path: str | Path, x_column: str = "epoch") -> Figure:
     """Training curves: one subplot per column of ``csv_path`` against its ``epoch`` column.
 
-    Columns that hold no numbers at all (e.g. a text note) or only COCO's -1 "undefined" are skipped. When there is no
-    ``epoch`` column the row index is used.
+    Columns that hold no numbers at all (e.g. a text note) or only COCO's -1 "undefined" are skipped, and so are the
+    object counts per size bucket (``val/n_small``, ...: constant, not curves). When there is no ``epoch`` column
+    the row index is used.
     """
     data = read_results_csv(csv_path)
     # COCO writes -1 for a metric it cannot define (AP_large with no large objects): not a value to plot
-    data = {k: np.where(v == -1.0, np.nan, v) for k, v in data.items()}
+    data = {k: np.where(v == -1.0, np.nan, v) for k, v in data.items() if not k.startswith("val/n_")}
     x = data.pop(x_column, None)
     columns = [k for k, v in data.items() if k and np.isfinite(v).any()]
     if x is None:

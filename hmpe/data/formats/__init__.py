@@ -16,10 +16,12 @@ Bad input policy (the same for every format)
 Anything wrong with the data raises :class:`DataError`, whose message names the file, the line where
 the format has lines, and what is wrong: a missing / corrupt / truncated image, a missing or malformed
 annotation file or line, an unknown class, an invalid box (see :func:`checked_box`), a split that is
-missing or empty. With ``skip_bad=True`` the offending *sample* (the whole image, so that a half-read
-image never trains with missing objects) is left out instead, and every such error is kept in
-``samples.skipped`` of the returned :class:`SampleList` and summarised through the ``hmpe.data``
-logger at the end of the load. Nothing is dropped silently.
+missing or empty. With ``skip_bad=True`` a sample whose image or annotation file cannot be used (missing,
+corrupt, truncated, malformed XML/JSON, a declared size that differs from the image) is left out, and a
+bad *box* (invalid or outside the image beyond the tolerance, unknown class, unparsable line or entry) is
+dropped from its image, which keeps its other boxes; the errors are kept in ``samples.skipped`` and
+``samples.skipped_boxes`` of the returned :class:`SampleList` and summarised (both counts and the first
+reasons) through the ``hmpe.data`` logger at the end of the load. Nothing is dropped silently.
 
 ``Sample.image_id`` is the sample's position in the split's listing (merged lists count on), so ids
 are stable when bad samples are skipped; COCO keeps the file's own image ids.

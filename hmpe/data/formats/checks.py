@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from hmpe.data.images import probe_image
 from hmpe.data.types import DataError, Sample
@@ -17,13 +17,20 @@ from hmpe.data.types import DataError, Sample
 #: clipped. Anything further out is an annotation error, not rounding.
 BOX_TOLERANCE_PX = 1.0
 
+T = TypeVar("T")
+
 
 class BadInputGuard:
-    """Runs one sample's reader; re-raises its DataError, or records it when skipping bad input."""
+    """Runs one sample's reader; re-raises its DataError, or records it when skipping bad input.
+
+    Two granularities: :meth:`attempt` a whole sample (its image or annotation file cannot be used: the
+    sample goes, in ``skipped``), :meth:`box` one annotation (the box goes, in ``skipped_boxes``, and the
+    rest of its image stays)."""
 
     def __init__(self, skip_bad: bool):
         self.skip_bad = skip_bad
         self.skipped: list[DataError] = []
+        self.skipped_boxes: list[DataError] = []
 
     def attempt(self, build: Callable[[], Sample | None]) -> Sample | None:
         try:
@@ -34,11 +41,33 @@ class BadInputGuard:
             self.skipped.append(err)
             return None
 
+    def box(self, read: Callable[[], T]) -> T | None:
+        """One annotation's ``read()`` (parse, class check, :func:`checked_box`); its DataError is raised,
+        or with ``skip_bad`` recorded in ``skipped_boxes`` and None returned (the caller drops the box)."""
+        try:
+            return read()
+        except DataError as err:
+            self.record(err)
+            return None
+
+    def box_lines(self, path: Path, parse: Callable[[str, int], tuple[list[float], int]]
+                  ) -> tuple[list[list[float]], list[int]]:
+        """Boxes and labels of a text annotation file with one object per non-empty line: ``parse(text,
+        line_number) -> (box, label)`` through :meth:`box` (under ``skip_bad`` a bad line is dropped, counted)."""
+        boxes, labels = [], []
+        for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if text.strip():
+                read = self.box(lambda: parse(text, number))
+                if read is not None:
+                    boxes.append(read[0])
+                    labels.append(read[1])
+        return boxes, labels
+
     def record(self, err: DataError) -> None:
-        """A problem that belongs to no single sample (e.g. an orphan COCO annotation)."""
+        """A bad annotation found outside :meth:`box` (e.g. a COCO annotation of an image not in the file)."""
         if not self.skip_bad:
             raise err
-        self.skipped.append(err)
+        self.skipped_boxes.append(err)
 
 
 def checked_box(

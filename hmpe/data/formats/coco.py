@@ -28,7 +28,7 @@ def read_coco(cfg: dict, spec: Any, guard: BadInputGuard, check_images: bool):
     samples = []
     for entry in images:
         sample = guard.attempt(
-            lambda: _coco_sample(entry, annotations_by_image, img_dir, ann_file, label_of, check_images)
+            lambda: _coco_sample(entry, annotations_by_image, img_dir, ann_file, label_of, check_images, guard)
         )
         if sample is not None:
             samples.append(sample)
@@ -90,7 +90,7 @@ def _ann_label(ann: Any) -> str:
 
 
 def _coco_sample(entry: Any, annotations_by_image: dict, img_dir: Path, ann_file: Path,
-                 label_of: dict[int, int], check_images: bool) -> Sample:  # fmt: skip
+                 label_of: dict[int, int], check_images: bool, guard: BadInputGuard) -> Sample:  # fmt: skip
     if not isinstance(entry, dict) or "id" not in entry or "file_name" not in entry:
         raise DataError(ann_file, f"image entry {entry!r} needs 'id' and 'file_name'")
     image_path = img_dir / entry["file_name"]
@@ -99,17 +99,24 @@ def _coco_sample(entry: Any, annotations_by_image: dict, img_dir: Path, ann_file
     boxes, labels, ignore = [], [], []
     for ann in annotations_by_image.get(entry["id"], []):
         where = f"{ann_file} (annotation {_ann_label(ann)}, image {entry['file_name']})"
-        bbox = ann.get("bbox")
-        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-            raise DataError(where, f"bbox must be [x, y, w, h], got {bbox!r}")
-        try:
-            x, y, w, h = (float(v) for v in bbox)
-            category = int(ann.get("category_id"))
-        except (TypeError, ValueError):
-            raise DataError(where, f"non-numeric bbox {bbox!r} or category_id {ann.get('category_id')!r}") from None
-        if category not in label_of:
-            raise DataError(where, f"unknown category_id {category} (categories: {sorted(label_of)})")
-        boxes.append(checked_box([x, y, x + w, y + h], width, height, where))
-        labels.append(label_of[category])
-        ignore.append(bool(ann.get("iscrowd", 0)) or bool(ann.get("ignore", 0)))
+        read = guard.box(lambda: _coco_box(ann, where, width, height, label_of))
+        if read is not None:
+            boxes.append(read[0])
+            labels.append(read[1])
+            ignore.append(bool(ann.get("iscrowd", 0)) or bool(ann.get("ignore", 0)))
     return Sample(int(entry["id"]), str(image_path), width, height, boxes, labels, ignore)
+
+
+def _coco_box(ann: dict, where: str, width: int, height: int, label_of: dict[int, int]) -> tuple[list[float], int]:
+    """One annotation -> (checked xyxy box, contiguous label)."""
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        raise DataError(where, f"bbox must be [x, y, w, h], got {bbox!r}")
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+        category = int(ann.get("category_id"))
+    except (TypeError, ValueError):
+        raise DataError(where, f"non-numeric bbox {bbox!r} or category_id {ann.get('category_id')!r}") from None
+    if category not in label_of:
+        raise DataError(where, f"unknown category_id {category} (categories: {sorted(label_of)})")
+    return checked_box([x, y, x + w, y + h], width, height, where), label_of[category]

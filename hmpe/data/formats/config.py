@@ -12,13 +12,12 @@ import yaml
 
 from hmpe.data.formats.detect import detect_format
 from hmpe.data.types import DataError
-from hmpe.utils.config import CONFIG_DIR, load_yaml
+from hmpe.utils.config import load_yaml
 from hmpe.utils.keys import ConfigKeyError, check_data_keys
+from hmpe.utils.shipped import DATASETS_DIR, find_data_yaml, shipped_datasets  # noqa: F401 - re-exported
 
 FORMATS = ("nwpu", "voc", "coco", "yolo", "synthetic")
 SPLIT_KEYS = ("train", "val", "test")
-#: The shipped dataset YAMLs (``data=nwpu-vhr10``, ``data=synthetic``).
-DATASETS_DIR = CONFIG_DIR / "datasets"
 
 _ENV_PATTERN = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
@@ -38,24 +37,14 @@ def _expand_env(text: str, where: str) -> str:
     return _ENV_PATTERN.sub(substitute, text)
 
 
-def shipped_datasets() -> list[str]:
-    """Names of the dataset YAMLs shipped in ``hmpe/configs/datasets``."""
-    return sorted(p.stem for p in DATASETS_DIR.glob("*.yaml"))
-
-
 def _find_data_yaml(spec: str) -> tuple[Path, bool]:
     """Return (yaml path, shipped?) for a YAML path, a folder holding data.yaml, or a shipped name."""
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return path, False
-    if path.is_dir() and (path / "data.yaml").is_file():
-        return path / "data.yaml", False
-    shipped = DATASETS_DIR / (spec if spec.endswith((".yaml", ".yml")) else f"{spec}.yaml")
-    if "/" not in spec and shipped.is_file():
-        return shipped, True
-    raise DataError(
-        spec, f"no such dataset YAML, and no shipped dataset of that name (shipped: {shipped_datasets()})"
-    )
+    found = find_data_yaml(spec)
+    if found is None:
+        raise DataError(
+            spec, f"no such dataset YAML, and no shipped dataset of that name (shipped: {shipped_datasets()})"
+        )
+    return found
 
 
 def normalise_names(names: Any, where: str) -> list[str] | None:

@@ -26,7 +26,9 @@ def load_dataset(
 
     ``cfg`` is a dataset YAML, a shipped name or a dict (see :func:`load_data_config`); ``split`` a
     key of it (``train``, ``val``...). ``samples`` is a :class:`SampleList`: with ``skip_bad`` the
-    bad samples are left out and listed in ``samples.skipped`` (also logged as a warning). An empty
+    samples whose image or annotation file is bad are left out and listed in ``samples.skipped``, bad
+    boxes are dropped from their image and listed in ``samples.skipped_boxes`` (both logged as one
+    warning). An empty
     result is an error either way. ``check_images=False`` skips the truncation check (header only).
     """
     cfg = ensure_config(cfg)
@@ -42,13 +44,13 @@ def load_dataset(
     guard = BadInputGuard(skip_bad)
     reader = _READERS[cfg["format"]]
     samples, names, category_ids = reader(cfg, spec, guard, check_images)
-    result = SampleList(samples, guard.skipped, category_ids, f"{source} [{split}]")
+    result = SampleList(samples, guard.skipped, category_ids, f"{source} [{split}]", guard.skipped_boxes)
     if not result:
         reason = f"split '{split}' ({spec}) has no samples"
         if result.skipped:
             reason += f"; all {len(result.skipped)} were bad, first: {result.skipped[0]}"
         raise DataError(source, reason)
-    if result.skipped:
+    if result.skipped or result.skipped_boxes:
         LOG.warning("skipped bad input: %s", result.summary())
     return result, names
 

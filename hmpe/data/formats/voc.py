@@ -32,7 +32,7 @@ def read_voc(cfg: dict, spec: Any, guard: BadInputGuard, check_images: bool):
     for image_id, (year_dir, list_file, number, line) in enumerate(entries):
         stem = line.split()[0]
         sample = guard.attempt(
-            lambda: _voc_sample(year_dir, list_file, number, stem, image_id, class_index, check_images)
+            lambda: _voc_sample(year_dir, list_file, number, stem, image_id, class_index, check_images, guard)
         )
         if sample is not None:
             samples.append(sample)
@@ -48,7 +48,7 @@ def _voc_split_files(root: Path, entry: str) -> tuple[Path, Path]:
 
 
 def _voc_sample(year_dir: Path, list_file: Path, number: int, stem: str, image_id: int,
-                class_index: dict[str, int], check_images: bool) -> Sample:  # fmt: skip
+                class_index: dict[str, int], check_images: bool, guard: BadInputGuard) -> Sample:  # fmt: skip
     xml_path = year_dir / "Annotations" / f"{stem}.xml"
     if not xml_path.is_file():
         raise DataError(list_file, f"annotation {xml_path} not found for listed id '{stem}'", number)
@@ -63,10 +63,11 @@ def _voc_sample(year_dir: Path, list_file: Path, number: int, stem: str, image_i
     width, height = image_size_checked(image_path, check_images, declared, xml_path, filename)
     boxes, labels, ignore = [], [], []
     for k, obj in enumerate(tree.iter("object"), start=1):
-        box, label, difficult = _voc_object(obj, k, xml_path, class_index, width, height)
-        boxes.append(box)
-        labels.append(label)
-        ignore.append(difficult)
+        read = guard.box(lambda: _voc_object(obj, k, xml_path, class_index, width, height))
+        if read is not None:
+            boxes.append(read[0])
+            labels.append(read[1])
+            ignore.append(read[2])
     return Sample(image_id, str(image_path), width, height, boxes, labels, ignore)
 
 

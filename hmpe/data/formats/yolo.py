@@ -23,7 +23,7 @@ def read_yolo(cfg: dict, spec: Any, guard: BadInputGuard, check_images: bool):
     samples = []
     images = [(p, where) for entry in as_list(spec) for p, where in _yolo_images(root, str(entry), cfg["_source"])]
     for image_id, (image_path, where) in enumerate(images):
-        sample = guard.attempt(lambda: _yolo_sample(image_path, where, image_id, len(names), check_images))
+        sample = guard.attempt(lambda: _yolo_sample(image_path, where, image_id, len(names), check_images, guard))
         if sample is not None:
             samples.append(sample)
     return samples, names, None
@@ -51,18 +51,15 @@ def yolo_label_path(image_path: Path) -> Path:
 
 
 def _yolo_sample(image_path: Path, where: tuple[str, int | None], image_id: int, num_classes: int,
-                 check_images: bool) -> Sample:  # fmt: skip
+                 check_images: bool, guard: BadInputGuard) -> Sample:  # fmt: skip
     if not image_path.is_file():
         raise DataError(where[0], f"listed image {image_path} not found", where[1])
     width, height = probe_image(image_path, check_images)
     label_path = yolo_label_path(image_path)
     boxes, labels = [], []
     if label_path.is_file():
-        for number, text in enumerate(label_path.read_text(encoding="utf-8").splitlines(), start=1):
-            if text.strip():
-                box, label = _parse_yolo_line(text, label_path, number, width, height, num_classes)
-                boxes.append(box)
-                labels.append(label)
+        boxes, labels = guard.box_lines(
+            label_path, lambda text, number: _parse_yolo_line(text, label_path, number, width, height, num_classes))
     return Sample(image_id, str(image_path), width, height, boxes, labels)
 
 

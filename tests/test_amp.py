@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from conftest import tiny_data, tiny_model_cfg, tiny_train_cfg
+from helpers import tiny_data, tiny_model_cfg, tiny_train_cfg
 from hmpe.engine.trainer import Trainer
 from hmpe.models.detector import build_criterion, build_model
 from hmpe.utils.config import apply_overrides, load_model_config, model_presets

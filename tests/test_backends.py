@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import tiny_model_yaml
+from helpers import tiny_model_yaml
 from hmpe.engine.backends import interleaved_times, parse_backends
 
 

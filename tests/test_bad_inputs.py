@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SYNTHETIC_NAMES
+from helpers import SYNTHETIC_NAMES
 from hmpe.cli import main
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import tiny_model_cfg, tiny_model_yaml
+from helpers import tiny_model_cfg, tiny_model_yaml
 from hmpe.engine.bench import (PeakTensorMemory, benchmark_model, count_gflops, format_report, param_split,
                                peak_forward_memory, percentile)
 from hmpe.models.detector import build_model

@@ -204,7 +204,7 @@ def test_peers_combine_seeds_and_machines(tmp_path):
 
 def test_compare_runs(tmp_path, one_thread):
     """Two finished runs side by side: metrics read back from results.csv, decoder timed on captured inputs."""
-    from conftest import tiny_data, tiny_model_cfg, tiny_train_cfg
+    from helpers import tiny_data, tiny_model_cfg, tiny_train_cfg
 
     from hmpe.engine.trainer import Trainer
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import tiny_data, tiny_model_cfg, tiny_train_cfg
+from helpers import tiny_data, tiny_model_cfg, tiny_train_cfg
 from hmpe.engine.trainer import Trainer
 
 

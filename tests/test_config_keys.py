@@ -181,7 +181,7 @@ def test_cfg_prints_the_resolved_preset(capsys):
 
 
 def test_checkpoint_stores_the_resolved_config(tmp_path):
-    from conftest import tiny_data, tiny_model_yaml, tiny_train_cfg
+    from helpers import tiny_data, tiny_model_yaml, tiny_train_cfg
     from hmpe.engine.checkpoint import load_checkpoint
     from hmpe.engine.trainer import train
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SYNTHETIC_NAMES, tiny_model_cfg
+from helpers import SYNTHETIC_NAMES, tiny_model_cfg
 from hmpe.api import Detector
 from hmpe.data.synthetic import SyntheticDataset
 from hmpe.engine.evaluator import coco_match_image

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import SYNTHETIC_NAMES, tiny_data, tiny_model_cfg
+from helpers import SYNTHETIC_NAMES, tiny_data, tiny_model_cfg
 from hmpe.models.deformable import MSDeformableAttention, ms_deform_attn_core
 from hmpe.models.sampling import gather_sampling, grid_sample_gather, sampling_modules
 

@@ -13,7 +13,7 @@ ov = pytest.importorskip("openvino")
 @pytest.fixture(scope="module")
 def hmpe_ckpt(tmp_path_factory):
     """A tiny checkpoint with every HMPE part on (LSConv, heatmap path, MOHFE, HIDQ)."""
-    from conftest import tiny_model_cfg
+    from helpers import tiny_model_cfg
 
     cfg = tiny_model_cfg()
     cfg["backbone"] = {"name": "B0", "strip_conv": {"kind": "lsconv", "stages": [3, 4], "kernel_size": 5}}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import yaml
 
-from conftest import tiny_data, tiny_model_cfg
+from helpers import tiny_data, tiny_model_cfg
 from hmpe.engine.checkpoint import load_checkpoint
 from hmpe.engine.transfer import transfer_weights
 from hmpe.models.detector import build_model

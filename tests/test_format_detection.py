@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import tiny_data, tiny_model_cfg, tiny_train_cfg
+from helpers import tiny_data, tiny_model_cfg, tiny_train_cfg
 from hmpe.data.formats import DataError, format_note, load_data_config, load_dataset
 from hmpe.data.tools import data_convert
 from test_data_tools import make_nwpu

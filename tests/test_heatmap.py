@@ -416,7 +416,7 @@ def test_closed_form_exports_to_onnx(tmp_path):
 def test_one_position_encoding_for_the_encoder_and_the_heatmap_output():
     """The detector's heatmap path draws the PE the encoder masks: the encoder's own settings object, whose
     defaults come from heatmap.pe / heatmap.temperature unless the encoder sets them."""
-    from conftest import tiny_model_cfg
+    from helpers import tiny_model_cfg
     from hmpe.models.detector import build_model
 
     cfg = tiny_model_cfg()

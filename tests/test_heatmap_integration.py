@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SYNTHETIC_NAMES, tiny_data, tiny_model_cfg, tiny_train_cfg
+from helpers import SYNTHETIC_NAMES, tiny_data, tiny_model_cfg, tiny_train_cfg
 from hmpe.cli import main as cli_main
 from hmpe.data.synthetic import SyntheticDataset
 from hmpe.engine.trainer import Trainer

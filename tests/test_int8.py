@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from conftest import tiny_data, tiny_model_cfg, tiny_model_yaml, tiny_train_cfg
+from helpers import tiny_data, tiny_model_cfg, tiny_model_yaml, tiny_train_cfg
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

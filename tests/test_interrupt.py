@@ -11,7 +11,7 @@ import signal
 import pytest
 import torch
 
-from conftest import tiny_data, tiny_model_cfg, tiny_model_yaml, tiny_train_cfg
+from helpers import tiny_data, tiny_model_cfg, tiny_model_yaml, tiny_train_cfg
 from hmpe.engine.checkpoint import load_checkpoint
 from hmpe.engine.interrupt import StopFlag
 from hmpe.engine.trainer import Trainer, TrainingInterrupted

@@ -6,7 +6,7 @@ import csv
 import pytest
 import torch
 
-from conftest import tiny_model_cfg, tiny_train_cfg
+from helpers import tiny_model_cfg, tiny_train_cfg
 from hmpe.engine.trainer import Trainer
 
 

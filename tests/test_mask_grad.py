@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from conftest import tiny_model_cfg
+from helpers import tiny_model_cfg
 from hmpe.models.detector import build_criterion, build_model
 from hmpe.models.heatmap.maps import MaskFilter
 from hmpe.models.mask_stats import straight_through_mask, threshold_mask

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from conftest import tiny_data, tiny_model_cfg, tiny_train_cfg
+from helpers import tiny_data, tiny_model_cfg, tiny_train_cfg
 from hmpe.models.decoder import RTDETRDecoder, generate_anchors
 from hmpe.models.detector import build_criterion, build_model
 from hmpe.models.hidq import HeatmapQuerySelector, flatten_heatmap

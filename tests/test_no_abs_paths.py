@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, tiny_data, tiny_model_yaml, tiny_train_cfg
+from helpers import REPO, tiny_data, tiny_model_yaml, tiny_train_cfg
 from test_export import make_checkpoint
 
 # a folder of a machine, as the development machine's runs wrote them (/work/..., /tmp/..., /root/...)

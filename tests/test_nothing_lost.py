@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SYNTHETIC_NAMES, tiny_model_cfg
+from helpers import SYNTHETIC_NAMES, tiny_model_cfg
 from hmpe.data.dataset import build_dataset
 from hmpe.data.formats import DataError, load_dataset
 from hmpe.data.images import load_image, probe_image

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_model_cfg, tiny_train_cfg
+from helpers import tiny_model_cfg, tiny_train_cfg
 from hmpe.data.preprocess import Preprocess
 
 

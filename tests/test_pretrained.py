@@ -124,7 +124,7 @@ def test_trainer_recipe_with_pretrained_backbone(tmp_path, capsys):
     """backbone.pretrained in the model config: loaded once by the trainer, backbone at 0.1 x lr, freezes."""
     from torch import nn
 
-    from conftest import tiny_model_cfg, tiny_train_cfg
+    from helpers import tiny_model_cfg, tiny_train_cfg
     from hmpe.engine.trainer import Trainer
 
     ref = _timm_hgnet("b0")

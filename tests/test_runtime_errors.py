@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, tiny_data, tiny_model_yaml
+from helpers import REPO, tiny_data, tiny_model_yaml
 from hmpe.cli import main
 from test_export import make_checkpoint
 

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from conftest import tiny_data
+from helpers import tiny_data
 from hmpe.engine.slicing import (
     box_ios,
     cut_flags,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import tiny_data, tiny_model_cfg, tiny_train_cfg
+from helpers import tiny_data, tiny_model_cfg, tiny_train_cfg
 from hmpe.engine.checkpoint import load_checkpoint
 from hmpe.engine.trainer import Trainer
 

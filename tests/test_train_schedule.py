@@ -7,7 +7,7 @@ from contextlib import nullcontext
 import pytest
 import torch
 
-from conftest import tiny_model_cfg, tiny_train_cfg
+from helpers import tiny_model_cfg, tiny_train_cfg
 from hmpe.engine.trainer import Trainer
 from hmpe.utils.keys import UsageError, check_task_args
 

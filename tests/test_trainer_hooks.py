@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import tiny_data, tiny_model_cfg, tiny_train_cfg
+from helpers import tiny_data, tiny_model_cfg, tiny_train_cfg
 from hmpe.engine.checkpoint import load_checkpoint
 from hmpe.engine.optim import iterations_for_budget
 from hmpe.engine.run_log import append_row, truncate_rows

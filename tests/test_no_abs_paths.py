@@ -15,7 +15,7 @@ import torch
 from helpers import REPO, tiny_data, tiny_model_yaml, tiny_train_cfg
 from test_export import make_checkpoint
 
-# a folder of a machine, as the development machine's runs wrote them (/work/..., /tmp/..., /root/...)
+# a machine's folder, as the development machine's runs wrote them (under root, home, work, tmp or check)
 MACHINE_PATH = re.compile(r"(?<![\w.~/-])/(root|home|work|tmp|check)/[\w.-]")
 CHECKED = re.compile(r"^(benchmarks/|hmpe/weights/[^/]+/[^/]+\.json$|docs/|README\.md$|BENCHMARKS\.md$)")
 TEXT_SUFFIXES = (".md", ".json", ".yaml", ".yml", ".py", ".txt", ".csv")

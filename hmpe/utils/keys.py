@@ -54,6 +54,12 @@ def check_imgsz(value: Any, key: str = "imgsz") -> None:
 
 
 # ------------------------------------------------------------------------------------------------ tasks
+# keys several tasks share, declared once
+_DEVICE = Key("device", "auto", "auto | cpu | cuda | cuda:N", Device())
+_IMGSZ_OF_CHECKPOINT = Key("imgsz", None, "input size (default: the checkpoint's training imgsz)",
+                           Kind("size", null=True))
+_IMAGES = Key("source", None, "image file, folder or glob pattern (or the first positional argument)",
+              Text("an image, folder or glob", null=True))
 _PRED = (  # options shared by val / predict (sliced inference: hmpe.engine.slicing)
     Key("slice", None, "tile size N for sliced inference on large images (None = whole image)", Int(">= 1", null=True)),
     Key("overlap", 0.2, "tile overlap as a fraction of the tile (slice=N)", Num("[0, 1)")),
@@ -71,7 +77,7 @@ TRAIN = (
     Key("batch", 8, "images per batch (per process under torchrun)", Int(">= 1")),
     Key("imgsz", 256, "network input size (square)", Kind("size")),
     Key("workers", 2, "data-loader worker processes", Int(">= 0")),
-    Key("device", "auto", "auto | cpu | cuda | cuda:N", Device()),
+    _DEVICE,
     Key("seed", 0, "random seed (exact resume reseeds per epoch from it)", Int()),
     Key("deterministic", False, "torch deterministic algorithms (warn only)", Bool()),
     # 8e-4: learns most in a short from-scratch budget (docs/method.md, "Training recipe"); D-FINE-N uses it too
@@ -126,10 +132,10 @@ VAL = (
         Kind("weights", null=True)),
     Key("data", None, "dataset (default: the one the checkpoint was trained on)", Kind("data", null=True)),
     Key("split", "val", "train | val | test", Choice("train", "val", "test")),
-    Key("device", "auto", "auto | cpu | cuda | cuda:N", Device()),
+    _DEVICE,
     Key("batch", None, "images per batch (default: the training batch)", Int(">= 1", null=True)),
     Key("workers", None, "data-loader workers (default: the training value)", Int(">= 0", null=True)),
-    Key("imgsz", None, "input size (default: the checkpoint's training imgsz)", Kind("size", null=True)),
+    _IMGSZ_OF_CHECKPOINT,
     Key("max_dets", None, "detections per image scored (default: the training value)", Int(">= 1", null=True)),
     Key("skip_bad", None, "skip unreadable images / bad labels (counted)", Bool(null=True)),
     Key("conf", 0.001, "score threshold (sliced evaluation)", Num("[0, 1]")),
@@ -140,13 +146,12 @@ VAL = (
 )
 
 PREDICT = (
-    Key("source", None, "image file, folder or glob pattern (or the first positional argument)",
-        Text("an image, folder or glob", null=True)),
+    _IMAGES,
     Key("weights", None, "checkpoint, pretrained folder or shipped name (hmpe-n-nwpu) (required)",
         Kind("weights", null=True)),
-    Key("device", "auto", "auto | cpu | cuda | cuda:N", Device()),
+    _DEVICE,
     Key("conf", 0.25, "score threshold", Num("[0, 1]")),
-    Key("imgsz", None, "input size (default: the checkpoint's training imgsz)", Kind("size", null=True)),
+    _IMGSZ_OF_CHECKPOINT,
     Key("batch", 4, "images (or tiles) per forward pass", Int(">= 1")),
     Key("save", True, "write annotated images and predictions.json", Bool()),
     Key("strict", False, "stop at the first unreadable image instead of skipping it", Bool()),
@@ -160,13 +165,12 @@ PREDICT = (
 )
 
 HEATMAP = (
-    Key("source", None, "image file, folder or glob pattern (or the first positional argument)",
-        Text("an image, folder or glob", null=True)),
+    _IMAGES,
     Key("weights", None, "checkpoint, folder or shipped name of a model with a heatmap path (required)",
         Kind("weights", null=True)),
-    Key("device", "auto", "auto | cpu | cuda | cuda:N", Device()),
+    _DEVICE,
     Key("conf", 0.25, "score threshold of the boxes drawn", Num("[0, 1]")),
-    Key("imgsz", None, "input size (default: the checkpoint's training imgsz)", Kind("size", null=True)),
+    _IMGSZ_OF_CHECKPOINT,
     Key("level", 0, "0 | 1 | 2 | max: pyramid level shown", Choice(0, 1, 2, "max")),
     Key("out", None, "output folder (default <project>/heatmap/<name>)", Text("a folder", null=True)),
     Key("project", "runs", "output root folder", Text("a folder")),
@@ -221,7 +225,7 @@ EXPLORE = (
     Key("host", "127.0.0.1", "address to bind (loopback by default)", Text("an address")),
     Key("split", "val", "dataset split shown when source is a dataset YAML", Choice("train", "val", "test")),
     Key("conf", 0.25, "initial confidence threshold of the boxes", Num("[0, 1]")),
-    Key("imgsz", None, "input size (default: the checkpoint's training imgsz)", Kind("size", null=True)),
+    _IMGSZ_OF_CHECKPOINT,
     Key("device", "cpu", "cpu | cuda | cuda:N", Device()),
     Key("floor", 0.05, "lowest confidence kept in the per-image cache (the slider's floor)", Num("[0, 1]")),
     Key("cache", 16, "images whose maps are kept in memory", Int(">= 1")),

@@ -75,6 +75,11 @@ class ExportWrapper(nn.Module):
         return self.postprocessor.forward_batched(heads, self.input_size)
 
 
+def export_size(ckpt: dict, imgsz=None) -> tuple[int, int]:
+    """``(h, w)`` of an export: ``imgsz`` (one size or ``[h, w]``), default the checkpoint's training size."""
+    return _parse_imgsz(imgsz if imgsz is not None else (ckpt.get("train_cfg") or {}).get("imgsz", 640))
+
+
 def _parse_imgsz(imgsz) -> tuple[int, int]:
     if isinstance(imgsz, (list, tuple)):
         if len(imgsz) != 2:
@@ -257,9 +262,7 @@ def export_onnx(weights: str | Path, imgsz=None, opset: int = 17, gather_samplin
         raise ValueError(f"opset={opset}: 17 or newer is required (LayerNormalization, GridSample is 16+)")
     weights = Path(weights)
     model, post, ckpt = load_for_inference(weights, torch.device("cpu"))
-    if imgsz is None:
-        imgsz = (ckpt.get("train_cfg") or {}).get("imgsz", 640)
-    size = _parse_imgsz(imgsz)
+    size = export_size(ckpt, imgsz)
     out = Path(out) if out else weights.with_suffix(".onnx")
     pre = Preprocess.from_train_cfg(ckpt.get("train_cfg"), size[0])
     meta = {"names": json.dumps(list(ckpt["names"])), "imgsz": json.dumps(list(size)),
@@ -307,7 +310,7 @@ def export_openvino(weights: str | Path, imgsz=None, opset: int = 17, gather_sam
         print(f"converted {onnx_path} -> {out} (+ .bin, {mb:.1f} MB, OpenVINO {ov.get_version().split('-')[0]})")
     if check:
         model, post, ckpt = load_for_inference(weights, torch.device("cpu"))
-        size = _parse_imgsz(imgsz if imgsz is not None else (ckpt.get("train_cfg") or {}).get("imgsz", 640))
+        size = export_size(ckpt, imgsz)
         wrapper = ExportWrapper(model, post, size).eval()
         pre = Preprocess.from_train_cfg(ckpt.get("train_cfg"), size[0])
         parity_check(out, wrapper, size, image=image, tol=tol, verbose=verbose, backend="openvino", pre=pre)

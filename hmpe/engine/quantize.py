@@ -44,7 +44,7 @@ from hmpe.data.formats import DataError, load_data_config
 from hmpe.data.preprocess import Preprocess
 from hmpe.engine.checkpoint import checkpoint_data_config, load_checkpoint
 from hmpe.engine.evaluator import COCOEvaluator
-from hmpe.engine.export import _parse_imgsz, export_onnx, export_openvino, runtime_session
+from hmpe.engine.export import export_onnx, export_openvino, export_size, runtime_session
 
 __all__ = ["FP32_TYPES", "ORT_INT8_OPS", "MissingExtraError", "SplitImages", "export_int8", "int8_check", "int8_paths",
            "quantize_onnx", "quantize_openvino", "require_int8", "runtime_map50"]
@@ -251,7 +251,7 @@ def export_int8(weights: str | Path, format: str = "onnx", data=None, calib_imag
     weights = Path(weights)
     ckpt = load_checkpoint(weights)
     data_cfg = _int8_data(ckpt, data, weights)
-    size = _parse_imgsz(imgsz if imgsz is not None else (ckpt.get("train_cfg") or {}).get("imgsz", 640))
+    size = export_size(ckpt, imgsz)
     if size[0] != size[1]:
         raise ValueError(f"imgsz={imgsz}: int8=true calibrates on the checkpoint's square preprocessing; use one size")
     pre = Preprocess.from_train_cfg(ckpt.get("train_cfg"), size[0])

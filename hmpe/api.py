@@ -11,13 +11,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-import glob
+import functools
+import inspect
 import json
-import os
 import sys
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +23,18 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from hmpe.data.dataset import build_dataset, collate_fn
-from hmpe.data.images import IMAGE_SUFFIXES, load_image
+from hmpe.data.images import load_image
 from hmpe.data.formats import DataError, format_note, load_data_config
+from hmpe.data.geo import raster_sources
 from hmpe.data.preprocess import Preprocess
 from hmpe.engine.checkpoint import (PRETRAINED_CONFIG, checkpoint_data_config, load_checkpoint,
                                     load_for_inference, resolve_weights, save_pretrained, shipped_name,
                                     shipped_weights)
 from hmpe.engine.evaluator import COCOEvaluator
 from hmpe.engine.export import export_onnx, export_openvino
+from hmpe.engine.predict import PREDICT_MAX_DET, Prediction, capped, detections, output_names, resolve_source
 from hmpe.engine.quantize import export_int8
+from hmpe.engine.raster import RASTER_WINDOW, predict_raster, write_geojson
 from hmpe.engine.slicing import evaluate_sliced, model_predict_fn, sliced_predict
 from hmpe.engine.trainer import evaluate, train
 from hmpe.utils.config import apply_overrides, default_train_config, load_model_config, split_overrides
@@ -44,105 +44,26 @@ from hmpe.viz.draw import draw_detections
 from hmpe.viz.heatmap import detector_heatmaps, fit_for_display, render_heatmap_figure
 
 
-@dataclass
-class Prediction:
-    """Detections for one image, in original-image pixels."""
+def key_defaults(task: str, keep: tuple[str, ...] = ()):
+    """Method decorator: an argument left ``None`` that is a key of ``hmpe TASK`` takes the key's default from
+    the key table (:func:`hmpe.utils.keys.defaults`), so each default is stated once, there; ``keep``: keys
+    whose ``None`` the method resolves itself (``overlap``: a tile-trained checkpoint's ``tile_overlap`` first)."""
+    def wrap(fn):
+        sig = inspect.signature(fn)
 
-    path: str
-    width: int
-    height: int
-    boxes: np.ndarray  # (K,4) xyxy
-    scores: np.ndarray  # (K,)
-    labels: np.ndarray  # (K,)
-    names: list[str]
+        @functools.wraps(fn)
+        def resolved(*args, **kwargs):
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            table = defaults(task)
+            for k, v in bound.arguments.items():
+                if v is None and k in table and k not in keep:
+                    bound.arguments[k] = table[k]
+            return fn(*bound.args, **bound.kwargs)
 
-    def top(self, k: int) -> "Prediction":
-        """The ``k`` highest-scoring detections (all when ``k`` <= 0)."""
-        if k <= 0 or len(self.scores) <= k:
-            return self
-        order = np.argsort(-self.scores, kind="stable")[:k]
-        return dataclasses.replace(self, boxes=self.boxes[order], scores=self.scores[order], labels=self.labels[order])
-
-    def to_json(self) -> dict:
-        return {
-            "image": self.path, "width": self.width, "height": self.height,
-            "detections": [
-                {"box_xyxy": [round(float(v), 2) for v in b], "score": round(float(s), 5),
-                 "label": int(c), "name": self.names[int(c)]}
-                for b, s, c in zip(self.boxes, self.scores, self.labels)
-            ],
-        }
-
-
-def resolve_source(source: str | Path | list) -> list[Path]:
-    """A file, a folder (its images), a glob pattern, or a list of those -> image paths."""
-    if isinstance(source, (list, tuple)):
-        return [p for s in source for p in resolve_source(s)]
-    s = str(source)
-    if "://" in s and s.split("://", 1)[0].isalpha():  # http://, https://, s3://, ...
-        raise FileNotFoundError(f"source {s}: URLs are not read (hmpe never downloads); download the image first "
-                                f"and pass its path")
-    p = Path(s)
-    if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-    elif p.is_file():
-        files = [p]
-    else:
-        files = sorted(Path(f) for f in glob.glob(s, recursive=True) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"source {s}: no images found (a file, a folder or a glob pattern)")
-    return files
-
-
-def detections(outputs: dict, postprocessor, sizes: torch.Tensor, paths: list, shapes: list[tuple[int, int]],
-               conf: float, names: list[str]) -> list[Prediction]:
-    """Model ``outputs`` for a batch -> one :class:`Prediction` per image: ``postprocessor`` maps the boxes to
-    ``sizes`` ([B,2] (w, h), from :meth:`Preprocess.post_sizes`), detections below ``conf`` are dropped;
-    ``shapes``: the original (width, height) of each image."""
-    out = []
-    for p, (w, h), o in zip(paths, shapes, postprocessor(outputs, sizes)):
-        keep = o["scores"] >= conf
-        out.append(Prediction(str(p), w, h, o["boxes"][keep].cpu().numpy(), o["scores"][keep].cpu().numpy(),
-                              o["labels"][keep].cpu().numpy(), names))
-    return out
-
-
-#: Detections kept per image by a whole-image :meth:`Detector.predict` when ``max_det`` is not given
-#: (the ``max_det`` key's null); a sliced prediction keeps every merged detection.
-PREDICT_MAX_DET = 100
-
-
-def _capped(pred: Prediction, cap: int) -> Prediction:
-    """``pred.top(cap)``, with a warning on stderr when the cap drops detections (never silently)."""
-    if 0 < cap < len(pred.scores):
-        print(f"warning: {pred.path}: {len(pred.scores)} detections, kept the max_det={cap} highest; "
-              f"pass max_det=0 for all", file=sys.stderr)
-    return pred.top(cap)
-
-
-def output_names(paths: list[Path], suffix: str) -> list[str]:
-    """One output file name per input (``suffix`` after the name's base), all different: the stem
-    (``a.jpg`` -> ``a`` + suffix) where no other input shares it; else the file name with its dot as ``_``
-    (``a.png`` -> ``a_png``); else the path below the inputs' common folder (``x/a.png`` -> ``x_a_png``);
-    a base taken already gets ``_2``, ``_3``, ... in input order. Deterministic for a given input list."""
-    stems = Counter(p.stem for p in paths)
-    names = Counter(p.name for p in paths)
-    clashing = [os.path.abspath(p) for p in paths if names[p.name] > 1]
-    root = os.path.commonpath(clashing) if len(set(clashing)) > 1 else ""
-    out, used = [], set()
-    for p in paths:
-        if stems[p.stem] == 1:
-            base = p.stem
-        elif names[p.name] == 1 or not root:
-            base = p.name.replace(".", "_")
-        else:
-            base = Path(os.path.relpath(os.path.abspath(p), root)).as_posix().replace("/", "_").replace(".", "_")
-        name, k = base + suffix, 2
-        while name in used:
-            name, k = f"{base}_{k}{suffix}", k + 1
-        used.add(name)
-        out.append(name)
-    return out
+        resolved.key_task, resolved.key_keep = task, keep  # read by tests/test_defaults_agree.py
+        return resolved
+    return wrap
 
 
 class Detector:
@@ -166,7 +87,8 @@ class Detector:
         self.skipped: list[str] = []  # unreadable inputs of the last predict()
 
     # ------------------------------------------------------------------ train
-    def train(self, data: str = "synthetic", **kwargs) -> dict:
+    @key_defaults("train")
+    def train(self, data: str | None = None, **kwargs) -> dict:
         check_task_args("train", {"data": data, **self.overrides, **kwargs})
         cfg = default_train_config()
         model_over, train_over = split_overrides({**self.overrides, **kwargs})
@@ -220,39 +142,50 @@ class Detector:
         self._ensure_model()
         return list(self._ckpt["names"])
 
+    def slicing(self, slice: int | None, overlap: float | None, task: str = "predict") -> tuple[int | None, float]:
+        """(tile size or None for whole images, overlap): ``slice=None`` is the checkpoint's training ``tile`` (a
+        tile-trained model is used as it was validated, with its ``tile_overlap``), ``0`` the whole image;
+        ``overlap=None`` is the key's default."""
+        self._ensure_model()
+        tcfg = self._ckpt.get("train_cfg") or {}
+        if slice is None and tcfg.get("tile"):
+            slice, overlap = tcfg["tile"], tcfg.get("tile_overlap") if overlap is None else overlap
+        return (int(slice) if slice else None), defaults(task)["overlap"] if overlap is None else float(overlap)
+
     # ------------------------------------------------------------------ val
     def val(self, data: str | None = None, **kwargs) -> dict:
         check_task_args("val", {"data": data, **kwargs})
-        if "conf" in kwargs and not kwargs.get("slice"):
+        slice, overlap = self.slicing(kwargs.get("slice"), kwargs.get("overlap"), "val")
+        if "conf" in kwargs and not slice:
             print("warning: conf= applies to sliced evaluation (slice=N) only; the COCO evaluation scores every "
                   "detection (max_dets per image), so it is ignored here", file=sys.stderr)
         model = self._ensure_model()
         tcfg = {**default_train_config(), **self._ckpt.get("train_cfg", {}), **kwargs}
-        split = kwargs.get("split", "val")
+        opts = {**defaults("val"), **kwargs}
+        split = opts["split"]
         data_cfg = load_data_config(data) if data else checkpoint_data_config(self._ckpt, self.weights)
         data = data or data_cfg["_source"]
         print(f"hmpe val: {data} [{split}] ({format_note(data_cfg)})")
         pre = self.preprocess(kwargs.get("imgsz"))
-        ds = build_dataset(data_cfg, split, transforms=pre.transform, skip_bad=tcfg.get("skip_bad", False))
+        ds = build_dataset(data_cfg, split, transforms=pre.transform, skip_bad=tcfg["skip_bad"])
         if list(ds.names) != self.names:
             raise ValueError(f"data {data}: classes {list(ds.names)} differ from the checkpoint's {self.names}")
         loader = DataLoader(ds, batch_size=tcfg["batch"], shuffle=False, num_workers=tcfg["workers"],
                             collate_fn=collate_fn)
         evaluator = COCOEvaluator(ds.samples, self.names, max_dets=tcfg["max_dets"], input_scale=pre.input_scale)
-        if kwargs.get("slice"):  # full images, tiled (hmpe.engine.slicing); conf defaults to 0.001 here
+        if slice:  # full images, tiled (hmpe.engine.slicing)
+            print(f"sliced: {slice} px tiles, overlap {overlap}" + (" (the checkpoint's training tile; slice=0 for "
+                                                                    "whole images)" if not kwargs.get("slice") else ""))
             metrics = evaluate_sliced(model_predict_fn(model, self._post, self.device, pre.imgsz), ds, evaluator,
-                                      int(kwargs["slice"]), pre, overlap=kwargs.get("overlap", 0.2),
-                                      batch=tcfg["batch"], conf=kwargs.get("conf", 0.001),
-                                      merge=kwargs.get("merge", "nms"), merge_iou=kwargs.get("merge_iou", 0.5),
-                                      full_image=kwargs.get("full_image", False))
+                                      slice, pre, overlap=overlap, batch=tcfg["batch"], conf=opts["conf"],
+                                      merge=opts["merge"], merge_iou=opts["merge_iou"], full_image=opts["full_image"])
         else:
             metrics = evaluate(model, loader, self._post, evaluator, self.device, preprocess=pre)
         print(evaluator.summary_table())  # before anything is written: a failing write cannot lose the figures
         self.metrics = metrics
         # under this working directory (or project=), never the checkpoint's own project: that is a folder of
         # the machine and run that trained it
-        project = kwargs.get("project", defaults("val")["project"])
-        run_dir = increment_run_dir(project, "val", kwargs.get("name"), kwargs.get("exist_ok", False))
+        run_dir = increment_run_dir(opts["project"], "val", opts["name"], opts["exist_ok"])
         create_run_dir(run_dir)
         evaluator.plot(run_dir)
         with open(run_dir / "metrics.json", "w") as f:
@@ -262,10 +195,11 @@ class Detector:
         return metrics
 
     # ------------------------------------------------------------------ export
-    def export(self, format: str = "onnx", imgsz: int | None = None, opset: int = 17, gather_sampling: bool = False,
-               out: str | Path | None = None, check: bool = True, image: str | Path | None = None,
-               half: bool = False, int8: bool = False, data: str | None = None, calib_images: int = 300,
-               val_images: int | None = None) -> Path:
+    @key_defaults("export")
+    def export(self, format: str | None = None, imgsz: int | None = None, opset: int | None = None,
+               gather_sampling: bool | None = None, out: str | Path | None = None, check: bool | None = None,
+               image: str | Path | None = None, half: bool | None = None, int8: bool | None = None,
+               data: str | None = None, calib_images: int | None = None, val_images: int | None = None) -> Path:
         """Export the checkpoint to ONNX or OpenVINO IR (post-processed outputs, dynamic batch; see
         :mod:`hmpe.engine.export`) and, with ``check``, compare the runtime (onnxruntime / OpenVINO) with
         PyTorch (raises ``ExportParityError`` on a mismatch). ``int8``: also an INT8 file, calibrated on
@@ -273,7 +207,7 @@ class Detector:
         mAP50 beside the fp32 file's on ``val_images`` val images (:mod:`hmpe.engine.quantize`); returns the
         INT8 path. ``format="safetensors"``: :meth:`save_pretrained` into ``out`` (default: ``<weights
         stem>_pretrained/`` beside the checkpoint), in fp16 with ``half``; the other options do not apply (nor
-        ``half`` to ONNX / OpenVINO)."""
+        ``half`` to ONNX / OpenVINO). An argument left ``None`` is the key's default (``hmpe cfg``)."""
         fmt = str(format).lower()
         check_task_args("export", {"format": fmt, "imgsz": imgsz, "opset": opset, "gather_sampling": gather_sampling,
                                    "out": out, "check": check, "image": image, "half": half, "int8": int8,
@@ -330,14 +264,59 @@ class Detector:
         sizes = pre.post_sizes(torch.tensor(shapes)).to(self.device)
         return detections(model(x), self._post, sizes, paths, shapes, conf, self.names)
 
+    def _predict_rasters(self, rasters: list[Path], pre: Preprocess, run_dir: Path | None, max_det: int | None,
+                         *opts) -> list[Prediction]:
+        """GeoTIFF sources (:mod:`hmpe.engine.raster`, options ``slice, window, bands, overlap, batch, conf,
+        merge, merge_iou, full_image``): read window by window, never decoded whole nor drawn; every merged
+        detection kept unless ``max_det``. With ``run_dir``: a GeoJSON of each georeferenced raster beside
+        ``predictions.json`` (``detections.geojson``; ``<name>.geojson`` each when there are several)."""
+        if not rasters:
+            return []
+        fn = model_predict_fn(self._ensure_model(), self._post, self.device, pre.imgsz)
+        geojson = dict(zip(rasters, ["detections.geojson"] if len(rasters) == 1 else output_names(rasters, ".geojson")))
+        out = []
+        for p in rasters:
+            r = predict_raster(fn, p, pre, *opts)
+            pred = capped(Prediction(str(p), r.info.width, r.info.height, r.boxes, r.scores, r.labels, self.names),
+                          int(max_det or 0))
+            if run_dir is not None:
+                write_geojson(run_dir / geojson[p], r.info, pred.boxes, pred.scores, pred.labels, self.names)
+            out.append(pred)
+        return out
+
+    def _predict_images(self, paths: list[Path], pre: Preprocess, run_dir: Path | None, cap: int, strict: bool,
+                        conf: float, batch: int, *opts) -> list[Prediction]:
+        """Image files, ``batch`` decoded at a time (options ``slice, overlap, merge, merge_iou, full_image``);
+        with ``run_dir`` each annotated image is written as soon as it is predicted."""
+        drawn = dict(zip(paths, output_names(paths, ".jpg")))
+        results = []
+        for i in range(0, len(paths), batch):
+            read = [(p, self._read(p, strict)) for p in paths[i:i + batch]]
+            read = [(p, im) for p, im in read if im is not None]
+            if not read:
+                continue
+            preds = self._predict_arrays([p for p, _ in read], [im for _, im in read], conf, pre, batch, *opts)
+            preds = [capped(r, cap) for r in preds]
+            for (p, im), r in zip(read, preds):
+                if run_dir is not None:
+                    draw_detections(Image.fromarray(im), r.boxes, r.labels, r.scores,
+                                    r.names).save(run_dir / drawn[p])
+            results += preds
+        return results
+
     # ------------------------------------------------------------------ predict
+    @key_defaults("predict", keep=("overlap",))
     @torch.no_grad()
-    def predict(self, source, conf: float = 0.25, imgsz: int | None = None, batch: int = 4,
-                save: bool = False, project: str = "runs", name: str | None = None, slice: int | None = None,
-                overlap: float = 0.2, merge: str = "nms", merge_iou: float = 0.5,
-                full_image: bool = False, strict: bool = False, max_det: int | None = None) -> list[Prediction]:
+    def predict(self, source, conf: float | None = None, imgsz: int | None = None, batch: int | None = None,
+                save: bool | None = None, project: str | None = None, name: str | None = None,
+                slice: int | None = None, overlap: float | None = None, merge: str | None = None,
+                merge_iou: float | None = None, full_image: bool | None = None, strict: bool | None = None,
+                max_det: int | None = None, bands: list[int] | None = None, window: int = RASTER_WINDOW
+                ) -> list[Prediction]:
         """Detections per image, boxes in original-image pixels (score >= ``conf``, highest scores first),
         with the checkpoint's own preprocessing (resize or letterbox, :class:`hmpe.data.preprocess.Preprocess`).
+        An argument left ``None`` is the key's default of ``hmpe predict`` (``hmpe cfg``): ``save`` writes the
+        annotated images and ``predictions.json`` to ``<project>/predict/<name>`` unless ``save=False``.
 
         ``max_det``: detections kept per image; ``None`` (default) keeps :data:`PREDICT_MAX_DET` of a whole
         image and every merged detection of a sliced one; ``0`` keeps all. Each forward pass (the image, or
@@ -348,41 +327,34 @@ class Detector:
         paths are in ``self.skipped`` (``strict=True``: the first one is an error). With ``save``, every
         annotated image is written as soon as it is predicted, then ``predictions.json`` (with ``skipped``).
 
-        ``slice=N`` (sliced inference for large images, :mod:`hmpe.engine.slicing`): each image is read once
+        ``slice=N`` (sliced inference for large images, :mod:`hmpe.engine.slicing`; ``None``: the checkpoint's
+        training ``tile`` if it has one, see :meth:`slicing`; ``0``: whole images): each image is read once
         and cut into N x N tiles overlapping by ``overlap``; ``batch`` tiles per forward pass; detections are
         merged across tiles (border fragments by intersection-over-smaller, then class-wise NMS at IoU
         ``merge_iou``, or ``merge="wbf"``); ``full_image=True`` adds a pass on the whole image.
 
         Saved images are named after their input (``a.png`` -> ``a.jpg``; inputs sharing a stem keep their
-        whole file name, ``a_png.jpg``, see :func:`output_names`); ``predictions.json`` names the inputs."""
+        whole file name, ``a_png.jpg``, see :func:`output_names`); ``predictions.json`` names the inputs.
+        GeoTIFFs (georeferenced or huge ``.tif``) come first, read window by window: :meth:`_predict_rasters`."""
         check_task_args("predict", {"conf": conf, "imgsz": imgsz, "batch": batch, "save": save, "project": project,
-                                    "name": name, "slice": slice, "overlap": overlap, "merge": merge,
-                                    "merge_iou": merge_iou, "full_image": full_image, "strict": strict,
-                                    "max_det": max_det})
+                                    "name": name, "slice": slice, "merge": merge, "merge_iou": merge_iou,
+                                    "full_image": full_image, "strict": strict, "max_det": max_det, "bands": bands,
+                                    "window": window} | ({"overlap": overlap} if overlap is not None else {}))
         paths = resolve_source(source)  # before the model loads: a missing source or a URL fails at once
+        rasters = raster_sources(paths, bands)  # so does a GeoTIFF without rasterio installed
         pre = self.preprocess(imgsz)
+        slice, overlap = self.slicing(slice, overlap)
         cap = int(max_det) if max_det is not None else (0 if slice else PREDICT_MAX_DET)
-        drawn = dict(zip(paths, output_names(paths, ".jpg")))
         self.skipped: list[str] = []
-        run_dir = None
-        if save:
-            run_dir = increment_run_dir(project, "predict", name)
+        run_dir = increment_run_dir(project, "predict", name) if save else None
+        if run_dir is not None:
             create_run_dir(run_dir)
             self.run_dir = run_dir
-        results: list[Prediction] = []
-        for i in range(0, len(paths), batch):
-            read = [(p, self._read(p, strict)) for p in paths[i:i + batch]]
-            read = [(p, im) for p, im in read if im is not None]
-            if not read:
-                continue
-            preds = self._predict_arrays([p for p, _ in read], [im for _, im in read], conf, pre, batch, slice,
-                                         overlap, merge, merge_iou, full_image)
-            preds = [_capped(r, cap) for r in preds]
-            for (p, im), r in zip(read, preds):
-                if run_dir is not None:
-                    draw_detections(Image.fromarray(im), r.boxes, r.labels, r.scores,
-                                    r.names).save(run_dir / drawn[p])
-            results += preds
+        results = self._predict_rasters(rasters, pre, run_dir, max_det, slice, window, bands, overlap, batch, conf,
+                                        merge, merge_iou, full_image)
+        images = [p for p in paths if p not in rasters]
+        results += self._predict_images(images, pre, run_dir, cap, strict, conf, batch, slice, overlap, merge,
+                                        merge_iou, full_image)
         if run_dir is not None:
             with open(run_dir / "predictions.json", "w") as f:
                 json.dump([r.to_json() for r in results] + [{"image": p, "skipped": "unreadable"}
@@ -390,10 +362,11 @@ class Detector:
         return results
 
     # ------------------------------------------------------------------ heatmap
+    @key_defaults("heatmap")
     @torch.no_grad()
-    def heatmap(self, source, conf: float = 0.25, imgsz: int | None = None, level: int | str = 0,
-                save: bool = True, out: str | Path | None = None, project: str = "runs", name: str | None = None,
-                dpi: int = 100) -> list[dict]:
+    def heatmap(self, source, conf: float | None = None, imgsz: int | None = None, level: int | str | None = None,
+                save: bool | None = None, out: str | Path | None = None, project: str | None = None,
+                name: str | None = None, dpi: int | None = None) -> list[dict]:
         """Heatmap figures (the paper's Figures 1 and 6): one PNG per image of ``source`` with the input and
         its predicted boxes (score >= ``conf``), then ``H_class``, ``H_bbox``, ``H_mixed``, ``Mask`` (a legend and
         the masked fraction) and one channel of the masked PE, each upsampled to the image (see hmpe.viz.heatmap).
@@ -402,7 +375,8 @@ class Detector:
         ``out`` or ``<project>/heatmap/<name>`` (exp, exp2, ...) as ``<stem>_heatmap.png`` (inputs sharing a
         stem: :func:`output_names`). Returns one dict per image: ``path``,
         ``png`` (None when ``save=False``), ``maps`` (name -> [h,w] array on the model's grid) and
-        ``prediction`` (:class:`Prediction`). One image at a time, no hooks, no autograd graph.
+        ``prediction`` (:class:`Prediction`). One image at a time, no hooks, no autograd graph. An argument left
+        ``None`` is the key's default (``hmpe cfg``).
         """
         check_task_args("heatmap", {"conf": conf, "imgsz": imgsz, "level": level, "save": save, "out": out,
                                     "project": project, "name": name, "dpi": dpi})
@@ -441,7 +415,8 @@ class Detector:
         return results
 
     # ------------------------------------------------------------------ explore (interactive, in the browser)
-    def explore(self, source, port: int = 7860, host: str = "127.0.0.1", block: bool = True, **kwargs):
+    @key_defaults("explore")
+    def explore(self, source, port: int | None = None, host: str | None = None, block: bool = True, **kwargs):
         """Serve the heatmap explorer (:mod:`hmpe.explore`, extra ``hmpe[explore]``) for ``source`` (images,
         or a dataset YAML / name: then with ground truth) on ``host:port``, loopback by default. ``block=False``
         returns the running server (``.url``, ``.stop()``). Keys: ``split``, ``conf``, ``imgsz``, ``floor``,

@@ -13,8 +13,9 @@
     hmpe explore weights=best.pt source=DIR|DATA.yaml [port=7860 host=127.0.0.1 split=val conf=0.25]  # browser
     hmpe bench model=rtdetr-n imgsz=640 batch=1 [device=cpu threads=2 warmup=3 runs=20 save=out.json fuse=true]
     hmpe bench model=hmpe-n backend=[torch,onnxruntime,openvino]   # each runtime's latency, interleaved, one run
-                                                # imgsz=[512,640] batch=[1,4]: one report per pair; imgsz=512x640: HxW
-    hmpe data stats DATA [skip_bad=true] | hmpe data convert DATA to=coco|yolo out=OUT
+    hmpe bench sizes=[512,640] batch=[1,4]      # one report per (size, batch); imgsz=512x640: one size, HxW
+    hmpe data stats DATA [splits=[train,val] skip_bad=true]        # DATA: a dataset YAML or data=DATA
+    hmpe data convert DATA to=coco|yolo out=DIR [splits=[val] skip_bad=true copy_images=true]
     hmpe cfg [model=NAME]                       # every key with its default and meaning; one model's config
     hmpe TASK --help                            # that task's keys; hmpe --version
 
@@ -33,8 +34,9 @@ import yaml
 
 from hmpe import __version__
 from hmpe.utils.config import apply_overrides, load_model_config, model_presets, parse_overrides, split_overrides
-from hmpe.utils.keys import (MODEL_KEY_TASKS, TASKS, UsageError, check_task_args, describe, describe_model,
-                             unknown_key_error)
+from hmpe.utils.keys import MODEL, MODEL_KEY_TASKS, TASKS, UsageError, check_task_args, defaults, unknown_key_error
+from hmpe.utils.keytypes import parse_hw
+from hmpe.utils.renames import deprecated, renamed_lines
 
 # Everything that imports torch, the data formats or the models is imported inside the command that needs it,
 # so that `hmpe --help`, `hmpe cfg` and a mistyped key answer without loading torch.
@@ -89,7 +91,7 @@ def cmd_val(argv: list[str]) -> int:
     weights = args.pop("weights", None)
     if not weights:
         raise UsageError("weights=PATH is required (a checkpoint written by hmpe train)")
-    det = Detector(weights=weights, device=args.pop("device", "auto"))
+    det = Detector(weights=weights, device=args.pop("device", defaults("val")["device"]))
     det.val(data=args.pop("data", None), **args)
     return 0
 
@@ -99,8 +101,8 @@ def cmd_predict(argv: list[str]) -> int:
 
     source, weights, args = _source_and_weights(
         "predict", argv, "usage: hmpe predict SOURCE weights=PATH [conf=0.25 imgsz=...]")
-    det = Detector(weights=weights, device=args.pop("device", "auto"))
-    save = args.pop("save", True)
+    det = Detector(weights=weights, device=args.pop("device", defaults("predict")["device"]))
+    save = args.pop("save", defaults("predict")["save"])
     results = det.predict(source, save=save, **args)
     n = sum(len(r.scores) for r in results)
     skipped = f", {len(det.skipped)} skipped (unreadable: {', '.join(det.skipped)})" if det.skipped else ""
@@ -114,7 +116,7 @@ def cmd_heatmap(argv: list[str]) -> int:
 
     source, weights, args = _source_and_weights(
         "heatmap", argv, "usage: hmpe heatmap SOURCE weights=PATH [conf=0.25 imgsz=... level=0|1|2|max out=DIR]")
-    det = Detector(weights=weights, device=args.pop("device", "auto"))
+    det = Detector(weights=weights, device=args.pop("device", defaults("heatmap")["device"]))
     results = det.heatmap(source, **args)
     print(f"{len(results)} heatmap figures saved to {det.run_dir}")
     return 0
@@ -127,7 +129,7 @@ def cmd_explore(argv: list[str]) -> int:
     source, weights, args = _source_and_weights(
         "explore", argv, "usage: hmpe explore weights=PATH source=DIR|DATA.yaml [port=7860 host=127.0.0.1 "
               "split=val conf=0.25]")
-    det = Detector(weights=weights, device=args.pop("device", "cpu"))
+    det = Detector(weights=weights, device=args.pop("device", defaults("explore")["device"]))
     det.explore(source, **args)
     return 0
 
@@ -167,8 +169,23 @@ def cmd_cfg(argv: list[str]) -> int:
             print(f"# hmpe {task}\n{describe(task)}\n")
         print("# model keys (hmpe train / bench: section.key=value; defaults in the presets)")
         print(describe_model())
+        print("\n# renamed keys (the old name still works, with a deprecation warning; checkpoints load as they are)")
+        print("\n".join(renamed_lines()))
     print("\nmodel presets:", ", ".join(model_presets()), "(hmpe cfg model=NAME shows one)")
     return 0
+
+
+def describe(task: str) -> str:
+    """``key: default  # meaning`` lines of a task (``hmpe cfg``, ``hmpe TASK --help``)."""
+    lines = []
+    for k in TASKS[task]:
+        value = yaml.safe_dump({k.name: k.default}, default_flow_style=True, width=1000).strip()[1:-1]
+        lines.append(f"{value:<34} # {k.help}")
+    return "\n".join(lines)
+
+
+def describe_model() -> str:
+    return "\n".join(f"{sec}.{k.name:<22} # {k.help}" for sec, keys in MODEL.items() for k in keys)
 
 
 def check_args(task: str, argv: list[str], files: bool = True) -> None:
@@ -176,7 +193,13 @@ def check_args(task: str, argv: list[str], files: bool = True) -> None:
     key known (ConfigKeyError naming the nearest), given once, of its type and range, its file, preset or shipped
     name present, no two keys in conflict (:func:`hmpe.utils.keys.check_task_args`). ``files=False``: the form
     only, not whether files exist (a command line read away from its files)."""
-    if task in TASKS:
+    if task == "data":
+        command, args = _data_args(argv)
+        if command is not None and command not in DATA_COMMANDS:  # before its keys: `hmpe data chek x`
+            _check_data_command(command, args)
+        check_task_args(task, args, files)
+        _check_data_command(command, args)
+    elif task in TASKS:
         check_task_args(task, _task_args(task, argv), files)
 
 
@@ -186,48 +209,45 @@ def cmd_bench(argv: list[str]) -> int:
     from hmpe.engine.bench import benchmark_model, count_params, format_report, param_split, save_report
     from hmpe.models.detector import build_model
 
-    args = parse_overrides(argv, "bench")
-    model_over, args = split_overrides(args)
-    if args.get("threads"):
+    model_over, given = split_overrides(parse_overrides(argv, "bench"))
+    args = {**defaults("bench"), **given}  # every bench key, its default from the key table unless typed
+    if args["threads"]:
         torch.set_num_threads(int(args["threads"]))
-    cfg = apply_overrides(load_model_config(args.get("model", "rtdetr-n")), model_over)
-    model = build_model(cfg, int(args.get("nc", 10))).eval()
+    cfg = apply_overrides(load_model_config(args["model"]), model_over)
+    model = build_model(cfg, int(args["nc"])).eval()
     params, split = count_params(model), param_split(model)  # of the trained structure, fused or not
-    if args.get("fuse", True):  # deploy mode, as predict / val / export run it
+    if args["fuse"]:  # deploy mode, as predict / val / export run it
         model.fuse()
-    backends = args.get("backend")
-    sizes = args.get("imgsz", 640)  # 640, [512,640] (one report each) or 512x640 (height x width)
-    sizes = [tuple(int(v) for v in str(s).lower().split("x")) if "x" in str(s) else int(s)
-             for s in (sizes if isinstance(sizes, list) else [sizes])]
-    batches = args.get("batch", 1)
+    backends = args["backend"]
+    sizes = [parse_hw(s) for s in args["sizes"] or [args["imgsz"]]]  # (h, w) each: sizes=[...], one report each
+    batches = args["batch"]
     batches = batches if isinstance(batches, list) else [batches]
     reports = []
     for imgsz in sizes:
         for batch in batches:
-            r = benchmark_model(model, imgsz, int(batch), args.get("device", "cpu"), int(args.get("warmup", 3)),
-                                int(args.get("runs", 20)))
-            r.update(model=cfg.get("name", "model"), fused=bool(args.get("fuse", True)), params=params, split=split,
+            r = benchmark_model(model, imgsz, int(batch), args["device"], int(args["warmup"]), int(args["runs"]))
+            r.update(model=cfg.get("name", "model"), fused=bool(args["fuse"]), params=params, split=split,
                      split_mb={k: v * 4 / 2**20 for k, v in split.items()})
             print(format_report(r["model"], r))
             if backends is not None:
                 r["backends"] = _bench_backends(model, cfg, args, imgsz, int(batch), backends)
             reports.append(r)
-    if args.get("save"):
+    if args["save"]:
         print(f"saved to {save_report(args['save'], reports)}")
     return 0
 
 
 def _bench_backends(model, cfg: dict, args: dict, imgsz, batch: int, backends) -> dict:
-    """``backend=...``: the same model's latency in each runtime, interleaved (hmpe.engine.backends)."""
+    """``backend=...``: the same model's latency in each runtime, interleaved (hmpe.engine.backends); ``args``: every
+    bench key, defaults merged (:func:`cmd_bench`)."""
     from hmpe.engine.backends import INT8_CALIB, backend_latencies
     from hmpe.engine.bench import imgsz_hw
     from hmpe.models.detector import build_postprocessor
 
     hw = imgsz_hw(imgsz)
-    lat = backend_latencies(model, build_postprocessor(cfg, int(args.get("nc", 10))), hw, batch, backends,
-                            int(args["threads"]) if args.get("threads") else None, int(args.get("warmup", 3)),
-                            int(args.get("runs", 20)))
-    print(f"  backends ({'fused' if args.get('fuse', True) else 'unfused'} model, {next(iter(lat.values()))['runs']} "
+    lat = backend_latencies(model, build_postprocessor(cfg, int(args["nc"])), hw, batch, backends,
+                            int(args["threads"]) if args["threads"] else None, int(args["warmup"]), int(args["runs"]))
+    print(f"  backends ({'fused' if args['fuse'] else 'unfused'} model, {next(iter(lat.values()))['runs']} "
           "interleaved rounds, median / p90 ms): "
           + ", ".join(f"{b} {v['latency_ms_median']:.1f} / {v['latency_ms_p90']:.1f}" for b, v in lat.items()))
     if any(b.endswith("-int8") for b in lat):
@@ -236,10 +256,77 @@ def _bench_backends(model, cfg: dict, args: dict, imgsz, batch: int, backends) -
     return lat
 
 
-def cmd_data(argv: list[str]) -> int:
-    from hmpe.data.tools import main_data
+#: hmpe data COMMAND -> (the keys it takes, the keys it needs); every key is in the key table (TASKS["data"])
+DATA_COMMANDS = {"stats": (("data", "splits", "skip_bad"), ("data",)),
+                 "convert": (("data", "splits", "skip_bad", "to", "out", "copy_images"), ("data", "to", "out"))}
+_DATA_FLAGS = {"--to": "to", "--splits": "splits", "--skip-bad": "skip_bad", "--copy-images": "copy_images"}
 
-    return main_data(argv)
+
+def _data_flags(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """The argparse flags ``hmpe data`` took before key=value (``--to coco``, ``--splits a b``, ``--skip-bad``,
+    ``--copy-images``) as ``key=value`` words, other words as they are; and the old and new spellings."""
+    out, i, old, new = [], 0, [], []
+    while i < len(argv):
+        word, i = argv[i], i + 1
+        key = _DATA_FLAGS.get(word)
+        if key is None:
+            if word.startswith("-") and "=" not in word:
+                raise UsageError(f"unknown option {word!r}: hmpe data takes key=value arguments (hmpe data --help)")
+            out.append(word)
+            continue
+        values = []
+        while key in ("to", "splits") and i < len(argv) and not argv[i].startswith("-") and "=" not in argv[i] \
+                and (key == "splits" or not values):
+            values.append(argv[i])
+            i += 1
+        if key in ("to", "splits") and not values:
+            raise UsageError(f"{word}: expected a value; use {key}=...")
+        out.append(f"{key}={values[0]}" if key == "to" else f"{key}=[{','.join(values)}]" if values else f"{key}=true")
+        old.append(" ".join([word, *values]))
+        new.append(out[-1])
+    return out, old, new
+
+
+def _data_args(argv: list[str]) -> tuple[str | None, dict]:
+    """``hmpe data COMMAND [DATA] key=value ...`` -> (COMMAND, its keys; a positional DATA as ``data``). The
+    argparse form of before (flags, ``convert DATA OUT``) still reads, with a deprecation warning."""
+    words, old, new = _data_flags(argv)
+    positional = [a for a in words if "=" not in a]
+    args = parse_overrides([a for a in words if "=" in a], "data")
+    command, rest = (positional[0], positional[1:]) if positional else (None, [])
+    if rest and "data" in args:
+        raise UsageError(f"DATA given twice ({rest[0]} and data={args['data']}); give it once")
+    if len(rest) == 2 and command == "convert" and "out" not in args:  # argparse's `convert DATA OUT`
+        old, new = [rest[1], *old], [f"out={rest[1]}", *new]
+        args["out"] = rest.pop()
+    if old:  # one line for the whole command line
+        deprecated(f"hmpe data {command} ... {' '.join(old)}", " ".join(new))
+    if len(rest) > 1:
+        raise UsageError(f"expected at most one DATA after the command, got {rest}; the other keys as key=value")
+    return command, ({"data": rest[0]} if rest else {}) | args
+
+
+def _check_data_command(command: str | None, args: dict) -> None:
+    """The command of ``hmpe data`` known, each key one it takes, the keys it needs given (UsageError)."""
+    usage = "hmpe data stats DATA | hmpe data convert DATA to=coco|yolo out=DIR (hmpe data --help)"
+    if command not in DATA_COMMANDS:
+        raise UsageError(f"unknown command {command!r}; usage: {usage}" if command else f"usage: {usage}")
+    takes, needs = DATA_COMMANDS[command]
+    for key in args:
+        if key not in takes:
+            raise UsageError(f"{key}= is not a key of hmpe data {command} (it takes {', '.join(takes)})")
+    missing = [k for k in needs if args.get(k) is None]
+    if missing:
+        raise UsageError(f"hmpe data {command} needs {' and '.join(f'{k}=' for k in missing)}; usage: {usage}")
+
+
+def cmd_data(argv: list[str]) -> int:
+    from hmpe.data.tools import run_data
+
+    command, args = _data_args(argv)
+    _check_data_command(command, args)
+    run_data(command, **args)
+    return 0
 
 
 COMMANDS = {
@@ -298,7 +385,7 @@ def _dispatch(argv: list[str] | None) -> int:
     if task not in COMMANDS:
         print(f"hmpe: unknown task {task!r}; tasks: {', '.join(COMMANDS)} (hmpe --help)", file=sys.stderr)
         return 2
-    if rest and rest[0] in ("-h", "--help") and task != "data":
+    if rest and (rest[0] in ("-h", "--help") or task == "data" and rest[1:2] in (["-h"], ["--help"])):
         print(task_help(task))
         return 0
     rest, verbose = _pop_verbose(rest)

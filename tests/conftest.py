@@ -17,6 +17,14 @@ def _restore_torch_threads():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_deprecation_warnings(monkeypatch):
+    """A renamed key's warning prints once per process (hmpe.utils.renames): each test starts with none printed."""
+    from hmpe.utils import renames
+
+    monkeypatch.setattr(renames, "_warned", set())
+
+
 @pytest.fixture
 def nwpu_root():
     if not (NWPU_ROOT / "ground truth").is_dir():

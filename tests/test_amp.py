@@ -141,7 +141,7 @@ def test_every_preset_trains_under_cpu_autocast(preset, amp):
 HMPE_SWITCHES = [
     {},
     {"heatmap.score_pool": "mean", "heatmap.tau_mode": "quantile", "heatmap.tau": 0.3},
-    {"heatmap.alpha": "design", "hidq.score": "heat"},
+    {"heatmap.cam_weights": "design", "hidq.score": "heat"},
     {"heatmap.fuse_levels": "max", "heatmap.pe": "paper", "heatmap.mask_pe": False},
     {"mohfe.enabled": False, "hidq.enabled": False},
     {"backbone.strip_conv": {"kind": "dsconv", "stages": [3, 4], "kernel_size": 5}},

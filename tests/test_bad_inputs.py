@@ -112,7 +112,7 @@ def test_bad_labels_name_the_file_or_are_counted(label, tmp_path, capsys):
     data = _yolo(tmp_path / "d", label)
     assert main(["data", "stats", data]) == 1
     assert "1.txt" in capsys.readouterr().err
-    assert main(["data", "stats", data, "--skip-bad"]) == 0  # counted skips
+    assert main(["data", "stats", data, "skip_bad=true"]) == 0  # counted skips
     assert main(["train", f"data={data}", "epochs=1", f"project={tmp_path / 'runs'}", "device=cpu"]) == 1
     assert "1.txt" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()  # stopped before any run folder

@@ -86,8 +86,8 @@ def test_predict_keeps_max_det_highest_scores(ckpt, tmp_path):
 
     Image.new("RGB", (64, 48), (90, 120, 60)).save(tmp_path / "a.jpg")
     det = Detector(weights=ckpt, device="cpu")
-    every = det.predict(tmp_path / "a.jpg", conf=0.0, max_det=0)[0]
-    top = det.predict(tmp_path / "a.jpg", conf=0.0, max_det=5)[0]
+    every = det.predict(tmp_path / "a.jpg", conf=0.0, max_det=0, save=False)[0]
+    top = det.predict(tmp_path / "a.jpg", conf=0.0, max_det=5, save=False)[0]
     assert len(every.scores) > 5 and len(top.scores) == 5
     assert sorted(top.scores.tolist(), reverse=True) == sorted(every.scores.tolist(), reverse=True)[:5]
 

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from hmpe.data.formats import load_data_config, load_dataset
-from hmpe.data.tools import data_convert, data_stats, format_stats, main_data
+from hmpe.cli import main
+from hmpe.data.tools import data_convert, data_stats, format_stats
 
 NAMES3 = ["plane", "ship", "tank"]
 
@@ -144,28 +145,66 @@ def test_convert_coco_source_keeps_ids_and_yolo_counts_ignored(tmp_path, caplog)
     assert load_dataset(str(yolo_yaml), "train")[0][0].labels.tolist() == [1]
 
 
-def test_main_data_cli(tmp_path, capsys):
+def test_hmpe_data_cli(tmp_path, capsys):
     source_yaml = make_nwpu(tmp_path / "src")
-    assert main_data(["stats", str(source_yaml)]) == 0
+    assert main(["data", "stats", str(source_yaml)]) == 0
     out = capsys.readouterr().out
     assert "images" in out and "train" in out and "total" in out
-    assert main_data(["convert", str(source_yaml), "--to", "coco", str(tmp_path / "out")]) == 0
+    assert main(["data", "convert", f"data={source_yaml}", "to=coco", f"out={tmp_path / 'out'}"]) == 0
     assert (tmp_path / "out" / "data.yaml").is_file()
     (tmp_path / "src" / "ground truth" / "002.txt").write_text("(0,0),(64,48),5\n")
-    assert main_data(["stats", str(source_yaml)]) == 1
-    assert f"{tmp_path / 'src' / 'ground truth' / '002.txt'}:1: unknown class id 5" in capsys.readouterr().err
-    assert main_data(["stats", str(source_yaml), "--skip-bad"]) == 0
+    assert main(["data", "stats", str(source_yaml)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{tmp_path / 'src' / 'ground truth' / '002.txt'}:1: unknown class id" in err
+    assert main(["data", "stats", str(source_yaml), "skip_bad=true"]) == 0
     out = capsys.readouterr().out
     assert "skipped in val:" in out and "002.txt:1" in out
-    with pytest.raises(SystemExit):
-        main_data(["convert", str(source_yaml), str(tmp_path / "x")])  # --to is required
 
 
-def test_main_data_takes_key_value_like_every_task(tmp_path, capsys):
+def test_hmpe_data_takes_key_value_like_every_task(tmp_path, capsys):
     source_yaml = make_nwpu(tmp_path / "src")
-    assert main_data(["convert", f"out={tmp_path / 'kv'}", str(source_yaml), "to=yolo", "splits=[train]"]) == 0
+    assert main(["data", "convert", f"out={tmp_path / 'kv'}", str(source_yaml), "to=yolo", "splits=[train]"]) == 0
     assert load_data_config(tmp_path / "kv" / "data.yaml")["format"] == "yolo"
     assert not (tmp_path / "kv" / "labels" / "val").exists()  # only the split asked for
-    assert main_data(["stats", str(source_yaml), "skip_bad=true", "splits=[val]"]) == 0
+    assert main(["data", "stats", f"data={source_yaml}", "skip_bad=true", "splits=[val]"]) == 0
     out = capsys.readouterr().out
     assert "val" in out and "train" not in out.split("\n")[1]
+    assert not capsys.readouterr().err  # nothing deprecated
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["stats", "{data}", "skip_bd=true"], ["unknown key 'skip_bd' in hmpe data", "'skip_bad'"]),
+    (["convert", "{data}", "to=coco", "out=o", "copy=true"], ["unknown key 'copy'", "'copy_images'"]),
+    (["convert", "{data}", "to=voc", "out=o"], ["to=voc: expected coco or yolo"]),
+    (["stats", "{data}", "splits=[dev]"], ["splits=[dev]: expected"]),
+    (["stats", "{data}", "to=coco"], ["to= is not a key of hmpe data stats"]),
+    (["convert", "{data}", "out=o"], ["hmpe data convert needs to="]),
+    (["stats"], ["hmpe data stats needs data="]),
+    (["stats", "{data}", "data={data}"], ["DATA given twice"]),
+    (["chek", "{data}"], ["unknown command 'chek'", "hmpe data stats DATA"]),
+    ([], ["usage: hmpe data stats DATA"]),
+    (["stats", "{data}", "--skip"], ["unknown option '--skip'", "key=value"]),
+])
+def test_hmpe_data_mistakes_exit_2_with_one_line(argv, words, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = str(make_nwpu(tmp_path / "src"))
+    assert main(["data", *(a.replace("{data}", data) for a in argv)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("hmpe data: error: "), err
+    assert all(w in err for w in words), (words, err)
+    assert not (tmp_path / "o").exists()  # nothing ran
+
+
+def test_hmpe_data_flags_of_before_still_work_with_one_warning(tmp_path, capsys):
+    source_yaml = make_nwpu(tmp_path / "src")
+    assert main(["data", "convert", str(source_yaml), "--to", "yolo", str(tmp_path / "old"), "--splits", "train",
+                 "--copy-images"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: ") and "deprecated" in err[0], err
+    assert f"use out={tmp_path / 'old'} to=yolo splits=[train] copy_images=true" in err[0]
+    assert load_data_config(tmp_path / "old" / "data.yaml")["format"] == "yolo"
+    assert not (tmp_path / "old" / "labels" / "val").exists()
+    copied = list((tmp_path / "old" / "images").rglob("*.jpg"))
+    assert copied and not any(p.is_symlink() for p in copied)  # --copy-images
+    assert main(["data", "stats", str(source_yaml), "--skip-bad"]) == 0
+    assert "use skip_bad=true" in capsys.readouterr().err

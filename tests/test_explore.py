@@ -125,7 +125,7 @@ def dataset_server(ckpt, tmp_path_factory):
     root = tmp / "data"
     paths = _images(root / "images" / "val")
     det = Detector(str(ckpt), device="cpu")
-    pred = det.predict(paths[0], conf=0.0)[0]
+    pred = det.predict(paths[0], conf=0.0, save=False)[0]
     W, H = pred.width, pred.height
     gts = [(int(pred.labels[0]), pred.boxes[0]), ((int(pred.labels[1]) + 1) % 5, pred.boxes[1]),
            (int(pred.labels[0]), np.array([0, 0, W - 1, H - 1]))]

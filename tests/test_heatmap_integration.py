@@ -34,7 +34,7 @@ COLOUR_BARS = len(MAP_NAMES) - 1  # the binary mask has a legend instead
 def tiny_heat_cfg(**heat) -> dict:
     cfg = tiny_model_cfg()
     cfg["name"] = "tiny-heat"
-    cfg["heatmap"] = {"tau": 0.05, **heat}  # the module's defaults (alpha: gradcam++, bbox_heat: quality, ...)
+    cfg["heatmap"] = {"tau": 0.05, **heat}  # the module's defaults (cam_weights: gradcam++, bbox_heat: quality, ...)
     return cfg
 
 

@@ -57,8 +57,8 @@ def wrong_values(t: Type) -> list[str]:
         out += ["abc", "[abc]"] if t.item.kind != "choice" else ["nope", "[nope]"]
     elif t.kind == "size":
         out += ["abc", "100", "0", "-32", "64.5", "true", "[64, 96]"]
-    elif t.kind == "sizes":
-        out += ["abc", "100", "[64, 100]", "64x100", "true"]
+    elif t.kind == "hw":  # lists: [h, w] in export, several sizes in bench (tests/test_renames.py)
+        out += ["abc", "100", "64x100", "64x", "true"]
     elif t.kind == "window":
         out += ["abc", "[0.8, 0.2]", "[0.1]", "[0, 1.5]"]
     elif t.kind == "device":
@@ -188,9 +188,12 @@ def test_valid_command_lines_pass(no_work, tmp_path, monkeypatch):
                  ["predict", "x.jpg", "weights=best.pt", "conf=0", "max_det=0", "slice=256", "merge=wbf"],
                  ["heatmap", "x.jpg", "weights=best.pt", "level=max"], ["export", "weights=best.pt", "imgsz=[64, 96]"],
                  ["bench", "imgsz=512x640", "batch=[1, 4]", "backend=[torch, openvino]"],
-                 ["explore", "weights=best.pt", "source=nwpu-vhr10", "port=0"]):
+                 ["bench", "sizes=[512x640, 320]"], ["explore", "weights=best.pt", "source=nwpu-vhr10", "port=0"],
+                 ["data", "stats", "synthetic", "splits=[val]"],
+                 ["data", "convert", "data=synthetic", "to=coco", "out=o"]):
         assert cli.main(argv) == 0, argv
-    assert no_work == ["train", "train", "val", "predict", "heatmap", "export", "bench", "explore"]
+    assert no_work == ["train", "train", "val", "predict", "heatmap", "export", "bench", "bench", "explore", "data",
+                       "data"]
 
 
 def test_numbers_typed_for_text_keys_stay_text():

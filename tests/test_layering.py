@@ -2,7 +2,8 @@
 functions alike, relative imports resolved):
 
     hmpe.utils (0) < hmpe.data, hmpe.models (1) < hmpe.viz (2) < hmpe.engine (3) < hmpe.api (4)
-    < hmpe.explore, hmpe.cli, hmpe.__main__ (5) < hmpe (the package __init__, which exposes Detector lazily)
+    < hmpe.explore, hmpe.cli, hmpe.__main__, hmpe.integrations (5)
+    < hmpe (the package __init__, which exposes Detector lazily)
 
 No module imports a higher layer; packages of one layer may import each other one way only; the module
 import graph has no cycle. Importing the root package ``hmpe`` (``__version__``) is allowed from anywhere:
@@ -21,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "hmpe"
 
 LAYERS = {"hmpe.utils": 0, "hmpe.data": 1, "hmpe.models": 1, "hmpe.viz": 2, "hmpe.engine": 3, "hmpe.api": 4,
-          "hmpe.explore": 5, "hmpe.cli": 5, "hmpe.__main__": 5, "hmpe": 6}
+          "hmpe.explore": 5, "hmpe.cli": 5, "hmpe.__main__": 5, "hmpe": 6,
+          "hmpe.integrations": 5}  # adapters for other libraries (SAHI): like the CLI, they drive a Detector
 # the one upward import: Detector.explore() starts the optional front end (extra hmpe[explore]) on use, a
 # function-level import; nothing in hmpe.explore runs when the API is imported
 ALLOWED_UPWARD = {("hmpe.api", "hmpe.explore"): "Detector.explore() starts the explorer on use"}

@@ -82,13 +82,13 @@ def test_paper_literal_config_is_the_equations_as_written():
 
     cfg = load_model_config("ablation/paper-literal")
     heat = cfg["heatmap"]
-    assert (heat["alpha"], heat["score_pool"], heat["fuse_levels"], heat["tau"], heat["tau_mode"], heat["pe"],
+    assert (heat["cam_weights"], heat["score_pool"], heat["fuse_levels"], heat["tau"], heat["tau_mode"], heat["pe"],
             heat["mask_grad"]) == ("design", "sum", "max", 0.0, "absolute", "paper", "none")
     assert (cfg["hidq"]["score"], cfg["hidq"]["tie_break"]) == ("heat", 0.0)
     assert cfg["decoder"]["num_layers"] == 3 and cfg["mohfe"]["enabled"]
     torch.manual_seed(0)
     model = build_model(cfg, NC).train()
-    assert model.encoder.position.mode == "paper" and model.heatmap.alpha == "design"
+    assert model.encoder.position.mode == "paper" and model.heatmap.cam_weights == "design"
     images, targets = _batch()
     out = model(images, targets)
     losses = build_criterion(cfg, NC)(out, targets)

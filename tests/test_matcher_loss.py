@@ -70,7 +70,7 @@ def test_matcher_matches_brute_force(use_focal):
 
 
 def test_matcher_cost_matches_definition():
-    m = HungarianMatcher(cost_class=2, cost_bbox=5, cost_giou=2, alpha=0.25, gamma=2.0)
+    m = HungarianMatcher(cost_class=2, cost_bbox=5, cost_giou=2, focal_alpha=0.25, focal_gamma=2.0)
     logits = torch.tensor([[0.3, -1.0]])
     boxes = torch.tensor([[0.5, 0.5, 0.2, 0.2]])
     tl, tb = torch.tensor([0]), torch.tensor([[0.55, 0.5, 0.2, 0.3]])

@@ -64,7 +64,7 @@ def test_exif_rotated_dataset_and_predict_are_upright(tmp_path, ckpt):
 
     from hmpe.api import Detector
 
-    (pred,) = Detector(weights=ckpt, device="cpu").predict(path, conf=0.0)
+    (pred,) = Detector(weights=ckpt, device="cpu").predict(path, conf=0.0, save=False)
     assert (pred.width, pred.height) == (32, 40)
 
 
@@ -91,9 +91,9 @@ def test_sliced_predict_keeps_every_detection_unless_capped(ckpt, tmp_path, monk
     path = tmp_path / "wide.png"
     Image.fromarray(np.zeros((128, 256, 3), np.uint8)).save(path)
     det = Detector(weights=ckpt, device="cpu")
-    (every,) = det.predict(path, conf=0.25, slice=128, overlap=0.0)  # 2 tiles x 100
+    (every,) = det.predict(path, conf=0.25, slice=128, overlap=0.0, save=False)  # 2 tiles x 100
     assert len(every.scores) == 200 and "warning" not in capsys.readouterr().err
-    (capped,) = det.predict(path, conf=0.25, slice=128, overlap=0.0, max_det=50)
+    (capped,) = det.predict(path, conf=0.25, slice=128, overlap=0.0, max_det=50, save=False)
     assert len(capped.scores) == 50 and capped.scores.min() >= np.sort(every.scores)[-50]
     err = capsys.readouterr().err
     assert f"{path}: 200 detections, kept the max_det=50 highest; pass max_det=0 for all" in err
@@ -106,18 +106,18 @@ def test_whole_image_cap_warns_when_it_drops_detections(tmp_path, capsys):
     cfg = tiny_model_cfg() | {"postprocess": {"num_top_queries": 150}}  # top 150 of 30 queries x 5 classes
     det = Detector(weights=str(make_checkpoint(tmp_path / "top150.pt", model_cfg=cfg, imgsz=64)), device="cpu")
     Image.new("RGB", (64, 48), (90, 120, 60)).save(tmp_path / "a.jpg")
-    (top,) = det.predict(tmp_path / "a.jpg", conf=0.0)
+    (top,) = det.predict(tmp_path / "a.jpg", conf=0.0, save=False)
     assert len(top.scores) == 100
     assert "a.jpg: 150 detections, kept the max_det=100 highest" in capsys.readouterr().err
-    (five,) = det.predict(tmp_path / "a.jpg", conf=0.0, max_det=5)
+    (five,) = det.predict(tmp_path / "a.jpg", conf=0.0, max_det=5, save=False)
     assert len(five.scores) == 5 and "kept the max_det=5 highest" in capsys.readouterr().err
-    (every,) = det.predict(tmp_path / "a.jpg", conf=0.0, max_det=0)
+    (every,) = det.predict(tmp_path / "a.jpg", conf=0.0, max_det=0, save=False)
     assert len(every.scores) == 150 and "warning" not in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ same-stem outputs
 def test_output_names_are_unique_and_readable():
-    from hmpe.api import output_names
+    from hmpe.engine.predict import output_names
 
     paths = [Path(p) for p in ("d/a.jpg", "d/a.png", "d/b.tif", "x/c.jpg", "y/c.jpg", "d/a_png.bmp")]
     assert output_names(paths, ".jpg") == ["a_jpg.jpg", "a_png.jpg", "b.jpg", "x_c_jpg.jpg", "y_c_jpg.jpg",

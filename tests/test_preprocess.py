@@ -80,7 +80,7 @@ def test_letterbox_model_scores_the_same_on_every_path(letterbox_run, monkeypatc
     # predict -> evaluator
     det = Detector(weights=str(weights), device="cpu")
     samples = trainer.val_set.samples
-    preds = det.predict([s.path for s in samples], conf=0.0)
+    preds = det.predict([s.path for s in samples], conf=0.0, save=False)
     ev = COCOEvaluator(samples, trainer.names, max_dets=trainer.cfg["max_dets"])
     ev.update([s.image_id for s in samples],
               [{"boxes": torch.from_numpy(p.boxes), "scores": torch.from_numpy(p.scores),

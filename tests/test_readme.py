@@ -56,7 +56,7 @@ def test_every_readme_command_passes_the_key_check():
     assert len(commands) > 20
     for argv in commands:
         assert argv[0] in COMMANDS, argv
-        if argv[0] not in ("data", "cfg"):
+        if argv[0] != "cfg":
             check_args(argv[0], argv[1:], files=False)  # the files it names exist in the sandbox only
 
 
@@ -66,6 +66,7 @@ def sandbox(tmp_path, monkeypatch):
     import timm
     from safetensors.torch import save_file
 
+    from benchmarks.geotiff_memory import make_raster
     from hmpe.data.synthetic import SyntheticDataset
     from hmpe.data.tools import data_convert
     from test_export import make_checkpoint
@@ -83,6 +84,7 @@ def sandbox(tmp_path, monkeypatch):
         Image.fromarray(images.render(i)).save(tmp_path / f"path/to/images/{i}.png")
     large = SyntheticDataset(1, imgsz=(384, 512), seed=1, stream=2, min_size=10, max_size=32, max_objects=8)
     Image.fromarray(large.render(0)).save(tmp_path / "large.png")
+    make_raster(tmp_path / "mosaic.tif", 512, "uint8")  # the GeoTIFF example: a synthetic EPSG:32633 raster
     data_convert(tiny_data(num_train=4, num_val=2, imgsz=64), "yolo", tmp_path / "my-data")
     (tmp_path / "my-data.yaml").write_text(  # an ultralytics-style file: no format, names as a mapping
         "path: my-data\ntrain: images/train\nval: images/val\nnames:\n"

@@ -37,14 +37,14 @@ def test_safetensors_round_trip_same_predictions(tmp_path, monkeypatch):
         assert "decoder.dec_score_head.0.weight" in f.keys()
 
     images = _images(tmp_path / "images")
-    ref = Detector(weights=str(ckpt), device="cpu").predict(images, conf=0.0)
+    ref = Detector(weights=str(ckpt), device="cpu").predict(images, conf=0.0, save=False)
 
     def no_pickle(*a, **k):
         raise AssertionError("torch.load (pickle) used to read a pretrained folder")
 
     monkeypatch.setattr(torch, "load", no_pickle)
     for det in (Detector.from_pretrained(out, device="cpu"), Detector(str(out), device="cpu")):
-        got = det.predict(images, conf=0.0)
+        got = det.predict(images, conf=0.0, save=False)
         assert det.names == ref[0].names
         for a, b in zip(ref, got):
             assert len(a.scores) > 0
@@ -85,6 +85,7 @@ def test_half_safetensors_half_the_size_and_fp32_model(tmp_path):
         a, b = ref(x), got(x)
     assert torch.allclose(a["pred_boxes"], b["pred_boxes"], atol=2e-2)
     assert torch.allclose(a["pred_logits"].sigmoid(), b["pred_logits"].sigmoid(), atol=2e-2)
-    assert len(Detector(str(half), device="cpu").predict(_images(tmp_path / "images"), conf=0.0)[0].scores) > 0
+    (pred, *_) = Detector(str(half), device="cpu").predict(_images(tmp_path / "images"), conf=0.0, save=False)
+    assert len(pred.scores) > 0
     with pytest.raises(ValueError, match="half=true applies to format=safetensors"):
         Detector(weights=str(ckpt), device="cpu").export(format="onnx", half=True)

@@ -34,7 +34,7 @@ def test_shipped_weights_predict_out_of_the_box(tmp_path):
     image = tmp_path / "aerial.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 420, 3), dtype=np.uint8)).save(image)
     det = Detector(SHIPPED, device="cpu")
-    (result,) = det.predict(image, conf=0.0)
+    (result,) = det.predict(image, conf=0.0, save=False)
     assert det.names[0] == "airplane" and len(result.scores) > 0
     assert (result.boxes[:, 2] <= 420 + 1e-3).all() and (result.boxes[:, 3] <= 300 + 1e-3).all()
 

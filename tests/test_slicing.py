@@ -183,7 +183,7 @@ def test_detector_predict_sliced_plumbing(tiny_ckpt, tmp_path):
     calls = []
     model = det._ensure_model()
     model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape))
-    (p,) = det.predict(path, conf=0.0, slice=128, overlap=0.2, batch=4)
+    (p,) = det.predict(path, conf=0.0, slice=128, overlap=0.2, batch=4, save=False)
     assert (p.width, p.height) == (330, 250)
     # 3 x 3 tiles of 128 px (x starts 0, 102, 202; y 0, 102, 122), 4 per forward pass, resized to 96
     assert [tuple(s) for s in calls] == [(4, 3, 96, 96), (4, 3, 96, 96), (1, 3, 96, 96)]

@@ -30,10 +30,10 @@ def test_shipped_name_predicts_like_its_folder(shipped_dir, tmp_path, monkeypatc
     assert shipped_weights() == ["tiny-shipped"]
     assert resolve_weights("tiny-shipped") == shipped_dir / "tiny-shipped"
     images = _images(tmp_path / "images")
-    by_folder = Detector(weights=str(shipped_dir / "tiny-shipped"), device="cpu").predict(images, conf=0.0)
+    by_folder = Detector(weights=str(shipped_dir / "tiny-shipped"), device="cpu").predict(images, conf=0.0, save=False)
     for det in (Detector("tiny-shipped", device="cpu"), Detector(weights="tiny-shipped", device="cpu")):
         assert det.weights == str(shipped_dir / "tiny-shipped")
-        for a, b in zip(by_folder, det.predict(images, conf=0.0)):
+        for a, b in zip(by_folder, det.predict(images, conf=0.0, save=False)):
             assert len(a.scores) > 0
             np.testing.assert_array_equal(a.boxes, b.boxes)
             np.testing.assert_array_equal(a.scores, b.scores)

@@ -84,8 +84,12 @@ class DetectionDataset(Dataset):
         )
         return image, {"boxes": boxes, "labels": torch.from_numpy(sample.labels[keep].copy())}
 
+    def sample_at(self, index: int) -> Sample:
+        """The sample item ``index`` comes from (one per item here; a tile of it in :class:`hmpe.data.tiles.TiledDataset`)."""
+        return self.samples[index]
+
     def __getitem__(self, index: int) -> tuple[Tensor, dict]:
-        sample = self.samples[index]
+        sample = self.sample_at(index)
         if self.mosaic is not None and len(self) > 1 and self.mosaic.should_apply():
             # torch RNG: seeded per DataLoader worker, so mosaic draws are reproducible like the rest
             others = torch.randint(len(self), (3,)).tolist()

@@ -19,6 +19,7 @@ from torch import Tensor
 from torchvision import tv_tensors
 
 from hmpe.data.transforms import DetectionTransform, build_transforms, letterbox_orig_size
+from hmpe.utils.config import default_train_config
 from hmpe.utils.keys import check_imgsz
 
 
@@ -37,10 +38,10 @@ class Preprocess:
         :class:`~hmpe.utils.keys.UsageError` unless a multiple of the model's largest stride)."""
         if imgsz is not None:
             check_imgsz(imgsz)
-        cfg = train_cfg or {}
-        aug = cfg.get("augment", True)
+        cfg = default_train_config(train_cfg)  # a key the config lacks: its training default
+        aug = cfg["augment"]
         opts = aug if isinstance(aug, dict) else {}
-        return cls(int(imgsz or cfg.get("imgsz", 640)), bool(opts.get("keep_ratio", False)),
+        return cls(int(imgsz or cfg["imgsz"]), bool(opts.get("keep_ratio", False)),
                    int(opts.get("pad_fill", 0)))
 
     @cached_property

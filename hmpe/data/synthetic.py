@@ -47,7 +47,7 @@ class SyntheticDataset:
     def __init__(
         self,
         num_images: int = 512,
-        imgsz: int | tuple[int, int] = 320,
+        imgsz: int | tuple[int, int] = 256,
         seed: int = 0,
         stream: int = 0,
         *,
@@ -88,13 +88,16 @@ class SyntheticDataset:
             raise DataError(source, f"synthetic classes are the first `classes` of {list(SYNTHETIC_NAMES)}: "
                                     f"with classes={classes} names must be {list(SYNTHETIC_NAMES[:classes])}, "
                                     f"got {names}")
-        imgsz = cfg.get("imgsz", 320)
+        # a key the config lacks: the constructor's default, which is the key's (hmpe.utils.keys.SYNTHETIC)
         options = {k: cfg[k] for k in ("min_size", "max_size", "max_objects", "negative_fraction", "classes")
                    if k in cfg}
+        if "imgsz" in cfg:
+            options["imgsz"] = cfg["imgsz"] if isinstance(cfg["imgsz"], int) else tuple(cfg["imgsz"])
+        if "seed" in cfg:
+            options["seed"] = int(cfg["seed"])
         # overfit: every split draws the train images (to check a model can memorise a few images)
         stream = SPLIT_STREAMS["train"] if cfg.get("overfit") else SPLIT_STREAMS[split]
-        return cls(int(cfg[f"num_{split}"]), imgsz if isinstance(imgsz, int) else tuple(imgsz),
-                   int(cfg.get("seed", 0)), stream, **options)  # fmt: skip
+        return cls(int(cfg[f"num_{split}"]), stream=stream, **options)
 
     def __len__(self) -> int:
         return self.num_images

@@ -1,4 +1,5 @@
-"""``hmpe data stats`` and ``hmpe data convert``.
+"""``hmpe data stats`` and ``hmpe data convert`` (the command line: :mod:`hmpe.cli`, keys in the key table,
+``TASKS["data"]``; :func:`run_data` runs one command).
 
 Stats are what one checks before training a small-object detector: how many images and negatives,
 objects per class, and objects by size. Size bins use the box area in original-image pixels and are
@@ -7,7 +8,6 @@ disjoint: tiny < 16², small 16²..32², medium 32²..96², large >= 96² (COCO'
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -18,7 +18,6 @@ import numpy as np
 
 from hmpe.data.formats import (
     SPLIT_KEYS,
-    DataError,
     format_note,
     load_data_config,
     load_dataset,
@@ -29,7 +28,6 @@ from hmpe.data.formats import (
 )
 from hmpe.data.synthetic import SyntheticDataset
 from hmpe.data.types import Sample
-from hmpe.utils.config import parse_value
 
 SIZE_BINS = (("tiny", 16**2), ("small", 32**2), ("medium", 96**2), ("large", float("inf")))
 
@@ -173,68 +171,18 @@ def _image_loader_for(cfg: dict, split: str):
     return SyntheticDataset.from_config(cfg, split).render_sample
 
 
-#: key=value spellings of the flags, so `hmpe data` takes the argument style of every other task.
-_DATA_KEYS = {"to": "--to", "out": None, "splits": "--splits", "skip_bad": "--skip-bad", "copy_images": "--copy-images"}
-
-
-def _flags_from_keys(argv: list[str]) -> list[str]:
-    """``convert DATA to=coco out=DIR splits=[train,val] skip_bad=true`` -> argparse's flag form.
-
-    Flags are passed through unchanged (they remain accepted as aliases). An unknown key is left as it
-    is, so argparse reports it with the usage line.
-    """
-    passed, positional, flags = [], [], []  # generated flags go last: `--splits a b` must not swallow OUT
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key.startswith("-") or key not in _DATA_KEYS:
-            passed.append(arg)
-            continue
-        flag = _DATA_KEYS[key]
-        parsed = parse_value(value) if value else None
-        if flag is None:
-            positional.append(value)
-        elif isinstance(parsed, bool):
-            flags += [flag] if parsed else []
-        elif isinstance(parsed, list):
-            flags += [flag, *(str(v) for v in parsed)]
-        else:
-            flags += [flag, value]
-    return passed + positional + flags
-
-
-def main_data(argv: Sequence[str]) -> int:
-    """``hmpe data stats DATA [skip_bad=true splits=[train]]`` / ``hmpe data convert DATA to=coco|yolo out=OUT``
-    (the flag forms ``--skip-bad``, ``--to coco OUT`` are aliases).
-
-    Returns the process exit status: 0 on success, 1 on bad data (message on stderr naming the file).
-    """
-    parser = argparse.ArgumentParser(prog="hmpe data", description="dataset statistics and format conversion")
-    commands = parser.add_subparsers(dest="command", required=True)
-    stats = commands.add_parser("stats", help="images, negatives, objects per class and by size")
-    stats.add_argument("data", help="dataset YAML or shipped name (nwpu-vhr10, synthetic)")
-    stats.add_argument("--splits", nargs="+", help="splits to count (default: all defined)")
-    stats.add_argument("--skip-bad", action="store_true", help="skip unreadable images, drop bad boxes; count both")
-    convert = commands.add_parser("convert", help="write a dataset as COCO JSON or YOLO txt")
-    convert.add_argument("data", help="dataset YAML or shipped name")
-    convert.add_argument("--to", choices=("coco", "yolo"), required=True)
-    convert.add_argument("out", help="output folder (gets data.yaml)")
-    convert.add_argument("--splits", nargs="+", help="splits to convert (default: all defined)")
-    convert.add_argument("--skip-bad", action="store_true", help="skip unreadable images, drop bad boxes; count both")
-    convert.add_argument("--copy-images", action="store_true", help="copy images instead of symlinking")
-    args = parser.parse_args(_flags_from_keys(list(argv)))
+def run_data(command: str, data: str | os.PathLike | dict, splits: Sequence[str] | None = None,
+             skip_bad: bool = False, to: str | None = None, out: str | os.PathLike | None = None,
+             copy_images: bool = False) -> None:
+    """``hmpe data stats`` (the table on stdout) or ``hmpe data convert`` (``to`` and ``out`` required; the
+    written data.yaml named on stdout). Bad data raises :class:`~hmpe.data.formats.DataError` naming the file."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    try:
-        if args.command == "stats":
-            print_stats(data_stats(args.data, args.splits, args.skip_bad))
-        else:
-            mode = "copy" if args.copy_images else "symlink"
-            written = data_convert(args.data, args.to, args.out, args.splits, args.skip_bad, mode)
-            print(f"wrote {written}")
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main_data(sys.argv[1:]))
+    if command == "stats":
+        print_stats(data_stats(data, splits, skip_bad))
+    elif command == "convert":
+        if to is None or out is None:
+            raise ValueError("hmpe data convert needs to=coco|yolo and out=DIR")
+        written = data_convert(data, to, out, splits, skip_bad, "copy" if copy_images else "symlink")
+        print(f"wrote {written}")
+    else:
+        raise ValueError(f"hmpe data: unknown command {command!r} (stats, convert)")

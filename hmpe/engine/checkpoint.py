@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from hmpe.data.formats import DATASETS_DIR, DataError, load_data_config, shipped_datasets
 from hmpe.models.detector import build_model, build_postprocessor
 from hmpe.utils import shipped
+from hmpe.utils.config import default_train_config
 from hmpe.utils.shipped import PRETRAINED_CONFIG, shipped_weights
 
 
@@ -220,7 +221,7 @@ def checkpoint_data_config(ckpt: dict, where: str | Path | None = None) -> dict:
     """
     saved = ckpt.get("data_cfg")
     if saved is None:
-        return load_data_config(ckpt.get("train_cfg", {}).get("data", "synthetic"))
+        return load_data_config(default_train_config(ckpt.get("train_cfg"))["data"])
     folder = saved.get("path")  # absent in the shipped weights: the name finds the data
     if saved.get("format") == "synthetic" or (folder and Path(folder).is_dir()):
         return load_data_config(saved)

@@ -47,6 +47,8 @@ from hmpe.data.images import load_image
 from hmpe.data.preprocess import Preprocess
 from hmpe.engine.checkpoint import load_for_inference
 from hmpe.models.sampling import gather_sampling as gather_ctx
+from hmpe.utils.config import default_train_config
+from hmpe.utils.keytypes import parse_hw
 
 __all__ = ["BACKENDS", "ExportWrapper", "ExportParityError", "compare_detections", "export_onnx", "export_openvino",
            "onnx_to_openvino", "parity_check", "runtime_session", "write_onnx"]
@@ -76,16 +78,9 @@ class ExportWrapper(nn.Module):
 
 
 def export_size(ckpt: dict, imgsz=None) -> tuple[int, int]:
-    """``(h, w)`` of an export: ``imgsz`` (one size or ``[h, w]``), default the checkpoint's training size."""
-    return _parse_imgsz(imgsz if imgsz is not None else (ckpt.get("train_cfg") or {}).get("imgsz", 640))
-
-
-def _parse_imgsz(imgsz) -> tuple[int, int]:
-    if isinstance(imgsz, (list, tuple)):
-        if len(imgsz) != 2:
-            raise ValueError(f"imgsz={imgsz!r}: expected one size or [h, w]")
-        return int(imgsz[0]), int(imgsz[1])
-    return int(imgsz), int(imgsz)
+    """``(h, w)`` of an export: ``imgsz`` (one size, ``HxW`` or ``[h, w]``), default the checkpoint's training
+    size."""
+    return parse_hw(imgsz if imgsz is not None else default_train_config(ckpt.get("train_cfg"))["imgsz"])
 
 
 def compare_detections(ref: tuple[Tensor, ...], got: tuple[Tensor, ...], imgsz: tuple[int, int],

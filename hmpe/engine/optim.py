@@ -132,10 +132,11 @@ class ModelEMA:
     """Exponential moving average of weights with a warm-up ramp on the decay.
 
     decay_t = decay * (1 - exp(-t / warmup)): early averages follow the fast-changing weights closely,
-    so an EMA of a short from-scratch run is not dominated by the random initialisation.
+    so an EMA of a short from-scratch run is not dominated by the random initialisation. ``decay`` and
+    ``warmup`` have no defaults here: the training keys ``ema_decay`` / ``ema_warmup`` state them.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.9999, warmup: int = 2000):
+    def __init__(self, model: nn.Module, decay: float, warmup: int):
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)

@@ -45,6 +45,7 @@ from hmpe.data.preprocess import Preprocess
 from hmpe.engine.checkpoint import checkpoint_data_config, load_checkpoint
 from hmpe.engine.evaluator import COCOEvaluator
 from hmpe.engine.export import export_onnx, export_openvino, export_size, runtime_session
+from hmpe.utils.config import default_train_config
 
 __all__ = ["FP32_TYPES", "ORT_INT8_OPS", "MissingExtraError", "SplitImages", "export_int8", "int8_check", "int8_paths",
            "quantize_onnx", "quantize_openvino", "require_int8", "runtime_map50"]
@@ -266,7 +267,7 @@ def export_int8(weights: str | Path, format: str = "onnx", data=None, calib_imag
         print(f"quantized {fp32_path} ({_size_mb(fp32_path):.1f} MB) -> {q_path} ({_size_mb(q_path):.1f} MB, int8; "
               f"calibrated on {len(calib)} train images of {_data_name(data_cfg)})")
     if check:
-        max_dets = (ckpt.get("train_cfg") or {}).get("max_dets", 100)
+        max_dets = default_train_config(ckpt.get("train_cfg"))["max_dets"]
         int8_check(fp32_path, q_path, "onnxruntime" if fmt == "onnx" else "openvino", data_cfg, pre, val_images,
                    max_dets, verbose)
     return q_path

@@ -6,8 +6,10 @@ Only the main process writes (the callers check nothing); every function is a no
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping
 from pathlib import Path
 
+import torch
 import yaml
 from tqdm import tqdm
 
@@ -101,3 +103,22 @@ def truncate_rows(run_dir: Path, last_epoch: int) -> None:
     kept = [r for r in rows if int(r["epoch"]) <= last_epoch]
     if len(kept) < len(rows):
         _rewrite(path, fields, kept)
+
+
+def loss_groups(loss_dict: dict[str, float], groups: Mapping[str, str]) -> dict[str, float]:
+    """Sum loss terms by the group the criterion declares for each (``criterion.loss_groups``: term name ->
+    group, e.g. every ``loss_vfl_aux_i`` / ``loss_vfl_enc`` / ``loss_vfl_dn_i`` -> ``loss_vfl``); a term the
+    criterion does not declare (the model's ``aux_losses``) is its own group."""
+    out: dict[str, float] = {}
+    for k, v in loss_dict.items():
+        kind = groups.get(k, k)
+        out[kind] = out.get(kind, 0.0) + float(v)
+    return out
+
+
+def losses_to_host(loss: torch.Tensor, loss_dict: dict[str, torch.Tensor]) -> tuple[float, dict[str, float]]:
+    """The total and every term as Python floats with ONE device-to-host copy (one sync per step on CUDA,
+    instead of one per term), for the finiteness check and the log."""
+    vals = torch.stack([loss.detach().float(), *(v.detach().float().reshape(()) for v in loss_dict.values())])
+    host = vals.cpu().tolist()
+    return host[0], dict(zip(loss_dict, host[1:]))

@@ -56,6 +56,7 @@ from torchvision.ops import batched_nms, box_iou
 from tqdm import tqdm
 
 from hmpe.data.preprocess import Preprocess
+from hmpe.data.tiles import Tile, tile_grid, tile_starts  # the grid that tiled training samples too
 
 __all__ = [
     "Tile",
@@ -73,34 +74,11 @@ __all__ = [
     "evaluate_sliced",
 ]
 
-# (x0, y0, x1, y1) in full-image pixels, x1/y1 exclusive
-Tile = tuple[int, int, int, int]
 # a batch of model inputs [B,3,imgsz,imgsz] -> (boxes [B,K,4] xyxy input pixels, scores [B,K], labels [B,K])
 PredictFn = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
 
 
-# ----------------------------------------------------------------------------------------------- grid
-def tile_starts(length: int, size: int, overlap: float) -> list[int]:
-    """Start offsets of windows of ``size`` along an axis of ``length``: stride ``size * (1 - overlap)``,
-    the last window ends on the border. ``length <= size`` -> ``[0]``."""
-    if not 0 <= overlap < 1:
-        raise ValueError(f"overlap={overlap}: expected a fraction in [0, 1)")
-    if length <= size:
-        return [0]
-    step = max(1, int(round(size * (1 - overlap))))
-    starts = list(range(0, length - size, step))
-    starts.append(length - size)
-    return starts
-
-
-def tile_grid(width: int, height: int, size: int, overlap: float = 0.2) -> list[Tile]:
-    """Row-major tiles ``(x0, y0, x1, y1)`` covering a ``width x height`` image (see the module doc)."""
-    if size < 1:
-        raise ValueError(f"slice={size}: expected a positive tile size in pixels")
-    return [(x, y, min(x + size, width), min(y + size, height))
-            for y in tile_starts(height, size, overlap) for x in tile_starts(width, size, overlap)]
-
-
+# ----------------------------------------------------------------------------------------------- tiles
 def as_preprocess(imgsz: "int | Preprocess") -> Preprocess:
     """An int is a plain square resize (models trained without letterbox)."""
     return imgsz if isinstance(imgsz, Preprocess) else Preprocess(int(imgsz))

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from hmpe.data.dataset import build_dataset, collate_fn
 from hmpe.data.formats import load_data_config
 from hmpe.data.preprocess import Preprocess
+from hmpe.data.tiles import TiledDataset
 from hmpe.data.transforms import build_pipeline, multi_scale_sizes
 from hmpe.engine.checkpoint import checkpoint_data_config, load_checkpoint, load_weights, rng_state, set_rng_state
 from hmpe.engine.interrupt import worker_ignores_sigint
@@ -29,7 +30,7 @@ from hmpe.engine.run_log import log, truncate_rows, write_args
 from hmpe.engine.transfer import load_start_weights
 from hmpe.models.detector import build_criterion, build_model, build_postprocessor
 from hmpe.utils import dist as du
-from hmpe.utils.config import apply_overrides, load_model_config
+from hmpe.utils.config import apply_overrides, default_train_config, load_model_config
 from hmpe.utils.runtime import amp_dtype, create_run_dir, increment_run_dir, seed_everything, select_device
 
 __all__ = ["LoopState", "ModelParts", "TrainData", "TrainSetup", "build_train_setup", "resolve_model_cfg",
@@ -147,7 +148,7 @@ def resume_config(cfg: dict, model_cfg: dict | None, explicit_keys: Iterable[str
     if not cfg.get("resume"):
         return cfg, model_cfg, None
     ckpt = load_checkpoint(cfg["resume"])
-    saved = dict(ckpt["train_cfg"])
+    saved = default_train_config(ckpt["train_cfg"])  # a key added since the checkpoint was written: its default
     explicit = set(explicit_keys)
     for k in RESUME_KEYS:
         if cfg.get(k) is not None and cfg.get(k) != saved.get(k) and k in explicit:
@@ -166,8 +167,13 @@ def build_data(cfg: dict, saved_data_cfg: dict | None) -> TrainData:
     # augment=false trains on the evaluation pipeline (resize only); mosaic: DEIM-style dense augmentation
     tr_t, plain_t, mosaic = build_pipeline(aug, cfg["imgsz"])
     preprocess = Preprocess.from_train_cfg(cfg)
-    skip_bad = cfg.get("skip_bad", False)
-    train_set = build_dataset(data_cfg, "train", transforms=tr_t, skip_bad=skip_bad, mosaic=mosaic)
+    skip_bad = cfg["skip_bad"]
+    if cfg.get("tile"):  # native-resolution crops (hmpe.data.tiles); their transforms and mosaic act on crops
+        train_set = TiledDataset(build_dataset(data_cfg, "train", skip_bad=skip_bad), cfg["tile"],
+                                 cfg["tile_overlap"], cfg["tile_min_visible"], cfg["tile_empty"], cfg["seed"],
+                                 transforms=tr_t, mosaic=mosaic)
+    else:
+        train_set = build_dataset(data_cfg, "train", transforms=tr_t, skip_bad=skip_bad, mosaic=mosaic)
     val_set = build_dataset(data_cfg, "val", transforms=preprocess.transform, skip_bad=skip_bad)
     gen = torch.Generator()
     sampler = DistributedSampler(train_set, shuffle=True, seed=cfg["seed"]) if du.is_dist() else None
@@ -221,13 +227,13 @@ def build_train_setup(cfg: dict, model_cfg: dict | None = None, *, explicit_keys
                       parts: ModelParts | Callable[[list[str]], ModelParts] | None = None) -> TrainSetup:
     """Build a run from a merged training config (see :class:`hmpe.engine.trainer.Trainer` for the
     arguments). Side effects: the process group, the global seed, the run folder with ``args.yaml``."""
-    cfg = dict(cfg)
+    cfg = default_train_config(cfg)  # every training key present (a caller's partial config: the defaults)
     device, local_rank = start_runtime(cfg)
     cfg, model_cfg, ckpt = resume_config(cfg, model_cfg, explicit_keys)
     if parts is None and model_cfg is None:
         model_cfg = load_model_config(cfg["model"])
     seed_everything(cfg["seed"])
-    if cfg.get("deterministic"):
+    if cfg["deterministic"]:
         torch.use_deterministic_algorithms(True, warn_only=True)
     data = build_data(cfg, checkpoint_data_config(ckpt, cfg["resume"]) if ckpt is not None else None)
     if parts is None:
@@ -235,15 +241,15 @@ def build_train_setup(cfg: dict, model_cfg: dict | None = None, *, explicit_keys
     else:  # a factory is called here: after the seed and with the dataset's class names, as hmpe's own model
         parts = _external_parts(parts if isinstance(parts, ModelParts) else parts(data.names), cfg, device)
     model_cfg = parts.model_cfg
-    if cfg.get("channels_last"):  # NHWC conv weights (oneDNN's / cuDNN's fast layout); the same math
+    if cfg["channels_last"]:  # NHWC conv weights (oneDNN's / cuDNN's fast layout); the same math
         parts.model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(parts, cfg)
-    dtype = amp_dtype(cfg.get("amp", "auto"), device)
+    dtype = amp_dtype(cfg["amp"], device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     ema_warmup = cfg["ema_warmup"]
     if cfg.get("ema_warmup_epochs") is not None:  # sized by the data, not by COCO-sized iteration counts
         ema_warmup = max(1, round(float(cfg["ema_warmup_epochs"]) * len(data.train_loader)))
-    ema = ModelEMA(parts.model, cfg["ema_decay"], ema_warmup) if cfg.get("ema", True) else None
+    ema = ModelEMA(parts.model, cfg["ema_decay"], ema_warmup) if cfg["ema"] else None
     if du.is_dist():
         parts.model = wrap_ddp(parts, data.train_set, cfg, device)
     state = LoopState(epochs=int(cfg["epochs"]))
@@ -261,7 +267,7 @@ def open_run_dir(cfg: dict, model_cfg: dict, state: LoopState) -> Path:
         run_dir = Path(cfg["resume"]).resolve().parent.parent
         truncate_rows(run_dir, state.start_epoch)
     else:
-        run_dir = increment_run_dir(cfg["project"], "train", cfg.get("name"), cfg.get("exist_ok", False))
+        run_dir = increment_run_dir(cfg["project"], "train", cfg["name"], cfg["exist_ok"])
         run_dir = Path(du.broadcast_object(str(run_dir)))
     if du.is_main_process():
         if cfg.get("resume"):
@@ -314,7 +320,7 @@ def wrap_ddp(parts: ModelParts, train_set: Dataset, cfg: dict, device: torch.dev
     outputs (the ``heatmap`` entry), so DDP would wait for its gradient forever. Set
     ``find_unused_parameters=true`` for models that use some parameters only in some iterations."""
     model = parts.model
-    if cfg.get("sync_bn"):
+    if cfg["sync_bn"]:
         if device.type == "cuda":
             model = parts.model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         else:
@@ -326,7 +332,7 @@ def wrap_ddp(parts: ModelParts, train_set: Dataset, cfg: dict, device: torch.dev
             f"{', '.join(unused[:5])}{', ...' if len(unused) > 5 else ''}")
     model = nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=bool(cfg.get("find_unused_parameters", False)))
+        find_unused_parameters=bool(cfg["find_unused_parameters"]))
     world = du.get_world_size()
     log(f"DDP: {world} processes x batch {cfg['batch']} = global batch {world * cfg['batch']} "
         f"({device.type}); lr {cfg['lr']} is used as given (no automatic scaling)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -23,12 +23,14 @@ from tqdm import tqdm
 
 from hmpe.data.formats import format_note
 from hmpe.data.preprocess import Preprocess
+from hmpe.data.tiles import TiledDataset
 from hmpe.data.transforms import NUM_DROPPED_KEY, resize_batch
 from hmpe.engine.checkpoint import rng_state, save_atomic, stored_paths
 from hmpe.engine.evaluator import COCOEvaluator
 from hmpe.engine.interrupt import StopFlag, TrainingInterrupted, save_interrupted, skip_done_batches
 from hmpe.engine.optim import TimeBudget, lr_factor
-from hmpe.engine.run_log import append_row, epoch_row, log
+from hmpe.engine.slicing import evaluate_sliced, model_predict_fn
+from hmpe.engine.run_log import append_row, epoch_row, log, loss_groups, losses_to_host
 from hmpe.engine.train_setup import ModelParts, build_train_setup, resolve_model_cfg, to_device, unwrap
 from hmpe.models.mask_stats import MaskStatsAccumulator, level_names, target_boxes_xyxy
 from hmpe.utils import dist as du
@@ -39,25 +41,6 @@ from hmpe.viz.plots import plot_results_csv
 
 __all__ = ["ModelParts", "Trainer", "TrainingInterrupted", "evaluate", "loss_groups", "losses_to_host", "train",
            "unwrap"]
-
-
-def loss_groups(loss_dict: dict[str, float], groups: Mapping[str, str]) -> dict[str, float]:
-    """Sum loss terms by the group the criterion declares for each (``criterion.loss_groups``: term name ->
-    group, e.g. every ``loss_vfl_aux_i`` / ``loss_vfl_enc`` / ``loss_vfl_dn_i`` -> ``loss_vfl``); a term the
-    criterion does not declare (the model's ``aux_losses``) is its own group."""
-    out: dict[str, float] = {}
-    for k, v in loss_dict.items():
-        kind = groups.get(k, k)
-        out[kind] = out.get(kind, 0.0) + float(v)
-    return out
-
-
-def losses_to_host(loss: torch.Tensor, loss_dict: dict[str, torch.Tensor]) -> tuple[float, dict[str, float]]:
-    """The total and every term as Python floats with ONE device-to-host copy (one sync per step on CUDA,
-    instead of one per term), for the finiteness check and the log."""
-    vals = torch.stack([loss.detach().float(), *(v.detach().float().reshape(()) for v in loss_dict.values())])
-    host = vals.cpu().tolist()
-    return host[0], dict(zip(loss_dict, host[1:]))
 
 
 @torch.no_grad()
@@ -189,7 +172,7 @@ class Trainer:
     def _fit(self) -> dict:
         cfg = self.cfg
         self.log(f"hmpe train: {self.model_cfg.get('name', 'model')} on {cfg['data']} ({format_note(self.data_cfg)}; "
-                 f"{len(self.train_set)} train / {len(self.val_set)} val images, {self.num_classes} classes), "
+                 f"{self._train_items()} / {len(self.val_set)} val images, {self.num_classes} classes), "
                  f"device {self.device}{self._precision_note()}, run folder {self.run_dir}")
         if self.resume_ckpt is not None and self.start_epoch >= self.epochs:
             self.log(f"nothing to resume: {self.run_dir} already completed all {self.epochs} epochs; to train on, "
@@ -232,6 +215,8 @@ class Trainer:
         self.loader_gen.manual_seed(seed)
         if self.train_sampler is not None:
             self.train_sampler.set_epoch(epoch)
+        if isinstance(self.train_set, TiledDataset):  # the epoch's tiles: drawn from seed and epoch, resumable
+            self.train_set.set_epoch(epoch)
         self._augmentation_for(epoch)
         self.model.train()
         if isinstance(self.criterion, nn.Module):
@@ -271,7 +256,7 @@ class Trainer:
         """Forward, loss, backward, optimiser and EMA step on one batch; the loss groups and ``loss`` as
         floats, or None when the loss was not finite (the step is skipped on every rank)."""
         images = images.to(self.device, non_blocking=True)
-        if self.cfg.get("channels_last"):
+        if self.cfg["channels_last"]:
             images = images.contiguous(memory_format=torch.channels_last)
         targets = to_device(targets, self.device)
         ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
@@ -312,12 +297,17 @@ class Trainer:
         parts = du.all_gather_objects(stats)
         return {k: sum(p.get(k, 0.0) for p in parts) / len(parts) for k in parts[0]}
 
+    def _train_items(self) -> str:
+        if isinstance(self.train_set, TiledDataset):
+            return f"{len(self.train_set.samples)} train images as {self.train_set.describe()}"
+        return f"{len(self.train_set)} train"
+
     def _precision_note(self) -> str:
         """', bf16 autocast (amp=auto)' when the step runs under autocast: said once, at the start."""
         if self.amp_dtype is None:
             return ""
         name = next(k for k, v in AMP_DTYPES.items() if v is self.amp_dtype)
-        return f", {name} autocast (amp={self.cfg.get('amp', 'auto')})"
+        return f", {name} autocast (amp={self.cfg['amp']})"
 
     def eval_model(self) -> nn.Module:
         """The model validation and the final checkpoint use: the EMA when there is one."""
@@ -326,8 +316,14 @@ class Trainer:
     def validate(self) -> dict:
         evaluator = COCOEvaluator(self.val_set.samples, self.names, max_dets=self.cfg["max_dets"],
                                   input_scale=self.preprocess.input_scale)
-        metrics = evaluate(self.eval_model(), self.val_loader, self.postprocessor, evaluator, self.device,
-                           preprocess=self.preprocess)
+        if self.cfg.get("tile"):  # a tile-trained model is scored as it is used: sliced, on whole images
+            predict_fn = model_predict_fn(self.eval_model(), self.postprocessor, self.device, self.preprocess.imgsz)
+            metrics = evaluate_sliced(predict_fn, self.val_set, evaluator, self.cfg["tile"], self.preprocess,
+                                      self.cfg["tile_overlap"], self.cfg["batch"], max_det=self.cfg["max_dets"],
+                                      progress=du.is_main_process())
+        else:
+            metrics = evaluate(self.eval_model(), self.val_loader, self.postprocessor, evaluator, self.device,
+                               preprocess=self.preprocess)
         self.evaluator = evaluator
         return metrics
 
@@ -335,7 +331,7 @@ class Trainer:
         """Heatmap figures of the first ``heatmaps_per_epoch`` validation images (models with a heatmap
         path only; docs/method.md, heatmap section): ``heatmaps/epoch{N}_{i}.png``, ground-truth boxes, stride-8 maps, the
         model that was just validated. The same images every epoch, so the figures show progress."""
-        k = min(int(self.cfg.get("heatmaps_per_epoch") or 0), len(self.val_set))
+        k = min(int(self.cfg["heatmaps_per_epoch"]), len(self.val_set))
         model = self.eval_model()
         if k <= 0 or getattr(model, "heatmap", None) is None or not du.is_main_process():
             return []
@@ -381,7 +377,7 @@ class Trainer:
     def _set_lr(self, total_iters: int) -> None:
         cfg = self.cfg
         f = lr_factor(self.iteration, total_iters, self._warmup_iters(total_iters), cfg["schedule"],
-                      cfg["final_lr_factor"], cfg.get("milestones", (0.8,)),
+                      cfg["final_lr_factor"], cfg["milestones"],
                       anchor=self.time_budget.lr_anchor if self.time_budget is not None else None)
         for g in self.optimizer.param_groups:
             g["lr"] = g["initial_lr"] * f
@@ -457,7 +453,7 @@ class Trainer:
         save_atomic(final if epoch + 1 >= self.epochs else ckpt, self.weights_dir / "last.pt")
         if improved:
             save_atomic(final, self.weights_dir / "best.pt")
-        if self.cfg.get("save_period") and (epoch + 1) % self.cfg["save_period"] == 0:
+        if self.cfg["save_period"] and (epoch + 1) % self.cfg["save_period"] == 0:
             save_atomic(ckpt, self.weights_dir / f"epoch{epoch + 1}.pt")
 
     def log_epoch(self, epoch: int, stats: dict, metrics: dict, seconds: float) -> None:

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hmpe.api import Detector, detections, resolve_source
+from hmpe.api import Detector
+from hmpe.engine.predict import detections, resolve_source
 from hmpe.data.images import load_image
 from hmpe.data.formats import load_dataset, shipped_datasets
 from hmpe.engine.evaluator import coco_match_image

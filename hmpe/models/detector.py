@@ -20,7 +20,8 @@ from hmpe.models.loss import SetCriterion
 from hmpe.models.matcher import HungarianMatcher
 from hmpe.models.mohfe import MOHFE
 from hmpe.models.postprocess import PostProcessor
-from hmpe.utils.keys import check_model_config
+from hmpe.utils.keys import MODEL, MODEL_SCALARS, check_model_config
+from hmpe.utils.renames import upgrade_model_config
 
 
 class DetectionModel(nn.Module):
@@ -86,9 +87,10 @@ def build_model(cfg: dict, num_classes: int) -> DetectionModel:
     (:func:`hmpe.models.pretrained.load_pretrained_backbone`); a model rebuilt from a checkpoint takes its
     weights from the checkpoint, so the file need not exist any more.
     """
+    cfg = upgrade_model_config(cfg)  # renamed keys of a stored config (checkpoint, shipped weights): silently
     check_model_config(cfg, f"model config {cfg.get('name', '')!r}".replace(" ''", ""))
     cfg = copy.deepcopy(cfg)
-    hidden = cfg.get("hidden_dim", 256)
+    hidden = cfg.get("hidden_dim", key_default(None, "hidden_dim"))
     bb_cfg = dict(cfg.get("backbone") or {})
     bb_cfg.pop("pretrained", None)
     backbone = HGNetv2(**bb_cfg)
@@ -99,7 +101,7 @@ def build_model(cfg: dict, num_classes: int) -> DetectionModel:
         warnings.warn("heatmap.bbox_heat: loss was dropped (a loss-based H_bbox needs targets, so inference used "
                       "the quality map); reading it as bbox_heat: quality", stacklevel=2)
         heat_cfg["bbox_heat"] = "quality"
-    heatmap, mask_pe = None, heat_cfg.pop("mask_pe", True)
+    heatmap, mask_pe = None, heat_cfg.pop("mask_pe", key_default("heatmap", "mask_pe"))
     if heat_cfg.pop("enabled", bool(cfg.get("heatmap"))):
         heatmap = HeatmapEmbedding(hidden, num_classes, num_levels=len(backbone.out_strides),
                                    strides=tuple(backbone.out_strides), **heat_cfg)
@@ -120,12 +122,18 @@ def build_model(cfg: dict, num_classes: int) -> DetectionModel:
         mohfe = MOHFE(hidden, num_levels=len(backbone.out_strides), attention_levels=attention, **mohfe_cfg)
     dec_cfg = dict(cfg.get("decoder") or {})
     if hidq_cfg is not None:  # HIDQ (eqs. 8-9): heatmap-induced queries replace RT-DETR's selection
-        dec_cfg["query_selector"] = HeatmapQuerySelector(hidden, num_classes, dec_cfg.get("num_queries", 300),
-                                                         **hidq_cfg)
+        num_queries = dec_cfg.get("num_queries", key_default("decoder", "num_queries"))
+        dec_cfg["query_selector"] = HeatmapQuerySelector(hidden, num_classes, num_queries, **hidq_cfg)
     decoder = RTDETRDecoder(num_classes=num_classes, hidden_dim=hidden,
                             feat_strides=tuple(backbone.out_strides), num_levels=len(backbone.out_strides),
                             **dec_cfg)
     return DetectionModel(backbone, encoder, decoder, heatmap, mask_pe, mohfe)
+
+
+def key_default(section: str | None, key: str):
+    """The default of model key ``section.key`` (``section`` None: a top-level key such as ``hidden_dim``) in the
+    key table, :data:`hmpe.utils.keys.MODEL`, where the constructors' keyword defaults agree with it."""
+    return next(k.default for k in (MODEL[section] if section else MODEL_SCALARS) if k.name == key)
 
 
 def _switch(cfg: dict, key: str) -> dict | None:
@@ -143,11 +151,12 @@ def _switch(cfg: dict, key: str) -> dict | None:
 
 
 def build_criterion(cfg: dict, num_classes: int) -> SetCriterion:
+    cfg = upgrade_model_config(cfg)
     matcher = HungarianMatcher(**(cfg.get("matcher") or {}))
     return SetCriterion(num_classes, matcher, **(cfg.get("loss") or {}))
 
 
 def build_postprocessor(cfg: dict, num_classes: int) -> PostProcessor:
-    top = (cfg.get("postprocess") or {}).get("num_top_queries",
-                                               (cfg.get("decoder") or {}).get("num_queries", 300))
+    num_queries = (cfg.get("decoder") or {}).get("num_queries", key_default("decoder", "num_queries"))
+    top = (cfg.get("postprocess") or {}).get("num_top_queries", num_queries)
     return PostProcessor(num_classes, num_top_queries=top)

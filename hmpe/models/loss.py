@@ -62,8 +62,8 @@ class SetCriterion(nn.Module):
         num_classes: int,
         matcher: nn.Module,
         weight_dict: dict[str, float] | None = None,
-        alpha: float = 0.75,
-        gamma: float = 2.0,
+        vfl_alpha: float = 0.75,
+        vfl_gamma: float = 2.0,
         cls_loss: str = "vfl",
         mal_gamma: float = 1.5,
     ):
@@ -77,8 +77,8 @@ class SetCriterion(nn.Module):
         if cls_loss == "mal" and "loss_mal" not in self.weight_dict:
             # a config written for VFL (the presets) gives its classification weight to MAL
             self.weight_dict["loss_mal"] = self.weight_dict.pop("loss_vfl", 1.0)
-        self.alpha = alpha
-        self.gamma = gamma
+        self.alpha = vfl_alpha  # the varifocal loss's alpha and gamma (varifocal_loss)
+        self.gamma = vfl_gamma
         self.mal_gamma = mal_gamma
         # term name -> group, declared for every term forward() returns (loss_vfl_aux_0 -> loss_vfl, ...):
         # the trainer sums its log by these groups

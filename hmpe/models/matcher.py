@@ -27,16 +27,16 @@ class HungarianMatcher(nn.Module):
         cost_bbox: float = 5.0,
         cost_giou: float = 2.0,
         use_focal: bool = True,
-        alpha: float = 0.25,
-        gamma: float = 2.0,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
     ):
         super().__init__()
         self.cost_class = cost_class
         self.cost_bbox = cost_bbox
         self.cost_giou = cost_giou
         self.use_focal = use_focal
-        self.alpha = alpha
-        self.gamma = gamma
+        self.alpha = focal_alpha  # the focal loss's alpha and gamma (Lin et al.), in the paper's notation below
+        self.gamma = focal_gamma
 
     @torch.no_grad()
     def cost_matrix(self, logits: Tensor, boxes: Tensor, tgt_labels: Tensor, tgt_boxes: Tensor) -> Tensor:

@@ -2,7 +2,8 @@
 
 One argument style everywhere: ``key=value``. Values are parsed as YAML (``lr=1e-3``,
 ``multi_scale=[288,320]``, ``ema=false``). Dotted keys reach into the model config
-(``decoder.num_layers=3``).
+(``decoder.num_layers=3``). A renamed key (:mod:`hmpe.utils.renames`) is read under its new name: with a
+deprecation warning where the user typed it (command line, model YAML), silently in a stored config.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import Any
 
 import yaml
 
-from hmpe.utils.keys import BASE_KEY, MODEL_SECTIONS, UsageError, check_model_config, defaults, key_type
+from hmpe.utils.keys import (BASE_KEY, MODEL_KEY_TASKS, MODEL_SECTIONS, UsageError, check_model_config, defaults,
+                             key_type)
 from hmpe.utils.keytypes import TEXT_KINDS, show
+from hmpe.utils.renames import upgrade_args, upgrade_model_config
 from hmpe.utils.shipped import CONFIG_DIR, model_presets
 
 
@@ -66,7 +69,9 @@ def _base_path(base: Any, owner: str | Path) -> Path:
 
 
 def _resolve(cfg: dict, owner: str | Path, chain: tuple[Path, ...]) -> dict:
-    """``cfg`` with its ``base`` chain merged under it and the ``base`` key removed."""
+    """``cfg`` with its ``base`` chain merged under it, the ``base`` key removed and renamed keys under their new
+    names (a warning naming the file)."""
+    cfg = upgrade_model_config(cfg, str(owner) if chain else "the model config")
     if chain:  # read from a file: a typo is reported with the file it is in
         check_model_config(cfg, str(owner), file=True)
     cfg = copy.deepcopy(cfg)
@@ -103,9 +108,10 @@ def load_model_config(name_or_path: str | dict) -> dict:
     return cfg
 
 
-def default_train_config() -> dict:
-    """The training defaults, from the key table (:mod:`hmpe.utils.keys`, ``TASKS["train"]``)."""
-    return defaults("train")
+def default_train_config(saved: dict | None = None) -> dict:
+    """The training defaults, from the key table (:mod:`hmpe.utils.keys`, ``TASKS["train"]``); with ``saved`` (a
+    checkpoint's ``train_cfg``) that config, each key it lacks at its default."""
+    return {**defaults("train"), **(saved or {})}
 
 
 def parse_value(text: str) -> Any:
@@ -123,7 +129,8 @@ def parse_value(text: str) -> Any:
 def parse_overrides(args: list[str], task: str | None = None) -> dict:
     """``["epochs=3", "decoder.num_layers=3"]`` -> ``{"epochs": 3, "decoder.num_layers": 3}``. A key given twice
     is a UsageError naming both values (no silent "the later one wins"). With ``task``, a number typed for a key
-    that takes text or a path (``name=2``, ``weights=123``) stays the text typed."""
+    that takes text or a path (``name=2``, ``weights=123``) stays the text typed, and a renamed key comes back
+    under its new name (a one-line deprecation warning, :mod:`hmpe.utils.renames`)."""
     out: dict = {}
     for a in args:
         if "=" not in a:
@@ -139,7 +146,7 @@ def parse_overrides(args: list[str], task: str | None = None) -> dict:
         if k in out:
             raise UsageError(f"{k} given twice ({k}={show(out[k])} and {k}={show(value)}); give it once")
         out[k] = value
-    return out
+    return upgrade_args(task, out, task in MODEL_KEY_TASKS, error=UsageError) if task else out
 
 
 def set_dotted(cfg: dict, key: str, value: Any) -> None:
@@ -161,7 +168,9 @@ def split_overrides(overrides: dict) -> tuple[dict, dict]:
 
 
 def apply_overrides(cfg: dict, overrides: dict) -> dict:
-    cfg = copy.deepcopy(cfg)
-    for k, v in overrides.items():
+    """``overrides`` (dotted keys) set in a copy of ``cfg``; renamed model keys of either under their new names
+    (silently: a typed key was warned about where it was read), so that an old name set over a new one wins."""
+    cfg = copy.deepcopy(upgrade_model_config(cfg))
+    for k, v in upgrade_args(None, overrides, warn=False).items():
         set_dotted(cfg, k, v)
     return cfg

@@ -9,7 +9,8 @@ This table is the single source of truth for
   :func:`check_data_keys`): an unknown key is a :class:`ConfigKeyError` naming it and the nearest known key,
   a value of the wrong type or out of range (or a file, preset or shipped name that does not exist) a
   :class:`UsageError` naming the key, the value and what it expects (:func:`check_value`),
-- ``hmpe cfg`` (and a task's ``--help``), which print the keys with their meanings.
+- ``hmpe cfg`` (and a task's ``--help``), which print the keys with their meanings (``hmpe.cli.describe``).
+Renamed keys (the old names still read, with a warning): :mod:`hmpe.utils.renames`.
 
 To add a key: add one ``Key(...)`` line, with its type, to the task's tuple below (or to the model section /
 dataset tuple), then read it in the code. ``tests/test_config_keys.py`` checks that the model sections list
@@ -26,6 +27,7 @@ from typing import Any, Iterable
 
 from hmpe.utils.keytypes import (Bool, Choice, Device, Int, Kind, ListOf, Num, OneOrList, Text, Type, show,
                                  size_problem)
+from hmpe.utils.renames import upgrade_args
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,7 @@ class ConfigKeyError(UsageError):
 
 
 def check_imgsz(value: Any, key: str = "imgsz") -> None:
-    """``imgsz`` as typed (an int, ``HxW``, or a list of either) -> UsageError unless every size is a positive
-    multiple of :data:`~hmpe.utils.keytypes.MAX_STRIDE` (32), naming the nearest valid sizes."""
+    """One ``imgsz`` as typed -> UsageError unless a positive multiple of 32 (``MAX_STRIDE``), naming the nearest."""
     problem = size_problem(value)
     if problem:
         raise UsageError(f"{key}={show(value)}: {problem}")
@@ -60,9 +61,12 @@ _IMGSZ_OF_CHECKPOINT = Key("imgsz", None, "input size (default: the checkpoint's
                            Kind("size", null=True))
 _IMAGES = Key("source", None, "image file, folder or glob pattern (or the first positional argument)",
               Text("an image, folder or glob", null=True))
+#: tile overlap of sliced inference and of the tiled-training grid (a fraction of the tile)
+TILE_OVERLAP = 0.2
 _PRED = (  # options shared by val / predict (sliced inference: hmpe.engine.slicing)
-    Key("slice", None, "tile size N for sliced inference on large images (None = whole image)", Int(">= 1", null=True)),
-    Key("overlap", 0.2, "tile overlap as a fraction of the tile (slice=N)", Num("[0, 1)")),
+    Key("slice", None, "tile size N for sliced inference on large images (null: the checkpoint's training tile= "
+                       "if it has one, else the whole image; 0: the whole image)", Int(">= 0", null=True)),
+    Key("overlap", TILE_OVERLAP, "tile overlap as a fraction of the tile (slice=N)", Num("[0, 1)")),
     Key("merge", "nms", "merge of tile detections: nms | wbf (slice=N)", Choice("nms", "wbf")),
     Key("merge_iou", 0.5, "IoU of the class-wise merge (slice=N)", Num("[0, 1]")),
     Key("full_image", False, "slice=N: also one pass on the whole image", Bool()),
@@ -112,6 +116,13 @@ TRAIN = (
     Key("augment_epochs", None, "[start, stop] fractions of the epochs with augmentation; resize only outside "
                                 "(null: every epoch)", Kind("window", null=True)),
     Key("skip_bad", False, "skip unreadable images / bad labels (counted) instead of stopping", Bool()),
+    Key("tile", None, "train on native-resolution tile x tile crops (pixels of the source image; resized to "
+                      "imgsz) and validate sliced on whole images (null: whole images resized)", Int(">= 32", null=True)),
+    Key("tile_overlap", TILE_OVERLAP, "tile=N: overlap of the tile grid (training and sliced validation)",
+        Num("[0, 1)")),
+    Key("tile_min_visible", 0.5, "tile=N: a box is kept in a crop when this fraction of its area is inside",
+        Num("(0, 1]")),
+    Key("tile_empty", 0.1, "tile=N: fraction of the tiles without objects drawn each epoch", Num("[0, 1]")),
     Key("multi_scale", None, "training sizes drawn per batch, e.g. [288,320,352]", ListOf(Kind("size"), null=True)),
     Key("max_dets", 100, "detections per image scored by the evaluator", Int(">= 1")),
     Key("val_interval", 1, "validate every N epochs (and always after the last)", Int(">= 1")),
@@ -162,6 +173,8 @@ PREDICT = (
     Key("project", "runs", "output root folder", Text("a folder")),
     Key("name", None, "output folder name under <project>/predict", Text("a folder name", null=True)),
     *_PRED,
+    Key("bands", None, "GeoTIFF: bands as RGB (1-based; one: x3; null: 1,2,3)", ListOf(Int(">= 1"), null=True)),
+    Key("window", 4096, "GeoTIFF: largest raster window read at once, px (hmpe.engine.raster)", Int(">= 1")),
 )
 
 HEATMAP = (
@@ -183,7 +196,8 @@ EXPORT = (
     Key("weights", None, "checkpoint to export (required)", Kind("weights", null=True)),
     Key("format", "onnx", "onnx | openvino (IR + OpenVINO parity check) | safetensors (a folder: config.json + "
                           "model.safetensors, no pickle)", Choice("onnx", "openvino", "safetensors")),
-    Key("imgsz", None, "input size (default: the checkpoint's training imgsz)", Kind("sizes", null=True)),
+    Key("imgsz", None, "input size: N, HxW (512x640) or [h, w] (default: the checkpoint's training imgsz)",
+        Kind("hw", null=True)),
     Key("opset", 17, "ONNX opset (17 or newer: LayerNormalization)", Int(">= 17")),
     Key("gather_sampling", False, "deformable sampling by gathers instead of grid_sample", Bool()),
     Key("out", None, "output file (default: next to the weights)", Text("a file or folder", null=True)),
@@ -202,7 +216,9 @@ EXPORT = (
 BENCH = (
     Key("model", "rtdetr-n", "preset name or model YAML path", Kind("model")),
     Key("nc", 10, "number of classes of the benchmarked model", Int(">= 1")),
-    Key("imgsz", 640, "size, a list [512,640] (one report each) or HxW (512x640)", Kind("sizes")),
+    Key("imgsz", 640, "input size: N or HxW (512x640)", Kind("hw")),
+    Key("sizes", None, "several input sizes, one report each, e.g. [512,640] (null: imgsz)",
+        ListOf(Kind("hw"), null=True)),
     Key("batch", 1, "batch size or a list", OneOrList(Int(">= 1"))),
     Key("device", "cpu", "cpu | cuda | cuda:N", Device(auto=False)),
     Key("threads", None, "torch intra-op threads", Int(">= 1", null=True)),
@@ -232,9 +248,18 @@ EXPLORE = (
     Key("scan", True, "dataset sources: score every image in the background to rank them by misses", Bool()),
 )
 
+DATA_TOOLS = (  # hmpe data stats | convert (hmpe.data.tools); the commands each takes: hmpe.cli.DATA_COMMANDS
+    Key("data", None, "dataset YAML, folder or shipped name (or after the command)", Kind("data", null=True)),
+    Key("splits", None, "splits read (null: all the YAML defines)", ListOf(Choice("train", "val", "test"), null=True)),
+    Key("skip_bad", False, "skip unreadable images, drop bad boxes; count both", Bool()),
+    Key("to", None, "convert: coco | yolo (required)", Choice("coco", "yolo", null=True)),
+    Key("out", None, "convert: output folder, gets data.yaml (required)", Text("a folder", null=True)),
+    Key("copy_images", False, "convert: copy the images instead of symlinking them", Bool()),
+)
+
 TASKS: dict[str, tuple[Key, ...]] = {
     "train": TRAIN, "val": VAL, "predict": PREDICT, "heatmap": HEATMAP, "export": EXPORT, "bench": BENCH,
-    "explore": EXPLORE,
+    "explore": EXPLORE, "data": DATA_TOOLS,
 }
 MODEL_KEY_TASKS = ("train", "bench")  # tasks that also take dotted model keys (decoder.num_layers=3)
 OPEN_SECTIONS = ("augment",)  # train mappings whose own builder checks the sub-keys (build_transforms)
@@ -243,7 +268,7 @@ OPEN_SECTIONS = ("augment",)  # train mappings whose own builder checks the sub-
 # Section -> keys, as passed to the builders in hmpe.models.detector (backbone -> HGNetv2, encoder ->
 # HybridEncoder, heatmap -> HeatmapEmbedding, mohfe -> MOHFE, hidq -> HeatmapQuerySelector, decoder ->
 # RTDETRDecoder, matcher -> HungarianMatcher, loss -> SetCriterion, postprocess -> PostProcessor).
-# Defaults live in the constructors and presets; None here means "see the preset / constructor".
+# A default here is also the constructor's keyword default (tests/test_defaults_agree.py); what None means: its help.
 _SWITCH = Key("enabled", True, "component switch (false: off, the baseline's graph)", Bool())
 MODEL: dict[str, tuple[Key, ...]] = {
     "backbone": (
@@ -292,7 +317,8 @@ MODEL: dict[str, tuple[Key, ...]] = {
         Key("radius", 1.5, "probe target centre radius (strides)", Num("> 0")),
         Key("scale_ranges", None, "probe target size range per level"),
         Key("huber_beta", 1.0, "probe regression Huber beta (strides)", Num("> 0")),
-        Key("alpha", "gradcam++", "gradcam++ | design (eq. 1 literally)", Choice("gradcam++", "design")),
+        Key("cam_weights", "gradcam++", "Grad-CAM++ weights alpha of eq. 1: gradcam++ (classic) | design (eq. 1 "
+                                        "literally)", Choice("gradcam++", "design")),
         Key("score_pool", "sum", "score y of eqs. 1-3: sum over cells (paper) | mean (class-specific at any size)",
             Choice("sum", "mean")),
         Key("loss_weights", None, "probe loss weights {cls, reg, quality}"),
@@ -329,11 +355,12 @@ MODEL: dict[str, tuple[Key, ...]] = {
     "matcher": (
         Key("cost_class", 2.0, "class cost", Num(">= 0")), Key("cost_bbox", 5.0, "L1 box cost", Num(">= 0")),
         Key("cost_giou", 2.0, "GIoU cost", Num(">= 0")), Key("use_focal", True, "focal class cost", Bool()),
-        Key("alpha", 0.25, "focal alpha", Num("[0, 1]")), Key("gamma", 2.0, "focal gamma", Num(">= 0")),
+        Key("focal_alpha", 0.25, "focal cost alpha", Num("[0, 1]")),
+        Key("focal_gamma", 2.0, "focal cost gamma", Num(">= 0")),
     ),
     "loss": (
         Key("weight_dict", None, "loss weights {loss_vfl (or loss_mal), loss_bbox, loss_giou}"),
-        Key("alpha", 0.75, "varifocal alpha", Num("[0, 1]")), Key("gamma", 2.0, "varifocal gamma", Num(">= 0")),
+        Key("vfl_alpha", 0.75, "varifocal alpha", Num("[0, 1]")), Key("vfl_gamma", 2.0, "varifocal gamma", Num(">= 0")),
         Key("cls_loss", "vfl", "classification loss: vfl (RT-DETR varifocal) | mal (DEIM matchability-aware)",
             Choice("vfl", "mal")),
         Key("mal_gamma", 1.5, "mal: exponent of the IoU target and of the negatives' score weight", Num(">= 0")),
@@ -437,6 +464,7 @@ def check_task_args(task: str, args: dict, files: bool = True) -> None:
     """Keys of ``hmpe TASK`` (after ``source`` / positional handling): each known (else ConfigKeyError naming the
     nearest; checked first, a typo being the likelier mistake), each value of its key's type
     (:func:`check_value`), no two keys that contradict each other."""
+    args = upgrade_args(task, args, task in MODEL_KEY_TASKS, error=UsageError)  # old names: a warning
     known = [k.name for k in TASKS[task]]
     where = f"hmpe {task} (model keys)"
     values = {}  # key -> value of every typed key, model sections given as mappings spread out
@@ -458,6 +486,8 @@ def check_task_args(task: str, args: dict, files: bool = True) -> None:
     if task == "train" and args.get("model") is not None and args.get("weights") is not None:
         raise UsageError(f"model={show(args['model'])} and weights={show(args['weights'])}: the weights bring their "
                          f"own model config (model keys such as decoder.num_layers= still apply); drop model=")
+    if task == "bench" and args.get("sizes") is not None and args.get("imgsz") is not None:
+        raise UsageError(f"imgsz= and sizes={show(args['sizes'])} both given: sizes are the sizes benched; drop imgsz=")
 
 
 def check_data_keys(cfg: dict) -> None:
@@ -467,21 +497,3 @@ def check_data_keys(cfg: dict) -> None:
         if not str(key).startswith("_") and key not in known:
             raise unknown_key_error(str(key), known)
 
-
-def describe(task: str) -> str:
-    """``key: default  # meaning`` lines of a task (``hmpe cfg``, ``hmpe TASK --help``)."""
-    import yaml
-
-    lines = []
-    for k in TASKS[task]:
-        value = yaml.safe_dump({k.name: k.default}, default_flow_style=True, width=1000).strip()[1:-1]
-        lines.append(f"{value:<34} # {k.help}")
-    return "\n".join(lines)
-
-
-def describe_model() -> str:
-    lines = []
-    for sec, keys in MODEL.items():
-        for k in keys:
-            lines.append(f"{sec}.{k.name:<22} # {k.help}")
-    return "\n".join(lines)

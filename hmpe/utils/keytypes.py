@@ -34,7 +34,7 @@ TEXT_KINDS = ("text", "model", "data", "weights", "file")
 
 @dataclass(frozen=True)
 class Type:
-    """A key's type: ``kind`` (int, num, bool, text, choice, list, one_or_list, size, sizes, window, device,
+    """A key's type: ``kind`` (int, num, bool, text, choice, list, one_or_list, size, hw, window, device,
     switch, model, data, weights, file), a range ``lo``/``hi`` (``lo_open``/``hi_open``: bound excluded),
     ``choices``, ``item`` (the type of a list's items) and ``null`` (None allowed)."""
 
@@ -82,7 +82,7 @@ class Type:
 
 
 _WORDS = {"bool": "true or false", "size": f"an image size, a positive multiple of {MAX_STRIDE} such as 640",
-          "sizes": f"an image size (a multiple of {MAX_STRIDE}), HxW or a list of them",
+          "hw": f"an image size (a multiple of {MAX_STRIDE}), HxW or [h, w]",
           "window": "[start, stop], fractions of the epochs with 0 <= start < stop <= 1, e.g. [0.1, 0.8]",
           "switch": "true, false or a mapping of switches", "model": "a preset name or a model YAML file",
           "data": "a dataset YAML, a folder holding data.yaml or a shipped name",
@@ -149,21 +149,39 @@ def _plain(t: Type, value: Any) -> str | None:
     return None if ok else ""
 
 
-def size_problem(value: Any, many: bool = True) -> str | None:
-    """``imgsz`` as typed -> None, or why not: one positive multiple of :data:`MAX_STRIDE`; with ``many`` also
-    ``HxW`` text and lists of sizes. A bad multiple names the nearest valid sizes."""
-    values = value if many and isinstance(value, (list, tuple)) and value else [value]
+def size_problem(value: Any, hw: bool = False) -> str | None:
+    """One input size as typed -> None, or why not: a positive multiple of :data:`MAX_STRIDE`; with ``hw`` also
+    ``HxW`` text or ``[h, w]``. A bad multiple names the nearest valid sizes; a list of sizes names the keys
+    that take several (``multi_scale`` to train, ``sizes`` to bench)."""
+    if hw and isinstance(value, str):
+        values = value.lower().split("x")
+    elif hw and isinstance(value, (list, tuple)) and len(value) == 2:
+        values = list(value)
+    else:
+        values = [value]
     for v in values:
-        parts = v.lower().split("x") if many and isinstance(v, str) else [v]
-        for part in parts:
-            n = int(part) if isinstance(part, str) and part.strip().isdigit() else part
-            if not is_int(n):
-                return f"not an image size (an integer such as 640{', HxW or a list' if many else ''})"
-            if n <= 0 or n % MAX_STRIDE:
-                lo = max(MAX_STRIDE, n // MAX_STRIDE * MAX_STRIDE)
-                return (f"sizes must be multiples of {MAX_STRIDE} (the model's largest stride); use {lo} or "
-                        f"{lo + MAX_STRIDE}")
+        n = int(v) if isinstance(v, str) and v.strip().isdigit() else v
+        if not is_int(n):
+            several = isinstance(value, (list, tuple)) and values == [value]  # not one [h, w]
+            return (f"not an image size (one integer such as 640{', HxW or [h, w]' if hw else ''})"
+                    + ("; several sizes: multi_scale=[...] (train) or sizes=[...] (bench)" if several else ""))
+        if n <= 0 or n % MAX_STRIDE:
+            lo = max(MAX_STRIDE, n // MAX_STRIDE * MAX_STRIDE)
+            return (f"sizes must be multiples of {MAX_STRIDE} (the model's largest stride); use {lo} or "
+                    f"{lo + MAX_STRIDE}")
     return None
+
+
+def parse_hw(value: Any) -> tuple[int, int]:
+    """``(h, w)`` of one input size as :func:`size_problem` (``hw=True``) accepts it: ``640``, ``"512x640"``,
+    ``[512, 640]``."""
+    if isinstance(value, str) and "x" in value.lower():
+        value = value.lower().split("x")
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(f"imgsz={show(value)}: expected one size, HxW or [h, w]")
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
 
 
 def window_problem(value: Any) -> str | None:
@@ -222,7 +240,7 @@ def _file(t: Type, value: Any, files: bool) -> str | None:
 
 
 _CHECKS = {
-    "size": lambda t, v, files: size_problem(v, many=False), "sizes": lambda t, v, files: size_problem(v),
+    "size": lambda t, v, files: size_problem(v), "hw": lambda t, v, files: size_problem(v, hw=True),
     "window": lambda t, v, files: window_problem(v), "device": _device,
     "switch": lambda t, v, files: None if isinstance(v, (bool, dict)) else "",
     "model": _model, "data": _data, "weights": _weights, "file": _file,
@@ -269,7 +287,7 @@ def OneOrList(item: Type, null: bool = False) -> Type:  # noqa: N802
     return Type("one_or_list", item=item, null=null)
 
 
-def Kind(kind: str, null: bool = False) -> Type:  # noqa: N802 - size, sizes, window, switch, model, data, ...
+def Kind(kind: str, null: bool = False) -> Type:  # noqa: N802 - size, hw, window, switch, model, data, ...
     if kind not in _CHECKS or kind == "device":
         raise ValueError(f"key type {kind!r}: not one of {', '.join(k for k in _CHECKS if k != 'device')}")
     return Type(kind, null=null)

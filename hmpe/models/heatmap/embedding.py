@@ -91,8 +91,8 @@ class HeatmapEmbedding(nn.Module):
     - ``fuse_levels``: how the per-level maps become "three upsampled masks" (:func:`fuse_levels`):
       ``"down"`` (default: finer maps max-pooled into every coarser level), ``"max"`` (every map
       resized to every level, max) or ``"none"``.
-    - ``alpha``: ``"gradcam++"`` (classic Grad-CAM++, default) or ``"design"`` (eq. 1 taken literally;
-      goes dark once the probe is confident, see docs/method.md).
+    - ``cam_weights``: the Grad-CAM++ weights alpha of eq. 1, ``"gradcam++"`` (classic Grad-CAM++, default) or
+      ``"design"`` (eq. 1 taken literally; goes dark once the probe is confident, see docs/method.md).
     - ``score_pool``: the score y of eqs. 1-3 summed over the cells (``"sum"``, the paper) or averaged
       (``"mean"``: class-specific maps at any image size, :func:`~hmpe.models.heatmap.gradcam.pool_scale`).
     - ``mask_grad``: ``"none"`` (the mask is a constant of the backward pass: the gate learns only where MOHFE /
@@ -118,7 +118,7 @@ class HeatmapEmbedding(nn.Module):
         radius: float = 1.5,
         scale_ranges: Sequence[tuple[float, float]] | None = None,
         huber_beta: float = 1.0,
-        alpha: str = "gradcam++",
+        cam_weights: str = "gradcam++",
         loss_weights: dict[str, float] | None = None,
         score_pool: str = "sum",
         tau_mode: str = "absolute",
@@ -126,7 +126,7 @@ class HeatmapEmbedding(nn.Module):
         mask_grad_temperature: float = 0.05,
     ):
         super().__init__()
-        check_alpha(alpha)
+        check_alpha(cam_weights)
         check_pool(score_pool)
         self.score_pool = score_pool
         if fuse_levels not in ("max", "down", "none"):
@@ -142,7 +142,7 @@ class HeatmapEmbedding(nn.Module):
         self.closed_form, self.fuse = closed_form, fuse_levels
         # the PE the mask applies to; a detector replaces it with its encoder's (one PE for both)
         self.position = PositionEncoding(pe, dim, temperature)
-        self.radius, self.huber_beta, self.alpha = radius, huber_beta, alpha
+        self.radius, self.huber_beta, self.cam_weights = radius, huber_beta, cam_weights
         self.scale_ranges = list(scale_ranges) if scale_ranges is not None else default_scale_ranges(self.strides)
         w = {"cls": 1.0, "reg": 1.0, "quality": 1.0}
         w.update(loss_weights or {})
@@ -168,7 +168,7 @@ class HeatmapEmbedding(nn.Module):
         w = self.probe.cls.weight.flatten(1).to(fs[0].dtype)  # [C,K]
         if self.closed_form:
             sel = [s.gather(1, top[:, :, None, None].expand(-1, -1, *s.shape[-2:])) for s in cls]  # [B,T,H,W]
-            maps = gradcampp_sigmoid_linear(fs, sel, w[top], self.alpha, self.score_pool)  # [B,T,H,W] per level
+            maps = gradcampp_sigmoid_linear(fs, sel, w[top], self.cam_weights, self.score_pool)  # [B,T,H,W] per level
             return [m.amax(1, keepdim=True) for m in maps]
         out, r = None, pool_scale(fs, self.score_pool)
         for t in range(top.shape[1]):
@@ -178,7 +178,7 @@ class HeatmapEmbedding(nn.Module):
                 return r * sum(torch.sigmoid(self._head(self.probe.cls, x).gather(
                     1, idx.expand(-1, 1, *x.shape[-2:]))).sum((1, 2, 3)) for x in xs)
 
-            maps = gradcampp_autograd(fs, y_fn, self.alpha)
+            maps = gradcampp_autograd(fs, y_fn, self.cam_weights)
             out = maps if out is None else [torch.maximum(a, b) for a, b in zip(out, maps)]
         return out
 
@@ -189,12 +189,12 @@ class HeatmapEmbedding(nn.Module):
     def _quality_maps(self, fs: list[Tensor], qual: list[Tensor]) -> list[Tensor]:
         """Raw H_bbox per level [B,1,H,W] with y = sum sigmoid(q)."""
         if self.closed_form:
-            return gradcampp_sigmoid_linear(fs, qual, self.probe.quality.weight.flatten(1).to(fs[0].dtype), self.alpha,
-                                            self.score_pool)
+            return gradcampp_sigmoid_linear(fs, qual, self.probe.quality.weight.flatten(1).to(fs[0].dtype),
+                                            self.cam_weights, self.score_pool)
         r = pool_scale(fs, self.score_pool)
         return gradcampp_autograd(
             fs, lambda xs: r * sum(torch.sigmoid(self._head(self.probe.quality, x)).sum((1, 2, 3)) for x in xs),
-            self.alpha)
+            self.cam_weights)
 
     def forward(self, feats: Sequence[Tensor], image_size: Sequence[int] | None = None) -> HeatmapOutput:
         if len(feats) != self.num_levels:
@@ -253,5 +253,5 @@ class HeatmapEmbedding(nn.Module):
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, num_classes={self.num_classes}, strides={self.strides}, "
                 f"bbox_heat={self.bbox_heat!r}, pe={self.pe!r}, topk_classes={self.topk_classes}, "
-                f"closed_form={self.closed_form}, alpha={self.alpha!r}, score_pool={self.score_pool!r}, "
+                f"closed_form={self.closed_form}, cam_weights={self.cam_weights!r}, score_pool={self.score_pool!r}, "
                 f"fuse_levels={self.fuse!r}")

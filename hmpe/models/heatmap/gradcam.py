@@ -6,7 +6,8 @@ Interpretations (every one is also in ``docs/method.md``):
 - ``y^c = sum_l sum_ij sigmoid(s_c(i,j))`` is summed over *all* levels of the image, so the channel
   weights ``beta_k^c`` are one vector per image and class (the probe's channels mean the same thing on
   every level, its weights are shared), and the raw maps of the levels share one scale.
-- ``alpha`` (one of :data:`ALPHAS`; every function here and the module default to ``"gradcam++"``):
+- ``alpha`` (one of :data:`ALPHAS`, the model config's ``heatmap.cam_weights``; every function here and the
+  module default to ``"gradcam++"``):
   ``"gradcam++"`` is classic Grad-CAM++ (Chattopadhay et al.), ``alpha = d2 / (2 d2 + sum_ab A_ab d3)``
   with the exponential trick ``d2 = g^2, d3 = g^3``; ``"design"`` is ``alpha = d2 + d3`` (eq. 1 taken
   literally). With the exact derivatives of a sigmoid the design alpha is negative where
@@ -50,7 +51,7 @@ def sigmoid_derivatives(s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 def check_alpha(alpha: str) -> None:
     """Raise unless ``alpha`` names one of :data:`ALPHAS`."""
     if alpha not in ALPHAS:
-        raise ValueError(f"alpha must be 'design' or 'gradcam++', got {alpha!r}")
+        raise ValueError(f"heatmap.cam_weights (the alpha of eq. 1) must be 'design' or 'gradcam++', got {alpha!r}")
 
 
 def gradcampp_sigmoid_linear(feats: Sequence[Tensor], logits: Sequence[Tensor], weight: Tensor,

@@ -89,7 +89,7 @@ def report(arms: dict[str, dict], ms: dict[str, float], args) -> str:
     counts = "; ".join(f"{name}: small {s['counts']['n_small']:.0f} native / {s['counts']['n_small_input']:.0f} "
                        f"at the input" for name, s in arms.items() if s["counts"].get("n_small") is not None)
     return "\n".join([
-        header("Tiled training vs resize (issue 36)", [f"command: `{command_line()}`"]),
+        header("Tiled training vs resize (issue 36)"),
         md_table(["arm", "seeds", "epochs", "mAP50", "mAP50-95", "AP_small", "AP_small_input", "ms / image"], rows),
         "",
         f"± is the spread (max - min) over the seeds. Objects per bucket: {counts}. ms / image: "

@@ -124,8 +124,8 @@ def train_markdown(report: dict, args, data) -> str:
              f"budget: {args.minutes} min of this CPU per model, from scratch, {args.imgsz} px, batch {args.batch}, "
              f"{args.workers} data workers, torch threads {torch.get_num_threads()}",
              "hmpe-n: hmpe's trainer with time_limit; yolo11n: ultralytics' trainer with a fixed epoch count "
-             "fitted to the budget (its own schedule and mosaic); dfine-n: HF D-FINE-N with its built-in loss in "
-             "a short loop using hmpe's data pipeline and optimiser recipe"]
+             "fitted to the budget (its own schedule and mosaic); dfine-n: HF D-FINE-N with its built-in loss, trained "
+             "by hmpe's Trainer (ModelParts: the same loop, data pipeline, optimiser recipe and time_limit)"]
     note = size_counts_note([(name, r["metrics"]) for name, r in report["results"].items()])
     extra += [note] if note else []
     out = [header("Peers: same-budget training" + (" (SMOKE)" if args.smoke else ""), extra,

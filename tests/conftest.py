@@ -5,8 +5,9 @@ import torch
 
 from helpers import NWPU_ROOT
 
-# Tests run on 2 shared cores: keep torch from oversubscribing them.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Tests run on 2 shared cores: keep torch from oversubscribing them; under pytest-xdist (one worker per core,
+# pyproject's addopts) each worker is one of the cores.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(autouse=True)

@@ -317,7 +317,8 @@ class Trainer:
         evaluator = COCOEvaluator(self.val_set.samples, self.names, max_dets=self.cfg["max_dets"],
                                   input_scale=self.preprocess.input_scale)
         if self.cfg.get("tile"):  # a tile-trained model is scored as it is used: sliced, on whole images
-            predict_fn = model_predict_fn(self.eval_model(), self.postprocessor, self.device, self.preprocess.imgsz)
+            model = self.eval_model().eval()  # as evaluate() does: the weights without EMA are in train mode here
+            predict_fn = model_predict_fn(model, self.postprocessor, self.device, self.preprocess.imgsz)
             metrics = evaluate_sliced(predict_fn, self.val_set, evaluator, self.cfg["tile"], self.preprocess,
                                       self.cfg["tile_overlap"], self.cfg["batch"], max_det=self.cfg["max_dets"],
                                       progress=du.is_main_process())

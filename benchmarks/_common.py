@@ -175,7 +175,7 @@ def utc_stamp() -> str:
 
 def provenance() -> dict:
     """``{"date", "cpu", "versions"}``: what a result file carries so that its figures can be placed."""
-    from hmpe.engine.bench import environment
+    from hmpe.engine.deploy.bench import environment
 
     return {"date": utc_stamp(), "cpu": environment()["cpu"], "versions": versions()}
 
@@ -202,7 +202,7 @@ def command_line(argv: list[str] | None = None) -> str:
 
 
 def header(title: str, extra: list[str] | None = None, started_load: str | None = None) -> str:
-    from hmpe.engine.bench import environment
+    from hmpe.engine.deploy.bench import environment
 
     env = environment()
     lines = [f"# {title}", "",
@@ -283,7 +283,7 @@ def size_counts_note(named_metrics: list[tuple[str, dict]]) -> str | None:
     at the model's input (hmpe's evaluator: ``n_small`` ... ``n_large_input``), and what ``AP_S in`` is; None when
     no run holds the counts (results stored before they existed). Counts are the same for every run of one split
     and input size; where inputs differ (resize against letterbox) each count is followed by its runs."""
-    from hmpe.engine.evaluator import SIZE_KEYS
+    from hmpe.engine.eval.evaluator import SIZE_KEYS
 
     keys = [k for k in SIZE_KEYS if k.startswith("n_")]  # native S/M/L, then at the input
     groups: dict[tuple, list[str]] = {}

@@ -45,7 +45,7 @@ import torch
 from benchmarks._common import (SkipRow, default_datasets_env, epochs_trained, fmt, header, load_avg,
                                 load_hmpe_model_config, md_table, mean_cell, mean_spread, mean_spread_of, output_paths,
                                 provenance, select_named, size_counts_note)
-from hmpe.engine.evaluator import SIZE_KEYS
+from hmpe.engine.eval.evaluator import SIZE_KEYS
 
 ROWS_FILE = Path(__file__).resolve().parent / "ablation_rows.yaml"
 METRICS = ("precision", "recall", "mAP50", "mAP50_95", "AP_small", "AP_small_input")
@@ -104,14 +104,14 @@ def first_epoch_seconds(run_dir: Path) -> float | None:
 
 
 def model_cost(model: torch.nn.Module, imgsz: int) -> tuple[int, float]:
-    from hmpe.engine.bench import count_gflops, count_params
+    from hmpe.engine.deploy.bench import count_gflops, count_params
 
     return count_params(model), count_gflops(model, torch.rand(1, 3, imgsz, imgsz))
 
 
 def run_row(row: dict, args) -> dict:
     from hmpe.engine.checkpoint import load_checkpoint
-    from hmpe.engine.trainer import Trainer
+    from hmpe.engine.train.trainer import Trainer
 
     model_cfg = load_hmpe_model_config(row["model"], row["overrides"])
     model_cfg["name"] = row["name"]

@@ -30,7 +30,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks._common import RESULTS, fmt, header, load_avg, md_table, size_counts_note, train_minutes
-from hmpe.engine.evaluator import SIZE_KEYS
+from hmpe.engine.eval.evaluator import SIZE_KEYS
 
 METRICS = ("precision", "recall", "mAP50", "mAP50_95", "AP_small", "AP_small_input")
 COUNT_KEYS = tuple(k for k in SIZE_KEYS if k.startswith("n_"))  # objects per size bucket: a table note
@@ -120,7 +120,7 @@ def ratio_to_first(per_round: list[list[float]]) -> list[float]:
 
 
 def compare(run_dirs: list[Path], imgsz: int = 640, rounds: int = 7, runs: int = 5, warmup: int = 2) -> list[dict]:
-    from hmpe.engine.bench import count_params
+    from hmpe.engine.deploy.bench import count_params
 
     x = torch.rand(1, 3, imgsz, imgsz)
     rows, full_fns, dec_fns = [], [], []

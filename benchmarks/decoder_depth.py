@@ -47,8 +47,8 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from hmpe.data.dataset import collate_fn
-from hmpe.engine.evaluator import COCOEvaluator
-from hmpe.engine.trainer import Trainer, unwrap
+from hmpe.engine.eval.evaluator import COCOEvaluator
+from hmpe.engine.train.trainer import Trainer, unwrap
 from hmpe.models.detector import build_postprocessor
 from hmpe.utils.config import (apply_overrides, default_train_config, load_model_config,
                                parse_overrides, split_overrides)

@@ -1,5 +1,5 @@
 """Peak memory of ``hmpe predict`` on GeoTIFFs of growing size: it should stay flat, since the raster is read
-window by window (:mod:`hmpe.engine.raster`), never held whole.
+window by window (:mod:`hmpe.engine.eval.raster`), never held whole.
 
     python -m benchmarks.geotiff_memory [--sizes 5000 10000 20000] [--weights tiny | hmpe-n-nwpu | CKPT]
         [--dtype uint8 | uint16] [--window 4096] [--slice 1024] [--threads N] [--work-dir DIR] [--keep]
@@ -136,7 +136,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     import rasterio
 
-    from hmpe.engine.raster import RASTER_WINDOW
+    from hmpe.engine.eval.raster import RASTER_WINDOW
 
     args = parse_args(argv)
     args.window = args.window or RASTER_WINDOW

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from hmpe.engine.bench import environment
+from hmpe.engine.deploy.bench import environment
 from hmpe.models.detector import build_model
 from hmpe.utils.config import apply_overrides, load_model_config, parse_overrides
 from benchmarks._common import command_line, load_avg, utc_stamp

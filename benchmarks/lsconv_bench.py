@@ -33,8 +33,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from hmpe.engine.bench import environment
-from hmpe.models.lsconv import DSConv, LSConv, SnakeConv, StripBlock
+from hmpe.engine.deploy.bench import environment
+from hmpe.models.lsconv import DSConv, LSConv, SnakeConv, StripBlock, build_strip_block
 from benchmarks._common import command_line, load_avg, utc_stamp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,7 +164,7 @@ def bench_size(c: int, hw: int, rounds: int, inner: int, threads: list[int]) -> 
 
 def backbone_rows(threads: list[int], imgsz: int = 640, rounds: int = 5) -> list[dict] | None:
     try:
-        from hmpe.models.backbone import HGNetv2
+        from hmpe.models.rtdetr.backbone import HGNetv2
     except ImportError:
         return None
     variants = {"none (baseline)": None, "dsconv": "dsconv", "lsconv": "lsconv"}
@@ -173,7 +173,7 @@ def backbone_rows(threads: list[int], imgsz: int = 640, rounds: int = 5) -> list
     for label, kind in variants.items():
         cfg = None if kind is None else {"kind": kind, "stages": [3, 4], "kernel_size": 9}
         try:
-            net = HGNetv2("B0", return_idx=(1, 2, 3), strip_conv=cfg).eval()
+            net = HGNetv2("B0", return_idx=(1, 2, 3), strip_conv=cfg, strip_factory=build_strip_block).eval()
         except TypeError:
             return None
         nets.append(net)
@@ -274,7 +274,7 @@ def _backbone_lines(bb: list[dict] | None, threads: list[int]) -> list[str]:
             lines.append(line)
         lines.append("")
     else:
-        lines += ["(backbone rows skipped: `hmpe.models.backbone.HGNetv2` with `strip_conv` not available)", ""]
+        lines += ["(backbone rows skipped: `hmpe.models.rtdetr.backbone.HGNetv2` with `strip_conv` not available)", ""]
     return lines
 
 

@@ -6,9 +6,9 @@
 
 The backbone, the input projection and the heatmap module run once per image (and per ``--score-pool``: how the
 Grad-CAM++ score is pooled changes the class maps, not any trained weight); every threshold is then applied to
-the same mixed maps (:func:`hmpe.models.mask_stats.remask`), so the table costs about one validation pass per
+the same mixed maps (:func:`hmpe.models.heatmap.mask_stats.remask`), so the table costs about one validation pass per
 score pooling. Per threshold and level: the fraction of background cells masked and of object cells kept hot,
-pooled over the split's images (:class:`hmpe.models.mask_stats.MaskStatsAccumulator`, the statistics the
+pooled over the split's images (:class:`hmpe.models.heatmap.mask_stats.MaskStatsAccumulator`, the statistics the
 trainer logs as ``mask_bg_masked/S*`` / ``mask_obj_hot/S*``). Target (issue 16): at the attention levels at
 least 30 % of background cells masked with at least 95 % of object cells hot.
 
@@ -29,7 +29,7 @@ from hmpe.data.dataset import build_dataset, collate_fn
 from hmpe.data.formats import load_data_config
 from hmpe.data.preprocess import Preprocess
 from hmpe.engine.checkpoint import checkpoint_data_config, load_for_inference
-from hmpe.models.mask_stats import TAU_MODES, MaskStatsAccumulator, level_names, remask, target_boxes_xyxy
+from hmpe.models.heatmap.mask_stats import TAU_MODES, MaskStatsAccumulator, level_names, remask, target_boxes_xyxy
 from benchmarks._common import RESULTS, default_datasets_env, header, load_avg, md_table, provenance
 
 TARGET_BG, TARGET_OBJ = 0.30, 0.95

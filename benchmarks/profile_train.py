@@ -4,7 +4,7 @@ Usage:  python -m benchmarks.profile_train [--model hmpe-n] [--data nwpu-vhr10] 
                                            [--threads 1] [--iters 12] [--warmup 2] [--set key=value ...]
                                            [--out PATH] [--smoke]
 
-The step is hmpe's own: a :class:`hmpe.engine.trainer.Trainer` is built for the model and dataset and its
+The step is hmpe's own: a :class:`hmpe.engine.train.trainer.Trainer` is built for the model and dataset and its
 ``train_one_epoch`` runs over the first ``--warmup + --iters`` batches; the parts are timed by wrapping the
 trainer's and model's own objects (nothing re-implemented), wall clock, per iteration:
 
@@ -153,7 +153,7 @@ def markdown(per_part: dict[str, list[float]], args, started: str) -> str:
 
 
 def build_trainer(args, workdir: Path):
-    from hmpe.engine.trainer import Trainer
+    from hmpe.engine.train.trainer import Trainer
     from hmpe.utils.config import default_train_config, parse_overrides
 
     cfg = default_train_config()

@@ -6,7 +6,7 @@ Usage:  python -m benchmarks.step_compare --variants "channels_last=false" "chan
 
 Each variant (space-separated ``hmpe train`` keys, model keys included: ``decoder.num_denoising=60 amp=bf16``;
 ``model=PRESET`` builds that preset instead of ``--model``) is
-a :class:`hmpe.engine.trainer.Trainer` built with the same seed; every variant steps through the same batches
+a :class:`hmpe.engine.train.trainer.Trainer` built with the same seed; every variant steps through the same batches
 (drawn once from the first variant's loader, so data loading is not timed), round after round in turn, so that
 a change of machine load hits all variants alike. Timed: ``Trainer.train_step`` (forward, loss, backward,
 clip, AdamW, EMA). Reported: median ms per step, training images/s, speed relative to the first variant ->
@@ -36,7 +36,7 @@ def parse_variant(variant: str, default_model: str) -> tuple[str, dict, dict]:
 
 
 def build_trainer(args, variant: str, workdir: Path, index: int):
-    from hmpe.engine.trainer import Trainer
+    from hmpe.engine.train.trainer import Trainer
     from hmpe.utils.config import apply_overrides, default_train_config, load_model_config
 
     model, model_over, train_over = parse_variant(variant, args.model)

@@ -30,13 +30,13 @@ from hmpe.data.preprocess import Preprocess
 from hmpe.engine.checkpoint import (PRETRAINED_CONFIG, checkpoint_data_config, load_checkpoint,
                                     load_for_inference, resolve_weights, save_pretrained, shipped_name,
                                     shipped_weights)
-from hmpe.engine.evaluator import COCOEvaluator
-from hmpe.engine.export import export_onnx, export_openvino
-from hmpe.engine.predict import PREDICT_MAX_DET, Prediction, capped, detections, output_names, resolve_source
-from hmpe.engine.quantize import export_int8
-from hmpe.engine.raster import RASTER_WINDOW, predict_raster, write_geojson
-from hmpe.engine.slicing import evaluate_sliced, model_predict_fn, sliced_predict
-from hmpe.engine.trainer import evaluate, train
+from hmpe.engine.deploy.export import export_onnx, export_openvino
+from hmpe.engine.deploy.quantize import export_int8
+from hmpe.engine.eval.evaluator import COCOEvaluator
+from hmpe.engine.eval.predict import PREDICT_MAX_DET, Prediction, capped, detections, output_names, resolve_source
+from hmpe.engine.eval.raster import RASTER_WINDOW, predict_raster, write_geojson
+from hmpe.engine.eval.slicing import evaluate_sliced, model_predict_fn, sliced_predict
+from hmpe.engine.train.trainer import evaluate, train
 from hmpe.utils.config import apply_overrides, default_train_config, load_model_config, split_overrides
 from hmpe.utils.keys import TASKS, check_task_args, defaults
 from hmpe.utils.runtime import create_run_dir, increment_run_dir, select_device
@@ -173,7 +173,7 @@ class Detector:
         loader = DataLoader(ds, batch_size=tcfg["batch"], shuffle=False, num_workers=tcfg["workers"],
                             collate_fn=collate_fn)
         evaluator = COCOEvaluator(ds.samples, self.names, max_dets=tcfg["max_dets"], input_scale=pre.input_scale)
-        if slice:  # full images, tiled (hmpe.engine.slicing)
+        if slice:  # full images, tiled (hmpe.engine.eval.slicing)
             print(f"sliced: {slice} px tiles, overlap {overlap}" + (" (the checkpoint's training tile; slice=0 for "
                                                                     "whole images)" if not kwargs.get("slice") else ""))
             metrics = evaluate_sliced(model_predict_fn(model, self._post, self.device, pre.imgsz), ds, evaluator,
@@ -201,10 +201,10 @@ class Detector:
                image: str | Path | None = None, half: bool | None = None, int8: bool | None = None,
                data: str | None = None, calib_images: int | None = None, val_images: int | None = None) -> Path:
         """Export the checkpoint to ONNX or OpenVINO IR (post-processed outputs, dynamic batch; see
-        :mod:`hmpe.engine.export`) and, with ``check``, compare the runtime (onnxruntime / OpenVINO) with
+        :mod:`hmpe.engine.deploy.export`) and, with ``check``, compare the runtime (onnxruntime / OpenVINO) with
         PyTorch (raises ``ExportParityError`` on a mismatch). ``int8``: also an INT8 file, calibrated on
         ``calib_images`` train images of ``data`` (default: the checkpoint's dataset), and with ``check`` its
-        mAP50 beside the fp32 file's on ``val_images`` val images (:mod:`hmpe.engine.quantize`); returns the
+        mAP50 beside the fp32 file's on ``val_images`` val images (:mod:`hmpe.engine.deploy.quantize`); returns the
         INT8 path. ``format="safetensors"``: :meth:`save_pretrained` into ``out`` (default: ``<weights
         stem>_pretrained/`` beside the checkpoint), in fp16 with ``half``; the other options do not apply (nor
         ``half`` to ONNX / OpenVINO). An argument left ``None`` is the key's default (``hmpe cfg``)."""
@@ -266,7 +266,7 @@ class Detector:
 
     def _predict_rasters(self, rasters: list[Path], pre: Preprocess, run_dir: Path | None, max_det: int | None,
                          *opts) -> list[Prediction]:
-        """GeoTIFF sources (:mod:`hmpe.engine.raster`, options ``slice, window, bands, overlap, batch, conf,
+        """GeoTIFF sources (:mod:`hmpe.engine.eval.raster`, options ``slice, window, bands, overlap, batch, conf,
         merge, merge_iou, full_image``): read window by window, never decoded whole nor drawn; every merged
         detection kept unless ``max_det``. With ``run_dir``: a GeoJSON of each georeferenced raster beside
         ``predictions.json`` (``detections.geojson``; ``<name>.geojson`` each when there are several)."""
@@ -327,7 +327,7 @@ class Detector:
         paths are in ``self.skipped`` (``strict=True``: the first one is an error). With ``save``, every
         annotated image is written as soon as it is predicted, then ``predictions.json`` (with ``skipped``).
 
-        ``slice=N`` (sliced inference for large images, :mod:`hmpe.engine.slicing`; ``None``: the checkpoint's
+        ``slice=N`` (sliced inference for large images, :mod:`hmpe.engine.eval.slicing`; ``None``: the checkpoint's
         training ``tile`` if it has one, see :meth:`slicing`; ``0``: whole images): each image is read once
         and cut into N x N tiles overlapping by ``overlap``; ``batch`` tiles per forward pass; detections are
         merged across tiles (border fragments by intersection-over-smaller, then class-wise NMS at IoU
@@ -430,7 +430,7 @@ class Detector:
 
 def make_train_config(args: dict) -> tuple[dict, dict, tuple[str, ...]]:
     """CLI overrides -> (training config, model overrides, the training keys given: on resume those of
-    epochs / workers / device replace the checkpoint's, see :class:`hmpe.engine.trainer.Trainer`)."""
+    epochs / workers / device replace the checkpoint's, see :class:`hmpe.engine.train.trainer.Trainer`)."""
     check_task_args("train", args)
     model_over, train_over = split_overrides(args)
     return apply_overrides(default_train_config(), train_over), model_over, tuple(train_over)

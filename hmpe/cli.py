@@ -77,7 +77,7 @@ def _source_and_weights(task: str, argv: list[str], usage: str) -> tuple[str, st
 
 def cmd_train(argv: list[str]) -> int:
     from hmpe.api import make_train_config
-    from hmpe.engine.trainer import train
+    from hmpe.engine.train.trainer import train
 
     cfg, model_over, given = make_train_config(parse_overrides(argv, "train"))
     train(cfg, model_over, explicit_keys=given)
@@ -135,10 +135,10 @@ def cmd_explore(argv: list[str]) -> int:
 
 
 def cmd_export(argv: list[str]) -> int:
-    """ONNX / OpenVINO export with post-processed outputs and a parity check in the runtime (hmpe.engine.export),
+    """ONNX / OpenVINO export with post-processed outputs and a parity check in the runtime (hmpe.engine.deploy.export),
     or a safetensors folder that ``weights=DIR`` / ``Detector.from_pretrained(DIR)`` read back."""
     from hmpe.api import Detector
-    from hmpe.engine.export import ExportParityError
+    from hmpe.engine.deploy.export import ExportParityError
 
     args = parse_overrides(argv, "export")
     weights = args.pop("weights", None)
@@ -206,7 +206,7 @@ def check_args(task: str, argv: list[str], files: bool = True) -> None:
 def cmd_bench(argv: list[str]) -> int:
     import torch
 
-    from hmpe.engine.bench import benchmark_model, count_params, format_report, param_split, save_report
+    from hmpe.engine.deploy.bench import benchmark_model, count_params, format_report, param_split, save_report
     from hmpe.models.detector import build_model
 
     model_over, given = split_overrides(parse_overrides(argv, "bench"))
@@ -238,10 +238,10 @@ def cmd_bench(argv: list[str]) -> int:
 
 
 def _bench_backends(model, cfg: dict, args: dict, imgsz, batch: int, backends) -> dict:
-    """``backend=...``: the same model's latency in each runtime, interleaved (hmpe.engine.backends); ``args``: every
-    bench key, defaults merged (:func:`cmd_bench`)."""
-    from hmpe.engine.backends import INT8_CALIB, backend_latencies
-    from hmpe.engine.bench import imgsz_hw
+    """``backend=...``: the same model's latency in each runtime, interleaved (hmpe.engine.deploy.backends);
+    ``args``: every bench key, defaults merged (:func:`cmd_bench`)."""
+    from hmpe.engine.deploy.backends import INT8_CALIB, backend_latencies
+    from hmpe.engine.deploy.bench import imgsz_hw
     from hmpe.models.detector import build_postprocessor
 
     hw = imgsz_hw(imgsz)

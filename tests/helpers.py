@@ -50,15 +50,15 @@ def tiny_train_cfg(tmp_path, **over) -> dict:
 
 def model_section_constructors() -> dict:
     """Model-config section -> the class its keys are passed to (the builders of :mod:`hmpe.models.detector`)."""
-    from hmpe.models.backbone import HGNetv2
-    from hmpe.models.decoder import RTDETRDecoder
-    from hmpe.models.encoder import HybridEncoder
+    from hmpe.models.rtdetr.backbone import HGNetv2
+    from hmpe.models.rtdetr.decoder import RTDETRDecoder
+    from hmpe.models.rtdetr.encoder import HybridEncoder
     from hmpe.models.heatmap import HeatmapEmbedding
     from hmpe.models.hidq import HeatmapQuerySelector
-    from hmpe.models.loss import SetCriterion
-    from hmpe.models.matcher import HungarianMatcher
+    from hmpe.models.rtdetr.loss import SetCriterion
+    from hmpe.models.rtdetr.matcher import HungarianMatcher
     from hmpe.models.mohfe import MOHFE
-    from hmpe.models.postprocess import PostProcessor
+    from hmpe.models.rtdetr.postprocess import PostProcessor
 
     return {"backbone": HGNetv2, "encoder": HybridEncoder, "heatmap": HeatmapEmbedding, "mohfe": MOHFE,
             "hidq": HeatmapQuerySelector, "decoder": RTDETRDecoder, "matcher": HungarianMatcher, "loss": SetCriterion,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from helpers import tiny_data, tiny_model_cfg, tiny_train_cfg
-from hmpe.engine.trainer import Trainer
+from hmpe.engine.train.trainer import Trainer
 from hmpe.models.detector import build_criterion, build_model
 from hmpe.utils.config import apply_overrides, load_model_config, model_presets
 from hmpe.utils.runtime import amp_dtype
@@ -192,7 +192,7 @@ def test_validation_runs_in_fp32_after_training_under_autocast(tmp_path):
 def test_backbone_activations_stay_bf16_under_cpu_autocast():
     """HGNetv2's learnable affine blocks (scalar scale and bias, fp32 parameters) keep the activation's dtype:
     a [1]-shaped fp32 parameter would promote every later bf16 activation of the backbone to fp32."""
-    from hmpe.models.backbone import HGNetv2, LearnableAffineBlock
+    from hmpe.models.rtdetr.backbone import HGNetv2, LearnableAffineBlock
 
     lab = LearnableAffineBlock(scale=1.5, bias=0.25)
     x = torch.randn(2, 4, 8, 8, dtype=torch.bfloat16)
@@ -209,7 +209,7 @@ def test_backbone_activations_stay_bf16_under_cpu_autocast():
 def test_decoder_self_attention_in_fp32_under_cpu_autocast():
     """The queries' self-attention leaves CPU autocast (the CPU attention kernel is faster in fp32 at head
     size 16) and gives what the same layer gives without autocast."""
-    from hmpe.models.decoder_layers import TransformerDecoderLayer
+    from hmpe.models.rtdetr.decoder_layers import TransformerDecoderLayer
 
     torch.manual_seed(0)
     layer = TransformerDecoderLayer(d_model=32, n_head=2, dim_feedforward=64, n_levels=1, n_points=2)

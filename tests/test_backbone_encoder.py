@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from hmpe.models.backbone import HGNetv2, LightConvBNAct
-from hmpe.models.encoder import HybridEncoder, RepVggBlock
-from hmpe.models.position import sincos_2d, sincos_2d_additive
+from hmpe.models.rtdetr.backbone import HGNetv2, LightConvBNAct
+from hmpe.models.rtdetr.encoder import HybridEncoder, RepVggBlock
+from hmpe.models.rtdetr.position import sincos_2d, sincos_2d_additive
 
 
 def n_params(m: nn.Module) -> int:
@@ -98,23 +98,22 @@ def test_strip_conv_hook_injected_factory():
         HGNetv2("B0", strip_conv={"kind": "lsconv", "stage": [3]}, strip_factory=factory)
 
 
-def test_strip_conv_default_factory_is_build_strip_block(monkeypatch, tmp_path):
-    # Stand-in for hmpe.models.lsconv.build_strip_block so that this test does not depend on that file.
-    import hmpe.models.backbone
-
-    monkeypatch.setattr(hmpe.models.backbone, "build_strip_block",
-                        lambda kind, channels, kernel_size=9: _Stand(kind, channels, kernel_size))
-    m = HGNetv2("B1", strip_conv={"kind": "dsconv", "stages": [4], "kernel_size": 7})
+def test_strip_conv_needs_a_factory_and_pretrained_skips_it(tmp_path):
+    # the backbone is an RT-DETR block: the strip block's builder (hmpe.models.lsconv) is passed in, never imported
+    with pytest.raises(ValueError, match="strip_factory"):
+        HGNetv2("B1", strip_conv={"kind": "dsconv", "stages": [4], "kernel_size": 7})
+    factory = _Stand  # a stand-in for hmpe.models.lsconv.build_strip_block: this test does not depend on that file
+    m = HGNetv2("B1", strip_conv={"kind": "dsconv", "stages": [4], "kernel_size": 7}, strip_factory=factory)
     (name, mod), = _strip_layers(m).items()
     assert name == "stages.3.blocks.0.layers.2" and (mod.kind, mod.channels, mod.kernel_size) == ("dsconv", 192, 7)
 
     # a plain-backbone weights file loads into a strip-conv backbone: the strip block starts fresh and its
-    # place in the file is reported, not loaded (hmpe.models.pretrained)
-    from hmpe.models.pretrained import load_pretrained_backbone
+    # place in the file is reported, not loaded (hmpe.models.rtdetr.pretrained)
+    from hmpe.models.rtdetr.pretrained import load_pretrained_backbone
 
     plain = HGNetv2("B1")
     torch.save(plain.state_dict(), tmp_path / "plain.pth")
-    m2 = HGNetv2("B1", strip_conv={"kind": "dsconv", "stages": [4]})
+    m2 = HGNetv2("B1", strip_conv={"kind": "dsconv", "stages": [4]}, strip_factory=factory)
     report = load_pretrained_backbone(m2, tmp_path / "plain.pth")
     torch.testing.assert_close(m2.stem.stem1.conv.weight, plain.stem.stem1.conv.weight)
     assert m2.strip_prefixes == ["stages.3.blocks.0.layers.2."]

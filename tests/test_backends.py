@@ -5,7 +5,7 @@ import json
 import pytest
 
 from helpers import tiny_model_yaml
-from hmpe.engine.backends import interleaved_times, parse_backends
+from hmpe.engine.deploy.backends import interleaved_times, parse_backends
 
 
 def test_parse_backends():

@@ -1,4 +1,4 @@
-"""``hmpe bench`` / hmpe.engine.bench on a tiny config: every figure present and consistent."""
+"""``hmpe bench`` / hmpe.engine.deploy.bench on a tiny config: every figure present and consistent."""
 
 import json
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from helpers import tiny_model_cfg, tiny_model_yaml
-from hmpe.engine.bench import (PeakTensorMemory, benchmark_model, count_gflops, format_report, param_split,
+from hmpe.engine.deploy.bench import (PeakTensorMemory, benchmark_model, count_gflops, format_report, param_split,
                                peak_forward_memory, percentile)
 from hmpe.models.detector import build_model
 

@@ -206,7 +206,7 @@ def test_compare_runs(tmp_path, one_thread):
     """Two finished runs side by side: metrics read back from results.csv, decoder timed on captured inputs."""
     from helpers import tiny_data, tiny_model_cfg, tiny_train_cfg
 
-    from hmpe.engine.trainer import Trainer
+    from hmpe.engine.train.trainer import Trainer
 
     compare = _load("compare_runs")
     runs = []
@@ -241,7 +241,7 @@ def test_compare_runs(tmp_path, one_thread):
 
 
 def test_flops_by_module(one_thread, capsys):
-    from hmpe.engine.bench import count_gflops
+    from hmpe.engine.deploy.bench import count_gflops
     from hmpe.models.detector import build_model
     from hmpe.utils.config import load_model_config
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from helpers import tiny_data, tiny_model_cfg, tiny_train_cfg
-from hmpe.engine.trainer import Trainer
+from hmpe.engine.train.trainer import Trainer
 
 
 def test_resuming_a_complete_run_says_so_and_does_nothing(tmp_path, capsys, monkeypatch):

@@ -52,7 +52,7 @@ def test_model_key_table_matches_the_constructors():
     builder_args = {"self", "in_channels", "feat_strides", "hidden_dim", "dim", "num_classes", "num_levels",
                     "strides", "num_queries", "matcher", "query_selector", "attention_levels", "strip_factory"}
     ctors = model_section_constructors()
-    extra = {"backbone": {"pretrained"},  # read by the trainer (hmpe.models.pretrained), popped by build_model
+    extra = {"backbone": {"pretrained"},  # read by the trainer (hmpe.models.rtdetr.pretrained), popped by build_model
              "heatmap": {"enabled", "mask_pe"}, "mohfe": {"enabled"}, "hidq": {"enabled"},
              "decoder": {"num_queries"}}
     for sec, ctor in ctors.items():
@@ -178,7 +178,7 @@ def test_cfg_prints_the_resolved_preset(capsys):
 def test_checkpoint_stores_the_resolved_config(tmp_path):
     from helpers import tiny_data, tiny_model_yaml, tiny_train_cfg
     from hmpe.engine.checkpoint import load_checkpoint
-    from hmpe.engine.trainer import train
+    from hmpe.engine.train.trainer import train
 
     tiny_model_yaml(tmp_path)
     child = tmp_path / "child.yaml"

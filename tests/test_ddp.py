@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torc
 DRIVER = textwrap.dedent("""
     import os, sys
     import torch
-    import hmpe.engine.trainer as T
+    import hmpe.engine.train.trainer as T
     from hmpe.api import make_train_config
     from hmpe.utils.config import parse_overrides
 

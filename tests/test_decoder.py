@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from hmpe.models import deformable
-from hmpe.models.decoder import RTDETRDecoder, ScoreQuerySelector, generate_anchors
-from hmpe.models.deformable import MSDeformableAttention, ms_deform_attn_core, ms_deform_attn_naive
-from hmpe.models.denoising import dn_matched_indices, get_contrastive_denoising_training_group
-from hmpe.models.loss import SetCriterion
-from hmpe.models.matcher import HungarianMatcher
-from hmpe.models.postprocess import PostProcessor
+from hmpe.models.rtdetr import deformable
+from hmpe.models.rtdetr.decoder import RTDETRDecoder, ScoreQuerySelector, generate_anchors
+from hmpe.models.rtdetr.deformable import MSDeformableAttention, ms_deform_attn_core, ms_deform_attn_naive
+from hmpe.models.rtdetr.denoising import dn_matched_indices, get_contrastive_denoising_training_group
+from hmpe.models.rtdetr.loss import SetCriterion
+from hmpe.models.rtdetr.matcher import HungarianMatcher
+from hmpe.models.rtdetr.postprocess import PostProcessor
 from hmpe.utils.boxes import box_cxcywh_to_xyxy, inverse_sigmoid
 
 SHAPES = [(3, 5), (4, 2), (1, 3)]  # rectangular levels, one with a single row

@@ -112,7 +112,7 @@ def test_explorer_agrees_with_the_explore_keys():
 
 def test_bench_defaults_come_from_the_key_table(tmp_path, monkeypatch):
     """``hmpe bench`` with nothing typed runs with the table's defaults, whatever they are."""
-    import hmpe.engine.bench as bench
+    import hmpe.engine.deploy.bench as bench
     import hmpe.models.detector as detector
     from hmpe.cli import cmd_bench
 

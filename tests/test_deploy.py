@@ -1,10 +1,10 @@
-"""Deploy mode (hmpe.models.deploy): fused model == unfused model, for every preset and strip-block kind."""
+"""Deploy mode (hmpe.models.rtdetr.deploy): fused model == unfused model, for every preset and strip-block kind."""
 
 import pytest
 import torch
 from torch import nn
 
-from hmpe.models.deploy import fuse_conv_bn_pairs, is_fused
+from hmpe.models.rtdetr.deploy import fuse_conv_bn_pairs, is_fused
 from hmpe.models.detector import build_model
 from hmpe.models.lsconv import build_strip_block
 from hmpe.utils.config import CONFIG_DIR, load_model_config, model_presets
@@ -72,7 +72,7 @@ def test_fused_model_matches_unfused(preset):
 @pytest.mark.parametrize("kind", ["lsconv", "dsconv", "strip"])
 @pytest.mark.parametrize("sampler", ["gather", "grid_sample"])
 def test_strip_blocks_fold(kind, sampler):
-    from hmpe.models.deploy import fuse_model
+    from hmpe.models.rtdetr.deploy import fuse_model
 
     block = build_strip_block(kind, 8, 5, sampler=sampler)
     _randomise(block, seed=2)

@@ -8,7 +8,7 @@ from torch import nn
 
 from hmpe.engine import checkpoint as ckpt_mod
 from hmpe.engine.checkpoint import load_checkpoint, save_atomic
-from hmpe.engine.optim import ModelEMA, build_param_groups, lr_factor, schedule_progress
+from hmpe.engine.train.optim import ModelEMA, build_param_groups, lr_factor, schedule_progress
 from hmpe.utils.config import apply_overrides, load_model_config, parse_overrides, split_overrides
 
 

@@ -13,7 +13,7 @@ from pycocotools.cocoeval import COCOeval
 
 from hmpe.data.preprocess import Preprocess
 from hmpe.data.types import Sample
-from hmpe.engine.evaluator import COCO_STAT_NAMES, COCOEvaluator, coco_match_image
+from hmpe.engine.eval.evaluator import COCO_STAT_NAMES, COCOEvaluator, coco_match_image
 from hmpe.viz.plots import plot_results_csv, results_figure
 
 NAMES = ["plane", "ship", "car"]
@@ -202,7 +202,7 @@ def test_ap_small_input_matches_pycocotools_on_rescaled_ground_truth(keep_ratio,
 
 def test_results_csv_row_has_the_size_figures():
     """The trainer's results.csv row carries AP_small_input and the object counts per bucket (as integers)."""
-    from hmpe.engine.run_log import epoch_row
+    from hmpe.engine.train.run_log import epoch_row
 
     ev = _evaluator()
     ev.set_input_scale(Preprocess(256).input_scale)

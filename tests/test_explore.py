@@ -21,9 +21,9 @@ from PIL import Image
 from helpers import SYNTHETIC_NAMES, tiny_model_cfg
 from hmpe.api import Detector
 from hmpe.data.synthetic import SyntheticDataset
-from hmpe.engine.evaluator import coco_match_image
+from hmpe.engine.eval.evaluator import coco_match_image
 from hmpe.models.heatmap import HeatmapEmbedding
-from hmpe.models.mask_stats import mask_statistics, mix_and_mask, object_cells, remask
+from hmpe.models.heatmap.mask_stats import mask_statistics, mix_and_mask, object_cells, remask
 
 pytest.importorskip("starlette", reason="hmpe explore needs starlette (pip install 'hmpe[explore]')")
 pytest.importorskip("uvicorn", reason="hmpe explore needs uvicorn (pip install 'hmpe[explore]')")

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from helpers import SYNTHETIC_NAMES, tiny_data, tiny_model_cfg
-from hmpe.models.deformable import MSDeformableAttention, ms_deform_attn_core
-from hmpe.models.sampling import gather_sampling, grid_sample_gather, sampling_modules
+from hmpe.models.rtdetr.deformable import MSDeformableAttention, ms_deform_attn_core
+from hmpe.models.rtdetr.sampling import gather_sampling, grid_sample_gather, sampling_modules
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -41,14 +41,14 @@ def ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def onnx_file(ckpt):
-    from hmpe.engine.export import export_onnx
+    from hmpe.engine.deploy.export import export_onnx
 
     return export_onnx(ckpt, out=ckpt.with_name("m.onnx"), check=False, verbose=False)
 
 
 def _wrapper(weights):
     from hmpe.api import load_for_inference
-    from hmpe.engine.export import ExportWrapper
+    from hmpe.engine.deploy.export import ExportWrapper
 
     model, post, _ = load_for_inference(weights, torch.device("cpu"))
     return ExportWrapper(model, post, IMGSZ).eval()
@@ -113,7 +113,7 @@ def test_cli_export_gather_sampling_has_no_gridsample_and_passes_parity(ckpt, tm
 
 
 def test_parity_check_fails_loudly(onnx_file, tmp_path):
-    from hmpe.engine.export import ExportParityError, parity_check
+    from hmpe.engine.deploy.export import ExportParityError, parity_check
 
     out = onnx_file
     other = _wrapper(make_checkpoint(tmp_path / "other.pt", seed=1))  # different weights
@@ -124,7 +124,7 @@ def test_parity_check_fails_loudly(onnx_file, tmp_path):
 def test_export_heatmap_model_returns_only_tensors(tmp_path):
     """With the HMPE heatmap path on, the model's outputs hold a non-tensor ``heatmap`` entry; the
     exported graph has the three detection outputs only and still matches."""
-    from hmpe.engine.export import export_onnx
+    from hmpe.engine.deploy.export import export_onnx
 
     cfg = tiny_model_cfg()
     cfg["heatmap"] = {"enabled": True}

@@ -24,7 +24,7 @@ def hmpe_ckpt(tmp_path_factory):
 def test_cli_export_openvino_passes_parity_and_parity_fails_loudly(hmpe_ckpt, tmp_path, capsys):
     from hmpe.api import load_for_inference
     from hmpe.cli import main
-    from hmpe.engine.export import ExportParityError, ExportWrapper, parity_check
+    from hmpe.engine.deploy.export import ExportParityError, ExportWrapper, parity_check
 
     assert main(["export", f"weights={hmpe_ckpt}", "format=openvino"]) == 0
     printed = capsys.readouterr().out
@@ -43,7 +43,7 @@ def test_cli_export_openvino_passes_parity_and_parity_fails_loudly(hmpe_ckpt, tm
 
 
 def test_export_openvino_rejects_bad_out(hmpe_ckpt, tmp_path):
-    from hmpe.engine.export import export_openvino
+    from hmpe.engine.deploy.export import export_openvino
 
     with pytest.raises(ValueError, match=r"\.xml"):
         export_openvino(hmpe_ckpt, out=tmp_path / "m.onnx", check=False, verbose=False)

@@ -1,4 +1,4 @@
-"""Fine-tuning from an hmpe checkpoint onto a dataset with other classes (hmpe.engine.transfer)."""
+"""Fine-tuning from an hmpe checkpoint onto a dataset with other classes (hmpe.engine.train.transfer)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import yaml
 
 from helpers import tiny_data, tiny_model_cfg
 from hmpe.engine.checkpoint import load_checkpoint
-from hmpe.engine.transfer import transfer_weights
+from hmpe.engine.train.transfer import transfer_weights
 from hmpe.models.detector import build_model
 from test_export import make_checkpoint
 

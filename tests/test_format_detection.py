@@ -48,7 +48,7 @@ def test_unknown_layout_names_the_folder_and_the_fix(tmp_path):
 
 def test_ultralytics_yaml_trains_and_validates_unchanged(tmp_path):
     from hmpe.api import Detector
-    from hmpe.engine.trainer import Trainer
+    from hmpe.engine.train.trainer import Trainer
 
     data_convert(tiny_data(num_train=4, num_val=2, imgsz=64), "yolo", tmp_path / "ds")
     names = tiny_data()["names"]
@@ -69,7 +69,7 @@ def test_checkpoint_finds_its_dataset_from_any_folder(tmp_path, monkeypatch):
     import shutil
 
     from hmpe.api import Detector
-    from hmpe.engine.trainer import Trainer
+    from hmpe.engine.train.trainer import Trainer
 
     work = tmp_path / "work"
     data_convert(tiny_data(num_train=2, num_val=2, imgsz=64), "yolo", work / "ds")

@@ -1,4 +1,4 @@
-"""GeoTIFF in, GeoJSON out (hmpe.data.geo, hmpe.engine.raster, Detector.predict's routing): a synthetic GeoTIFF in
+"""GeoTIFF in, GeoJSON out (hmpe.data.geo, hmpe.engine.eval.raster, Detector.predict's routing): a synthetic GeoTIFF in
 EPSG:32633 with 0.5 m pixels, objects drawn at known pixels, a nodata strip; a stub detector that finds exactly
 the drawn objects in the tiles it is given stands in for the model."""
 
@@ -15,8 +15,8 @@ from rasterio.windows import Window  # noqa: E402
 
 from hmpe.data import geo  # noqa: E402
 from hmpe.data.types import DataError  # noqa: E402
-from hmpe.engine.raster import predict_raster, raster_windows  # noqa: E402
-from hmpe.engine.slicing import tile_grid  # noqa: E402
+from hmpe.engine.eval.raster import predict_raster, raster_windows  # noqa: E402
+from hmpe.engine.eval.slicing import tile_grid  # noqa: E402
 
 X0, Y0, PX = 500000.0, 5000000.0, 0.5  # upper-left corner (m) and pixel size of the rasters
 W, H = 1200, 900
@@ -231,7 +231,7 @@ def test_bands_select_and_single_band_repeats(tmp_path):
 def test_routing_and_rasters_without_georeferencing(tmp_path, monkeypatch, capsys):
     from PIL import Image
 
-    from hmpe.engine.raster import write_geojson
+    from hmpe.engine.eval.raster import write_geojson
 
     plain = tmp_path / "small.tif"
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(plain)

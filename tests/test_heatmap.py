@@ -23,7 +23,7 @@ from hmpe.models.heatmap import (
     minmax_per_image,
     probe_loss,
 )
-from hmpe.models.position import sincos_2d, sincos_2d_additive
+from hmpe.models.rtdetr.position import sincos_2d, sincos_2d_additive
 from hmpe.viz.heatmap import heatmap_maps, render_heatmap_figure, render_heatmap_output, visible_row_channel
 
 SIZES = [(8, 12), (4, 6), (2, 3)]  # a 64 x 96 input at strides 8, 16, 32

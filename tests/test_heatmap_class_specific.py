@@ -109,7 +109,7 @@ def test_module_mean_pool_closed_form_equals_reference():
 # the mask (eq. 6): absolute threshold or per-image quantile, and its diagnostics
 # --------------------------------------------------------------------------------------------------
 def test_quantile_mask_masks_the_stated_fraction_per_image():
-    from hmpe.models.mask_stats import threshold_mask
+    from hmpe.models.heatmap.mask_stats import threshold_mask
 
     g = torch.Generator().manual_seed(0)
     h = torch.rand(3, 1, 10, 10, generator=g)
@@ -135,7 +135,7 @@ def test_module_tau_mode_reaches_the_mask():
 
 
 def test_mask_stats_accumulator_counts_background_and_objects():
-    from hmpe.models.mask_stats import MaskStatsAccumulator
+    from hmpe.models.heatmap.mask_stats import MaskStatsAccumulator
 
     acc = MaskStatsAccumulator()
     mask = torch.zeros(2, 1, 4, 4)

@@ -19,7 +19,7 @@ from PIL import Image
 from helpers import SYNTHETIC_NAMES, tiny_data, tiny_model_cfg, tiny_train_cfg
 from hmpe.cli import main as cli_main
 from hmpe.data.synthetic import SyntheticDataset
-from hmpe.engine.trainer import Trainer
+from hmpe.engine.train.trainer import Trainer
 from hmpe.models.detector import build_model
 from hmpe.utils.config import apply_overrides, load_model_config
 from test_heatmap import _colourbar_count, _live_objects

@@ -21,7 +21,7 @@ CHECK_LINE = re.compile(r"int8 check on synthetic val \(4 images\): mAP50 fp32 (
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny model (one decoder layer) trained on 4 synthetic images until it finds their objects."""
-    from hmpe.engine.trainer import Trainer
+    from hmpe.engine.train.trainer import Trainer
 
     tmp = tmp_path_factory.mktemp("int8")
     threads = torch.get_num_threads()
@@ -45,7 +45,7 @@ def _inputs() -> np.ndarray:
     """The 4 val images (= the training images), preprocessed as the checkpoint's export expects: [4,3,64,64]."""
     from hmpe.data.formats import load_data_config
     from hmpe.data.preprocess import Preprocess
-    from hmpe.engine.quantize import SplitImages
+    from hmpe.engine.deploy.quantize import SplitImages
 
     images = SplitImages(load_data_config(tiny_data(imgsz=IMGSZ)), "val", Preprocess(IMGSZ))
     return np.concatenate([images[i] for i in range(len(images))])
@@ -66,8 +66,8 @@ def _assert_detections_survive(fp32: tuple, int8: tuple, conf: float = 0.3) -> N
 
 
 def test_onnx_int8_is_qdq_with_the_fp32_outputs_and_its_detections(trained, capsys):
-    from hmpe.engine.export import runtime_session
-    from hmpe.engine.quantize import FP32_TYPES, ORT_INT8_OPS
+    from hmpe.engine.deploy.export import runtime_session
+    from hmpe.engine.deploy.quantize import FP32_TYPES, ORT_INT8_OPS
 
     printed = _export(trained, "onnx", capsys)
     q_path, fp32_path = trained.with_name("last_int8.onnx"), trained.with_name("last.onnx")
@@ -100,7 +100,7 @@ def test_onnx_int8_is_qdq_with_the_fp32_outputs_and_its_detections(trained, caps
 def test_openvino_int8_by_nncf_keeps_outputs_and_detections(trained, capsys):
     pytest.importorskip("nncf", reason="format=openvino int8=true needs NNCF (pip install 'hmpe[int8]')")
     ov = pytest.importorskip("openvino")
-    from hmpe.engine.export import runtime_session
+    from hmpe.engine.deploy.export import runtime_session
 
     printed = _export(trained, "openvino", capsys, "check=false")  # the checks: the onnx test above
     folder = trained.parent / "last_int8_openvino"

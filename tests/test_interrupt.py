@@ -13,8 +13,8 @@ import torch
 
 from helpers import tiny_data, tiny_model_cfg, tiny_model_yaml, tiny_train_cfg
 from hmpe.engine.checkpoint import load_checkpoint
-from hmpe.engine.interrupt import StopFlag
-from hmpe.engine.trainer import Trainer, TrainingInterrupted
+from hmpe.engine.train.interrupt import StopFlag
+from hmpe.engine.train.trainer import Trainer, TrainingInterrupted
 
 # 4 images in batches of 2: 2 iterations an epoch, 4 in all; augmentation, multi-scale, EMA and a loader
 # worker, so that every random stream an epoch draws from has to continue where the interrupted run stopped

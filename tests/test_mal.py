@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from hmpe.models.loss import SetCriterion, matchability_aware_loss, varifocal_loss
-from hmpe.models.matcher import HungarianMatcher
+from hmpe.models.rtdetr.loss import SetCriterion, matchability_aware_loss, varifocal_loss
+from hmpe.models.rtdetr.matcher import HungarianMatcher
 from hmpe.utils.keys import check_model_config
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers import tiny_model_cfg, tiny_train_cfg
-from hmpe.engine.trainer import Trainer
+from hmpe.engine.train.trainer import Trainer
 
 
 @pytest.mark.parametrize("tau_mode,tau", [("absolute", 0.05), ("quantile", 0.5)])

@@ -12,7 +12,7 @@ import torch
 from helpers import tiny_model_cfg
 from hmpe.models.detector import build_criterion, build_model
 from hmpe.models.heatmap.maps import MaskFilter
-from hmpe.models.mask_stats import straight_through_mask, threshold_mask
+from hmpe.models.heatmap.mask_stats import straight_through_mask, threshold_mask
 
 NC = 5
 

@@ -5,9 +5,9 @@ import itertools
 import pytest
 import torch
 
-from hmpe.models.decoder import RTDETRDecoder
-from hmpe.models.loss import SetCriterion, varifocal_loss
-from hmpe.models.matcher import HungarianMatcher
+from hmpe.models.rtdetr.decoder import RTDETRDecoder
+from hmpe.models.rtdetr.loss import SetCriterion, varifocal_loss
+from hmpe.models.rtdetr.matcher import HungarianMatcher
 from hmpe.utils import boxes as B
 
 tvops = pytest.importorskip("torchvision.ops")

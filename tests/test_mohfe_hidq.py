@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from helpers import tiny_data, tiny_model_cfg, tiny_train_cfg
-from hmpe.models.decoder import RTDETRDecoder, generate_anchors
+from hmpe.models.rtdetr.decoder import RTDETRDecoder, generate_anchors
 from hmpe.models.detector import build_criterion, build_model
 from hmpe.models.hidq import HeatmapQuerySelector, flatten_heatmap
 from hmpe.models.mohfe import MOHFE, parse_levels
@@ -282,7 +282,7 @@ def test_tiny_hmpe_overfits(tmp_path):
     as the baseline's test) within 90 s of this process's CPU time. CPU time still inflates when other
     processes oversubscribe the cores (shared caches, SMT siblings): the time limit is only asserted
     when the rest of the machine used less than a quarter of it during the run (the CI machine is idle)."""
-    from hmpe.engine.trainer import Trainer
+    from hmpe.engine.train.trainer import Trainer
 
     cfg = tiny_train_cfg(tmp_path, data=tiny_data(num_train=2, num_val=2), batch=2)
     t0, j0 = os.times(), _busy_jiffies()

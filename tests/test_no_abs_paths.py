@@ -61,7 +61,7 @@ def test_checkpoint_records_relative_paths_and_val_writes_under_the_working_dire
     writes to ``./runs/val``, not into the training run's ``project``."""
     from hmpe.api import Detector
     from hmpe.data.tools import data_convert
-    from hmpe.engine.trainer import Trainer
+    from hmpe.engine.train.trainer import Trainer
 
     work = tmp_path / "work"
     data_convert(tiny_data(num_train=2, num_val=2, imgsz=64), "yolo", work / "ds")

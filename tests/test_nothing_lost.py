@@ -117,7 +117,7 @@ def test_whole_image_cap_warns_when_it_drops_detections(tmp_path, capsys):
 
 # ------------------------------------------------------------------ same-stem outputs
 def test_output_names_are_unique_and_readable():
-    from hmpe.engine.predict import output_names
+    from hmpe.engine.eval.predict import output_names
 
     paths = [Path(p) for p in ("d/a.jpg", "d/a.png", "d/b.tif", "x/c.jpg", "y/c.jpg", "d/a_png.bmp")]
     assert output_names(paths, ".jpg") == ["a_jpg.jpg", "a_png.jpg", "b.jpg", "x_c_jpg.jpg", "y_c_jpg.jpg",

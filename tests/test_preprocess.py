@@ -33,7 +33,7 @@ def test_preprocess_matches_the_evaluation_dataset_and_maps_boxes_back():
 def letterbox_run(tmp_path_factory):
     """A tiny model trained one epoch with letterboxing on rectangular images written as a YOLO dataset."""
     from hmpe.data.tools import data_convert
-    from hmpe.engine.trainer import Trainer
+    from hmpe.engine.train.trainer import Trainer
 
     tmp = tmp_path_factory.mktemp("letterbox")
     syn = tmp / "syn.yaml"
@@ -66,7 +66,7 @@ def _same(a: dict, b: dict) -> None:
 def test_letterbox_model_scores_the_same_on_every_path(letterbox_run, monkeypatch, capsys):
     from hmpe.api import Detector
     from hmpe.cli import main
-    from hmpe.engine.evaluator import COCOEvaluator
+    from hmpe.engine.eval.evaluator import COCOEvaluator
 
     trainer, metrics, data, tmp = letterbox_run
     assert trainer.preprocess.keep_ratio and metrics["num_predictions"] > 0

@@ -11,8 +11,8 @@ import pytest
 import timm  # a dev dependency (pyproject.toml): the reference implementation, so never skipped
 import torch
 
-from hmpe.models.backbone import HGNetv2
-from hmpe.models.pretrained import load_pretrained_backbone
+from hmpe.models.rtdetr.backbone import HGNetv2
+from hmpe.models.rtdetr.pretrained import load_pretrained_backbone
 
 
 def _timm_hgnet(variant: str, seed: int = 0):
@@ -125,7 +125,7 @@ def test_trainer_recipe_with_pretrained_backbone(tmp_path, capsys):
     from torch import nn
 
     from helpers import tiny_model_cfg, tiny_train_cfg
-    from hmpe.engine.trainer import Trainer
+    from hmpe.engine.train.trainer import Trainer
 
     ref = _timm_hgnet("b0")
     path = tmp_path / "hgnetv2_b0.pth"

@@ -112,7 +112,7 @@ def test_imgsz_is_one_size_and_a_list_names_the_keys_that_take_several(task, cap
 
 
 def test_export_imgsz_takes_hxw_and_hw_alike():
-    from hmpe.engine.export import export_size
+    from hmpe.engine.deploy.export import export_size
 
     ckpt = {"train_cfg": {"imgsz": 64}}
     assert export_size(ckpt, "64x96") == export_size(ckpt, [64, 96]) == (64, 96)

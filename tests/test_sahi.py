@@ -12,7 +12,7 @@ Why the two slicers can differ, and where they cannot:
   zero-padded to ``slice x slice`` by hmpe but handed over as it is by SAHI; the test image has none.
 * Merge. SAHI runs its ``postprocess_type`` only (here ``NMS`` with ``IOU`` at hmpe's ``merge_iou`` 0.5, and
   ``perform_standard_pred=False``: no whole-image pass, as hmpe's ``full_image=False``). hmpe first resolves
-  border fragments (:func:`hmpe.engine.slicing.resolve_fragments`): a detection touching an inner tile side is
+  border fragments (:func:`hmpe.engine.eval.slicing.resolve_fragments`): a detection touching an inner tile side is
   dropped when another tile saw the object whole, or fused with its partner fragments; then the same class-wise
   NMS (SAHI's CPU NMS suppresses at IoU >= the threshold, torchvision's at IoU >: only exact ties could
   differ). With that step switched off the two agree detection for detection, boxes within ``BOX_TOL`` px and
@@ -45,7 +45,7 @@ def scene(tmp_path_factory):
     """A briefly trained tiny detector (64 px synthetic images) and a 128 x 128 mosaic of its four training
     images: its objects are detected with a spread of scores, and some straddle the tile sides."""
     from hmpe.data.dataset import build_dataset
-    from hmpe.engine.trainer import Trainer
+    from hmpe.engine.train.trainer import Trainer
 
     tmp = tmp_path_factory.mktemp("sahi")
     n = torch.get_num_threads()
@@ -90,7 +90,7 @@ def _matches(a, b) -> np.ndarray:
 def test_tile_grids_coincide_here_and_differ_by_stride_rounding():
     from sahi.slicing import get_slice_bboxes
 
-    from hmpe.engine.slicing import tile_grid
+    from hmpe.engine.eval.slicing import tile_grid
 
     for w, h in ((128, 128), (200, 150), (64, 300)):
         assert [tuple(b) for b in get_slice_bboxes(h, w, SLICE, SLICE, False, OVERLAP, OVERLAP)] == \
@@ -103,7 +103,7 @@ def test_sahi_matches_hmpe_slicer_without_the_fragment_step(scene):
     """hmpe's slicer with its fragment step off (``merge_ios`` above 1: no intersection over the smaller box
     reaches it) and SAHI's NMS give the same detections, one to one."""
     from hmpe.api import Detector
-    from hmpe.engine.slicing import model_predict_fn, sliced_predict
+    from hmpe.engine.eval.slicing import model_predict_fn, sliced_predict
 
     weights, _, image = scene
     det = Detector(weights=str(weights), device="cpu")
@@ -120,7 +120,7 @@ def test_sahi_matches_hmpe_slicer_without_the_fragment_step(scene):
 def _fragment_of(box, label, other) -> bool:
     """``box`` touches an inner side of a tile that holds it, and lies (IoS >= MERGE_IOS) on a detection of
     ``other`` of the same class: what hmpe's fragment step drops, or fuses into a union."""
-    from hmpe.engine.slicing import box_ios, cut_flags, tile_grid
+    from hmpe.engine.eval.slicing import box_ios, cut_flags, tile_grid
 
     h = w = SIDE
     b = torch.tensor(box, dtype=torch.float32)[None]

@@ -7,7 +7,7 @@ from PIL import Image
 from scipy import ndimage
 
 from helpers import tiny_data
-from hmpe.engine.slicing import (
+from hmpe.engine.eval.slicing import (
     box_ios,
     cut_flags,
     merge_detections,
@@ -211,8 +211,8 @@ def test_evaluate_sliced_reports_sizes_at_the_tile_scale():
     from types import SimpleNamespace
 
     from hmpe.data.types import Sample
-    from hmpe.engine.evaluator import COCOEvaluator
-    from hmpe.engine.slicing import evaluate_sliced
+    from hmpe.engine.eval.evaluator import COCOEvaluator
+    from hmpe.engine.eval.slicing import evaluate_sliced
 
     a = np.array(OBJECTS, np.float64)
     sample = Sample(1, "scene", 2000, 1600, a[:, :4], a[:, 4].astype(np.int64))

@@ -97,7 +97,7 @@ def test_seeded_sampling_is_reproducible():
 
 @pytest.fixture(scope="module")
 def tiled_run(tmp_path_factory):
-    from hmpe.engine.trainer import Trainer
+    from hmpe.engine.train.trainer import Trainer
 
     tmp = tmp_path_factory.mktemp("tiles")
     cfg = tiny_train_cfg(tmp, data=tiny_data(num_train=4, num_val=2, imgsz=192), epochs=2, imgsz=96, tile=96,

@@ -5,7 +5,7 @@ import torch
 
 from helpers import tiny_data, tiny_model_cfg, tiny_train_cfg
 from hmpe.engine.checkpoint import load_checkpoint
-from hmpe.engine.trainer import Trainer
+from hmpe.engine.train.trainer import Trainer
 
 
 def test_tiny_detector_overfits_four_images(tmp_path):

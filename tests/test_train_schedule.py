@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from helpers import tiny_model_cfg, tiny_train_cfg
-from hmpe.engine.trainer import Trainer
+from hmpe.engine.train.trainer import Trainer
 from hmpe.utils.keys import UsageError, check_task_args
 
 FLIP = {"photometric": False, "zoom_out": False, "iou_crop": False, "hflip": True}
@@ -67,7 +67,7 @@ def test_time_limit_sizes_the_run_in_iterations(tmp_path, monkeypatch):
     """time_limit: after every epoch until the budget is spent, the run is sized in iterations at the measured
     pace; the last epoch stops part-way, the cosine ends on the last iteration, and the checkpoint carries the
     budget for a resume."""
-    import hmpe.engine.optim as optim
+    import hmpe.engine.train.optim as optim
     from hmpe.engine.checkpoint import load_checkpoint
 
     paces = []
@@ -90,8 +90,8 @@ def test_time_limit_sizes_the_run_in_iterations(tmp_path, monkeypatch):
 
 
 class IterationClock:
-    """``time`` for hmpe.engine.optim whose ``perf_counter`` reads the trainer's progress: the first iteration (the
-    first epoch: one batch of 4 images) takes ``first`` seconds, every later one ``later`` (the rest: no time)."""
+    """``time`` for hmpe.engine.train.optim whose ``perf_counter`` reads the trainer's progress: the first iteration
+    (the first epoch: one batch of 4 images) takes ``first`` seconds, every later one ``later`` (the rest: no time)."""
 
     def __init__(self, first: float, later: float):
         self.first, self.later, self.trainer = first, later, None
@@ -103,7 +103,7 @@ class IterationClock:
 
 def _timed_fit(tmp_path, monkeypatch, clock, stop_after=None, **over):
     """A time_limit run of 30 s under ``clock``: (trainer, the lr of every step, the sizes it logged)."""
-    import hmpe.engine.optim as optim
+    import hmpe.engine.train.optim as optim
 
     lrs, sizes = [], []
     set_lr = Trainer._set_lr

@@ -11,11 +11,11 @@ from torch import nn
 
 from helpers import tiny_data, tiny_model_cfg, tiny_train_cfg
 from hmpe.engine.checkpoint import load_checkpoint
-from hmpe.engine.optim import iterations_for_budget
-from hmpe.engine.run_log import append_row, truncate_rows
-from hmpe.engine.trainer import ModelParts, Trainer, loss_groups
+from hmpe.engine.train.optim import iterations_for_budget
+from hmpe.engine.train.run_log import append_row, truncate_rows
+from hmpe.engine.train.trainer import ModelParts, Trainer, loss_groups
 from hmpe.models.detector import build_criterion
-from hmpe.models.postprocess import PostProcessor
+from hmpe.models.rtdetr.postprocess import PostProcessor
 from hmpe.utils.runtime import increment_run_dir, select_device
 
 NC = 5

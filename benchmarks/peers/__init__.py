@@ -23,7 +23,7 @@ Part A (default): speed and size, in one run.
   pre/post-processing, no NMS, no BN fusion), interleaved: every round times each model once, in
   a rotated order, so load from other processes hits all alike; figures are the median / p90 over
   rounds, and speed is compared as ratios within this one run. Params and GFLOPs are counted the
-  same way for all (``hmpe.engine.bench``: FlopCounterMode on the same raw forward at batch 1,
+  same way for all (``hmpe.engine.deploy.bench``: FlopCounterMode on the same raw forward at batch 1,
   2 FLOPs per multiply-accumulate of convs and matmuls). ``--nc`` (default 80, COCO, so the sizes
   can be checked against the published ones) sets every model's class count.
   Writes ``benchmarks/results/peers.md``.

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from hmpe.engine.bench import count_params, param_split
+from hmpe.engine.deploy.bench import count_params, param_split
 from benchmarks._common import SkipRow, load_hmpe_model_config, parse_row_spec, split_top_level
 
 PEER_NAMES = ("yolo11n", "rtdetr-l", "dfine-n")

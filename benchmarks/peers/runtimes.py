@@ -10,7 +10,7 @@ Every model (hmpe or peer) goes the same way, so that the runtimes compare like 
   YOLO: the head's concatenated predictions, no NMS) -- the same convention as the PyTorch timing.
 * ``runner``: the ONNX file in ONNX Runtime, or converted to OpenVINO IR (``openvino.convert_model``)
   and compiled for the CPU at f32 precision, with a fixed thread count
-  (:func:`hmpe.engine.export.runtime_session`).
+  (:func:`hmpe.engine.deploy.export.runtime_session`).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def export_raw_onnx(model: nn.Module, forward: Callable | None, x: torch.Tensor,
 
 def runner(onnx_path: Path, backend: str, threads: int) -> Callable:
     """``run(images np.float32)`` for the file in ``backend`` (OpenVINO: the IR converted beside it)."""
-    from hmpe.engine.export import runtime_session
+    from hmpe.engine.deploy.export import runtime_session
 
     path = onnx_path.with_suffix(".xml") if backend == "openvino" else onnx_path
     return runtime_session(path, backend, threads, outputs=None)

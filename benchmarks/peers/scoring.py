@@ -14,7 +14,7 @@ import numpy as np
 from hmpe.data.dataset import build_dataset
 from hmpe.data.formats import load_data_config
 from hmpe.data.preprocess import Preprocess
-from hmpe.engine.evaluator import COCOEvaluator
+from hmpe.engine.eval.evaluator import COCOEvaluator
 
 
 def val_dataset(data, imgsz: int):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from hmpe.engine.backends import interleaved_times
-from hmpe.engine.bench import count_gflops, count_params, environment, peak_forward_memory, percentile
-from hmpe.engine.export import onnx_to_openvino
+from hmpe.engine.deploy.backends import interleaved_times
+from hmpe.engine.deploy.bench import count_gflops, count_params, environment, peak_forward_memory, percentile
+from hmpe.engine.deploy.export import onnx_to_openvino
 from benchmarks._common import RESULTS, SkipRow, command_line, load_avg, no_network, utc_stamp, versions
 from benchmarks.peers.models import Built, build, call, peer_split, split_models
 from benchmarks.peers.report import speed_markdown, write_report

@@ -1,4 +1,4 @@
-"""Part B's D-FINE-N row: transformers' D-FINE-N trained by hmpe's own loop (:class:`hmpe.engine.trainer.Trainer`
+"""Part B's D-FINE-N row: transformers' D-FINE-N trained by hmpe's own loop (:class:`hmpe.engine.train.trainer.Trainer`
 with an externally built model), so it gets exactly hmpe-n's recipe: the data pipeline, AdamW, warm-up + cosine,
 gradient clipping, EMA, ``time_limit`` sizing, and validation by hmpe's evaluator. Its loss is D-FINE's own
 (``outputs.loss``: the matching, VFL / FGL / DDF terms of the HF implementation).
@@ -10,9 +10,9 @@ import time
 
 from torch import Tensor, nn
 
-from hmpe.engine.bench import count_params
-from hmpe.engine.trainer import ModelParts, Trainer
-from hmpe.models.postprocess import PostProcessor
+from hmpe.engine.deploy.bench import count_params
+from hmpe.engine.train.trainer import ModelParts, Trainer
+from hmpe.models.rtdetr.postprocess import PostProcessor
 from benchmarks._common import epochs_trained
 from benchmarks.peers.models import SMOKE_QUERIES, dfine_n_config, require
 

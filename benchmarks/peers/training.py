@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from hmpe.engine.bench import count_params
-from hmpe.engine.trainer import Trainer
+from hmpe.engine.deploy.bench import count_params
+from hmpe.engine.train.trainer import Trainer
 from hmpe.utils.config import apply_overrides, default_train_config, parse_overrides, split_overrides
 from benchmarks._common import (RESULTS, SkipRow, epochs_trained, load_avg, load_hmpe_model_config, no_network,
                                 parse_row_spec, provenance)

@@ -4,7 +4,7 @@ training dataset that samples crops of it (:class:`TiledDataset`, ``hmpe train t
 Why tiles: an aerial image of about 1000 px resized to a 512 input shrinks every object twice over (on NWPU
 VHR-10 val, 216 of 622 objects are under 32 x 32 at a 512 input, 26 at native resolution). Training on
 ``tile x tile`` crops at native resolution shows the model objects at the size sliced inference
-(:mod:`hmpe.engine.slicing`) will show them.
+(:mod:`hmpe.engine.eval.slicing`) will show them.
 
 The sampling, per epoch (:meth:`TiledDataset.set_epoch`, from a generator seeded by ``seed`` and the epoch, so
 a resumed run draws the same tiles):

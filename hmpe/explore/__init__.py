@@ -6,7 +6,7 @@
     Detector("best.pt").explore("images/", port=7860)          # blocks; block=False returns the server
 
 It sits above :mod:`hmpe.api` (it drives a :class:`~hmpe.api.Detector`); the computation it shows is the
-library's own (:mod:`hmpe.models.mask_stats`, :mod:`hmpe.viz.heatmap`).
+library's own (:mod:`hmpe.models.heatmap.mask_stats`, :mod:`hmpe.viz.heatmap`).
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 Everything the page asks for is answered from an image's cache entry: the detections (down to a low
 score floor, matched once to the ground truth), the :class:`~hmpe.models.heatmap.HeatmapOutput` of the
 forward (``h_class``, ``h_bbox`` per level, the gate) and the probe's ``F`` and class logits (for
-``H_class`` of a chosen class). A threshold or gate change is :func:`~hmpe.models.mask_stats.remask` on
+``H_class`` of a chosen class). A threshold or gate change is :func:`~hmpe.models.heatmap.mask_stats.remask` on
 the cached maps, then :func:`~hmpe.viz.heatmap.heatmap_maps` and
-:func:`~hmpe.models.mask_stats.mask_statistics` -- the library's own functions, nothing re-implemented.
+:func:`~hmpe.models.heatmap.mask_stats.mask_statistics` -- the library's own functions, nothing re-implemented.
 """
 
 from __future__ import annotations
@@ -17,18 +17,21 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from hmpe.api import Detector
-from hmpe.engine.predict import detections, resolve_source
-from hmpe.data.images import load_image
 from hmpe.data.formats import load_dataset, shipped_datasets
-from hmpe.engine.evaluator import coco_match_image
-from hmpe.models.mask_stats import mask_statistics, object_cells, remask
+from hmpe.data.images import load_image
+from hmpe.engine.eval.evaluator import coco_match_image
+from hmpe.engine.eval.predict import detections, resolve_source
+from hmpe.models.heatmap.mask_stats import mask_statistics, object_cells, remask
 from hmpe.viz.draw import class_colour
 from hmpe.viz.heatmap import fit_for_display, heatmap_maps
+
+if TYPE_CHECKING:  # the annotation only: Detector.explore() passes itself in; importing hmpe.api when this
+    from hmpe.api import Detector  # module runs would close the circle api -> explore -> session -> api
 
 MATCH_IOU = 0.5  # a detection is a true positive at IoU >= 0.5 with an unmatched box of its class (COCO's AP50)
 
@@ -165,7 +168,7 @@ class ExploreSession:
 
     def _summarise(self, index: int, dets: dict, W: int, H: int) -> dict:
         """Detections with their match to the ground truth (per class, score order, IoU >= 0.5): by the prefix
-        property of greedy matching (:func:`~hmpe.engine.evaluator.coco_match_image`) the page can show the
+        property of greedy matching (:func:`~hmpe.engine.eval.evaluator.coco_match_image`) the page can show the
         true / false positives and misses at any confidence above the floor without asking again."""
         n = len(dets["scores"])
         status, gt_of = np.array(["fp"] * n, dtype=object), np.full(n, -1)

@@ -16,7 +16,7 @@ on (as hmpe's own slicer clips them to the tile); category ids are the checkpoin
 names its class names.
 
 SAHI then merges the slices by its own postprocess (``postprocess_type``); hmpe's own slicer
-(:mod:`hmpe.engine.slicing`) additionally resolves border fragments before its NMS, so the two agree only
+(:mod:`hmpe.engine.eval.slicing`) additionally resolves border fragments before its NMS, so the two agree only
 where that step changes nothing (README, "Inside SAHI").
 """
 

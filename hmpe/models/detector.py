@@ -10,16 +10,17 @@ import warnings
 
 from torch import Tensor, nn
 
-from hmpe.models.backbone import HGNetv2
-from hmpe.models.decoder import RTDETRDecoder
-from hmpe.models.deploy import fuse_model
-from hmpe.models.encoder import HybridEncoder
 from hmpe.models.heatmap import HeatmapEmbedding
 from hmpe.models.hidq import HeatmapQuerySelector
-from hmpe.models.loss import SetCriterion
-from hmpe.models.matcher import HungarianMatcher
+from hmpe.models.lsconv import build_strip_block
 from hmpe.models.mohfe import MOHFE
-from hmpe.models.postprocess import PostProcessor
+from hmpe.models.rtdetr.backbone import HGNetv2
+from hmpe.models.rtdetr.decoder import RTDETRDecoder
+from hmpe.models.rtdetr.deploy import fuse_model
+from hmpe.models.rtdetr.encoder import HybridEncoder
+from hmpe.models.rtdetr.loss import SetCriterion
+from hmpe.models.rtdetr.matcher import HungarianMatcher
+from hmpe.models.rtdetr.postprocess import PostProcessor
 from hmpe.utils.keys import MODEL, MODEL_SCALARS, check_model_config
 from hmpe.utils.renames import upgrade_model_config
 
@@ -73,7 +74,7 @@ class DetectionModel(nn.Module):
 
 
     def fuse(self, channels_last: bool = True) -> "DetectionModel":
-        """Deploy mode, in place and idempotent (:func:`hmpe.models.deploy.fuse_model`): BatchNorm folded
+        """Deploy mode, in place and idempotent (:func:`hmpe.models.rtdetr.deploy.fuse_model`): BatchNorm folded
         into the convs, RepVGG blocks re-parameterised, inference constants cached, conv weights
         channels-last. Inference only."""
         return fuse_model(self, channels_last)
@@ -84,7 +85,7 @@ def build_model(cfg: dict, num_classes: int) -> DetectionModel:
     :class:`hmpe.utils.keys.ConfigKeyError` naming the nearest known one.
 
     ``backbone.pretrained`` (a weights file) is not read here: the trainer loads it into a fresh run
-    (:func:`hmpe.models.pretrained.load_pretrained_backbone`); a model rebuilt from a checkpoint takes its
+    (:func:`hmpe.models.rtdetr.pretrained.load_pretrained_backbone`); a model rebuilt from a checkpoint takes its
     weights from the checkpoint, so the file need not exist any more.
     """
     cfg = upgrade_model_config(cfg)  # renamed keys of a stored config (checkpoint, shipped weights): silently
@@ -93,7 +94,7 @@ def build_model(cfg: dict, num_classes: int) -> DetectionModel:
     hidden = cfg.get("hidden_dim", key_default(None, "hidden_dim"))
     bb_cfg = dict(cfg.get("backbone") or {})
     bb_cfg.pop("pretrained", None)
-    backbone = HGNetv2(**bb_cfg)
+    backbone = HGNetv2(**bb_cfg, strip_factory=build_strip_block)
     enc_cfg = dict(cfg.get("encoder") or {})
     heat_cfg = dict(cfg.get("heatmap") or {})
     if heat_cfg.get("bbox_heat") == "loss":

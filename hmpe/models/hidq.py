@@ -31,8 +31,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from hmpe.models.common import gather_tokens
-from hmpe.models.query_selection import QuerySelector
+from hmpe.models.rtdetr.common import gather_tokens
+from hmpe.models.rtdetr.query_selection import QuerySelector
 
 __all__ = ["HeatmapQuerySelector", "flatten_heatmap", "SCORES"]
 
@@ -51,7 +51,7 @@ class HeatmapQuerySelector(QuerySelector):
     """Top-K tokens by ``H_mixed`` -> content ``W'_Q W_m (memory * H_mixed)``, encoder-head references.
 
     Args:
-        hidden_dim, num_classes, num_queries: as :class:`hmpe.models.query_selection.QuerySelector`.
+        hidden_dim, num_classes, num_queries: as :class:`hmpe.models.rtdetr.query_selection.QuerySelector`.
         score: ``"heat"`` (H_mixed alone, eq. 8) or ``"heat*cls"`` (H_mixed x the encoder head's
             class confidence ``sigmoid(max_c logit)``).
         tie_break: with ``score="heat"``, ``score = h + tie_break * sigmoid(max_c probe logit)`` when

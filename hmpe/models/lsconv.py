@@ -56,7 +56,7 @@ Blocks (all ``[B, C, H, W] -> [B, C, H, W]``, residual, drop-in for a mid -> mid
   not concatenated: same expressiveness as concat + 1x1 without the extra ``2C -> C`` projection.
 * ``StripBlock``: the linear path alone in the same residual form (ablation: is the snake worth it?).
 
-``build_strip_block(kind, channels, kernel_size)`` is the hook ``hmpe.models.backbone.HGNetv2`` calls.
+``build_strip_block(kind, channels, kernel_size)`` is the hook ``hmpe.models.rtdetr.backbone.HGNetv2`` calls.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hmpe.models.deploy import bn_affine, conv_with_affine
-from hmpe.models.sampling import SamplerSwitch
+from hmpe.models.rtdetr.deploy import bn_affine, conv_with_affine
+from hmpe.models.rtdetr.sampling import SamplerSwitch
 
 __all__ = [
     "DSConv",
@@ -405,7 +405,7 @@ class DSConv(nn.Module):
         return self.out(x, self.snake(x))
 
     def fold_for_inference(self) -> None:
-        """Deploy mode (:func:`hmpe.models.deploy.fuse_model`): the path's BN into its strip convs."""
+        """Deploy mode (:func:`hmpe.models.rtdetr.deploy.fuse_model`): the path's BN into its strip convs."""
         self.snake.fold()
 
 
@@ -421,7 +421,7 @@ class StripBlock(nn.Module):
         return self.out(x, self.linear(x))
 
     def fold_for_inference(self) -> None:
-        """Deploy mode (:func:`hmpe.models.deploy.fuse_model`): the path's BN into its strip convs."""
+        """Deploy mode (:func:`hmpe.models.rtdetr.deploy.fuse_model`): the path's BN into its strip convs."""
         self.linear.fold()
 
 
@@ -461,7 +461,7 @@ class LSConv(nn.Module):
 
     @torch.no_grad()
     def fold_for_inference(self) -> None:
-        """Deploy mode (:func:`hmpe.models.deploy.fuse_model`): each path's BN into its strip convs and,
+        """Deploy mode (:func:`hmpe.models.rtdetr.deploy.fuse_model`): each path's BN into its strip convs and,
         with ReLU paths, the softmax path weights too (``w * relu(z) = relu(w * z)``, ``w > 0``)."""
         relu = isinstance(self.snake.act, nn.ReLU) and isinstance(self.linear.act, nn.ReLU)
         if self.weights_folded or not isinstance(self.snake.bn, nn.BatchNorm2d):

@@ -63,7 +63,7 @@ _IMAGES = Key("source", None, "image file, folder or glob pattern (or the first 
               Text("an image, folder or glob", null=True))
 #: tile overlap of sliced inference and of the tiled-training grid (a fraction of the tile)
 TILE_OVERLAP = 0.2
-_PRED = (  # options shared by val / predict (sliced inference: hmpe.engine.slicing)
+_PRED = (  # options shared by val / predict (sliced inference: hmpe.engine.eval.slicing)
     Key("slice", None, "tile size N for sliced inference on large images (null: the checkpoint's training tile= "
                        "if it has one, else the whole image; 0: the whole image)", Int(">= 0", null=True)),
     Key("overlap", TILE_OVERLAP, "tile overlap as a fraction of the tile (slice=N)", Num("[0, 1)")),
@@ -174,7 +174,7 @@ PREDICT = (
     Key("name", None, "output folder name under <project>/predict", Text("a folder name", null=True)),
     *_PRED,
     Key("bands", None, "GeoTIFF: bands as RGB (1-based; one: x3; null: 1,2,3)", ListOf(Int(">= 1"), null=True)),
-    Key("window", 4096, "GeoTIFF: largest raster window read at once, px (hmpe.engine.raster)", Int(">= 1")),
+    Key("window", 4096, "GeoTIFF: largest raster window read at once, px (hmpe.engine.eval.raster)", Int(">= 1")),
 )
 
 HEATMAP = (
@@ -279,7 +279,8 @@ MODEL: dict[str, tuple[Key, ...]] = {
         Key("freeze_norm", False, "freeze BatchNorm statistics and affine", Bool()),
         Key("strip_conv", None, "LSConv / DSConv: {kind: lsconv|dsconv, stages: [3,4], kernel_size: 9}"),
         Key("pretrained", None, "ImageNet HGNetv2 weights file (timm / D-FINE / RT-DETRv2 layout), read at the "
-                                "start of a fresh training run (hmpe.models.pretrained)", Kind("file", null=True)),
+                                "start of a fresh training run (hmpe.models.rtdetr.pretrained)",
+            Kind("file", null=True)),
     ),
     "encoder": (
         Key("nhead", 8, "AIFI attention heads", Int(">= 1")),

@@ -238,8 +238,8 @@ def visible_row_channel(dim: int, height: int, temperature: float = 10000.0, mod
     """The row-wave channel of the position encoding whose period is closest to ``height / 3`` cells.
 
     Channel f (f < F) has period ``2 pi T^(f/F)`` along the rows, with F = dim // 4 for
-    :func:`hmpe.models.position.sincos_2d` (``mode="rtdetr"``) and dim // 2 for
-    :func:`~hmpe.models.position.sincos_2d_additive` (``"paper"``).
+    :func:`hmpe.models.rtdetr.position.sincos_2d` (``mode="rtdetr"``) and dim // 2 for
+    :func:`~hmpe.models.rtdetr.position.sincos_2d_additive` (``"paper"``).
     """
     n_freq = max(1, dim // 4 if mode == "rtdetr" else dim // 2)
     target = max(height / 3.0, 2 * math.pi)

@@ -12,9 +12,11 @@ Pipeline per image, on the projected features ``X_l [B, D, H_l, W_l]`` (strides 
 One concern per module: :mod:`~hmpe.models.heatmap.probe` (the probe head),
 :mod:`~hmpe.models.heatmap.targets` (dense target assignment), :mod:`~hmpe.models.heatmap.losses` (the
 probe losses), :mod:`~hmpe.models.heatmap.gradcam` (Grad-CAM++, eqs. 1-3, and the interpretations of
-the paper's formulas), :mod:`~hmpe.models.heatmap.maps` (normalisation, level fusion, the mask filter)
-and :mod:`~hmpe.models.heatmap.embedding` (the module and its output). The position encoding and its
-mask (eq. 7) are :mod:`hmpe.models.position`'s, shared with the encoder.
+the paper's formulas), :mod:`~hmpe.models.heatmap.maps` (normalisation, level fusion, the mask filter),
+:mod:`~hmpe.models.heatmap.embedding` (the module and its output) and
+:mod:`~hmpe.models.heatmap.mask_stats` (eqs. 4 and 6 recomputed from cached maps, what a mask keeps and
+drops). The position encoding and its mask (eq. 7) are :mod:`hmpe.models.rtdetr.position`'s, shared with
+the encoder.
 """
 
 from hmpe.models.heatmap.embedding import HeatmapEmbedding, HeatmapOutput
@@ -28,7 +30,7 @@ from hmpe.models.heatmap.losses import probe_loss
 from hmpe.models.heatmap.maps import MaskFilter, fuse_levels, minmax_per_image, resize_map
 from hmpe.models.heatmap.probe import ProbeHead
 from hmpe.models.heatmap.targets import assign_dense_targets, default_scale_ranges
-from hmpe.models.position import masked_position_encoding
+from hmpe.models.rtdetr.position import masked_position_encoding
 
 __all__ = [
     "ALPHAS",

@@ -27,10 +27,10 @@ from hmpe.models.heatmap.gradcam import (
 )
 from hmpe.models.heatmap.losses import probe_loss
 from hmpe.models.heatmap.maps import MaskFilter, fuse_levels, minmax_per_image
+from hmpe.models.heatmap.mask_stats import mix_and_mask
 from hmpe.models.heatmap.probe import ProbeHead
 from hmpe.models.heatmap.targets import default_scale_ranges
-from hmpe.models.mask_stats import mix_and_mask
-from hmpe.models.position import PositionEncoding, masked_position_encoding
+from hmpe.models.rtdetr.position import PositionEncoding, masked_position_encoding
 
 __all__ = ["HeatmapEmbedding", "HeatmapOutput"]
 

@@ -1,6 +1,6 @@
 """Normalisation, resizing and fusion of the per-level heatmaps, and the mask filter (eqs. 4, 6).
 
-The masked position encoding (eq. 7) is :func:`hmpe.models.position.masked_position_encoding`, the one
+The masked position encoding (eq. 7) is :func:`hmpe.models.rtdetr.position.masked_position_encoding`, the one
 the hybrid encoder applies.
 """
 
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as Fn
 from torch import Tensor, nn
 
-from hmpe.models.mask_stats import TAU_MODES, straight_through_mask, threshold_mask
+from hmpe.models.heatmap.mask_stats import TAU_MODES, straight_through_mask, threshold_mask
 
 __all__ = ["MaskFilter", "fuse_levels", "minmax_per_image", "resize_map"]
 
@@ -70,11 +70,11 @@ MASK_GRADS = ("none", "ste")
 class MaskFilter(nn.Module):
     """Eq. 6: ``Mask(i,j) = 1[H_mixed(i,j) > tau]`` (tau = 0 is eq. 6 literally), or with
     ``mode="quantile"`` the cells at or below the per-image tau-quantile masked
-    (:func:`~hmpe.models.mask_stats.threshold_mask`).
+    (:func:`~hmpe.models.heatmap.mask_stats.threshold_mask`).
 
     ``grad``: ``"none"`` (the mask is a constant of the backward pass) or ``"ste"`` (in training, a straight-through
     estimator: the same hard mask forward, the gradient of a sigmoid of width ``temperature`` around the threshold
-    backward, :func:`~hmpe.models.mask_stats.straight_through_mask`), which gives the gate of eq. 4 a gradient
+    backward, :func:`~hmpe.models.heatmap.mask_stats.straight_through_mask`), which gives the gate of eq. 4 a gradient
     from the masked position encoding."""
 
     def __init__(self, tau: float = 0.05, mode: str = "absolute", grad: str = "none", temperature: float = 0.05):

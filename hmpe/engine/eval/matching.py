@@ -1,5 +1,5 @@
 """Detection-to-ground-truth matching for the evaluator's P/R and confusion matrix (definitions in
-:mod:`hmpe.engine.evaluator`): COCO's box IoU, COCOeval's per-image greedy match, the best-F1 operating
+:mod:`hmpe.engine.eval.evaluator`): COCO's box IoU, COCOeval's per-image greedy match, the best-F1 operating
 point, and the class-agnostic confusion matrix.
 """
 
@@ -98,7 +98,7 @@ def best_f1_point(
     class_tp: Sequence[np.ndarray],
     class_num_gt: Sequence[int],
 ) -> dict[str, Any]:
-    """Class-averaged P/R at the confidence maximising the class-mean F1 (:mod:`hmpe.engine.evaluator`
+    """Class-averaged P/R at the confidence maximising the class-mean F1 (:mod:`hmpe.engine.eval.evaluator`
     docstring, step 2-3).
 
     Args:

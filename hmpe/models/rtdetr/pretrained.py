@@ -1,6 +1,6 @@
 """ImageNet-pretrained HGNetv2 weights from a local file (``backbone.pretrained=PATH``).
 
-Three public layouts load into :class:`hmpe.models.backbone.HGNetv2` (B0-B6):
+Three public layouts load into :class:`hmpe.models.rtdetr.backbone.HGNetv2` (B0-B6):
 
 * timm's ``hgnetv2_b0`` ... ``hgnetv2_b6`` (``pytorch_model.bin`` / ``model.safetensors``): hmpe's own key
   names, plus a ``head.*`` ImageNet classifier that a detector does not use;
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from hmpe.models.backbone import PUBLIC_USE_LAB
+from hmpe.models.rtdetr.backbone import PUBLIC_USE_LAB
 
 __all__ = ["PretrainedLoadReport", "load_pretrained_backbone", "read_state_dict", "to_hmpe_layout"]
 

@@ -19,8 +19,8 @@ Non-tensor model outputs (the HMPE ``heatmap`` entry) are not part of the graph'
 
 ``gather_sampling=true`` replaces every ``F.grid_sample`` (decoder deformable attention, LSConv/DSConv
 built with ``sampler="grid_sample"``) with gather-based bilinear sampling
-(:func:`hmpe.models.sampling.grid_sample_gather`) for runtimes without ``GridSample``; the switch is
-scoped to the export (:func:`hmpe.models.sampling.gather_sampling`).
+(:func:`hmpe.models.rtdetr.sampling.grid_sample_gather`) for runtimes without ``GridSample``; the switch is
+scoped to the export (:func:`hmpe.models.rtdetr.sampling.gather_sampling`).
 
 The exporter is the TorchScript one (``dynamo=False``): the dynamo exporter needs onnxscript, which
 is not a dependency. The model is exported in deploy mode (``DetectionModel.fuse()``: BatchNorm folded
@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from hmpe.data.images import load_image
 from hmpe.data.preprocess import Preprocess
 from hmpe.engine.checkpoint import load_for_inference
-from hmpe.models.sampling import gather_sampling as gather_ctx
+from hmpe.models.rtdetr.sampling import gather_sampling as gather_ctx
 from hmpe.utils.config import default_train_config
 from hmpe.utils.keytypes import parse_hw
 

@@ -1,8 +1,8 @@
 """COCO-protocol evaluation plus precision/recall at the best-F1 confidence.
 
 :class:`COCOEvaluator` accumulates predictions and reports; the matching (IoU, COCOeval's per-image match,
-the best-F1 point, the confusion matrix) is in :mod:`hmpe.engine.matching`, the COCOeval run and its
-summary in :mod:`hmpe.engine.cocoeval`.
+the best-F1 point, the confusion matrix) is in :mod:`hmpe.engine.eval.matching`, the COCOeval run and its
+summary in :mod:`hmpe.engine.eval.cocoeval`.
 
 What is computed and how
 ------------------------
@@ -25,7 +25,7 @@ What is computed and how
   COCO's AP_small can cover a handful of objects while many more are small where detection happens.
   Given ``input_scale`` (the preprocessing's per-image factors, :meth:`Preprocess.input_scale`), a
   second COCOeval runs on copies of the ground truth and the detections with every box scaled into
-  input pixels (:func:`hmpe.engine.cocoeval.scale_to_input`): the same matches (IoU does not change
+  input pixels (:func:`hmpe.engine.eval.cocoeval.scale_to_input`): the same matches (IoU does not change
   under the scaling), the buckets applied to the sizes the model saw. ``n_small``, ``n_medium``,
   ``n_large`` count the ground-truth objects (ignore boxes left out) per native bucket, ``n_*_input``
   per input bucket (COCOeval's inclusive bounds: an area of exactly 32^2 is in two buckets).
@@ -64,7 +64,7 @@ from typing import Any
 import numpy as np
 
 from hmpe.data.types import Sample
-from hmpe.engine.cocoeval import (
+from hmpe.engine.eval.cocoeval import (
     BACKENDS,
     COCO_STAT_NAMES,
     coco_ground_truth,
@@ -75,7 +75,7 @@ from hmpe.engine.cocoeval import (
     size_counts,
     summarize,
 )
-from hmpe.engine.matching import best_f1_point, coco_match_image, confusion_counts, to_numpy
+from hmpe.engine.eval.matching import best_f1_point, coco_match_image, confusion_counts, to_numpy
 
 __all__ = ["COCOEvaluator", "coco_match_image", "best_f1_point", "COCO_STAT_NAMES", "SIZE_KEYS"]
 
@@ -314,7 +314,7 @@ class COCOEvaluator:
 
     def confusion_matrix(self, conf: float = 0.25, iou: float = 0.5) -> np.ndarray:
         """(C+1) x (C+1) counts: rows = true class, columns = predicted class, index C = background
-        (:func:`hmpe.engine.matching.confusion_counts` says how detections are matched)."""
+        (:func:`hmpe.engine.eval.matching.confusion_counts` says how detections are matched)."""
         return confusion_counts(self.samples, self._preds, self.num_classes, conf, iou, self.max_dets)
 
     # ---------------------------------------------------------------- reports

@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hmpe.models.denoising import dn_matched_indices
+from hmpe.models.rtdetr.denoising import dn_matched_indices
 from hmpe.utils.boxes import box_cxcywh_to_xyxy, elementwise_box_iou, elementwise_giou
 
 __all__ = ["SetCriterion", "matchability_aware_loss", "varifocal_loss"]

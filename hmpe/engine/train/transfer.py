@@ -1,6 +1,6 @@
 """Start a training run from pretrained weights: an ImageNet backbone file or any hmpe checkpoint.
 
-``backbone.pretrained=FILE`` loads HGNetv2 weights (:mod:`hmpe.models.pretrained`). ``weights=CKPT`` (a
+``backbone.pretrained=FILE`` loads HGNetv2 weights (:mod:`hmpe.models.rtdetr.pretrained`). ``weights=CKPT`` (a
 ``.pt`` written by ``hmpe train`` or a ``save_pretrained`` folder) fine-tunes a whole detector: every tensor
 whose name and shape match is kept; when the new dataset's classes differ from the checkpoint's (other
 names, other order or another count), the class-dependent tensors - those whose shape follows the number of
@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from hmpe.engine.checkpoint import inference_state, load_checkpoint
 from hmpe.models.detector import build_model
-from hmpe.models.pretrained import load_pretrained_backbone
+from hmpe.models.rtdetr.pretrained import load_pretrained_backbone
 
 __all__ = ["TransferReport", "class_dependent_keys", "load_start_weights", "transfer_weights"]
 

@@ -38,7 +38,7 @@ def worker_ignores_sigint(worker_id: int) -> None:
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Raised by :meth:`hmpe.engine.trainer.Trainer.fit` after Ctrl-C, once ``checkpoint`` (the run's
+    """Raised by :meth:`hmpe.engine.train.trainer.Trainer.fit` after Ctrl-C, once ``checkpoint`` (the run's
     ``last.pt``) holds the state to resume from; ``str()`` is the line the command line prints: where the run
     stopped and the command that resumes it. A ``KeyboardInterrupt``, so code that catches that still does."""
 

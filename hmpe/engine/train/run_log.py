@@ -13,7 +13,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from hmpe.engine.evaluator import SIZE_KEYS
+from hmpe.engine.eval.evaluator import SIZE_KEYS
 from hmpe.utils import dist as du
 
 __all__ = ["RESULTS_CSV", "VAL_KEYS", "append_row", "epoch_row", "log", "truncate_rows", "write_args"]

@@ -11,8 +11,8 @@ Data flow of ``RTDETRDecoder.forward(feats, targets)``::
     -> per-layer logits [B,K,C] and boxes [B,K,4] (sigmoid, normalised cxcywh)
 
 The pieces live one level down: the query selectors and the encoder output head in
-:mod:`hmpe.models.query_selection`, the decoder layers in :mod:`hmpe.models.decoder_layers`, the
-denoising group in :mod:`hmpe.models.denoising`; they are re-exported here.
+:mod:`hmpe.models.rtdetr.query_selection`, the decoder layers in :mod:`hmpe.models.rtdetr.decoder_layers`, the
+denoising group in :mod:`hmpe.models.rtdetr.denoising`; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from hmpe.models.common import MLP, bias_init_with_prob, run_fp32
-from hmpe.models.decoder_layers import TransformerDecoder, TransformerDecoderLayer
-from hmpe.models.denoising import get_contrastive_denoising_training_group
-from hmpe.models.query_selection import EncoderOutputHead, QuerySelector, ScoreQuerySelector, generate_anchors
+from hmpe.models.rtdetr.common import MLP, bias_init_with_prob, run_fp32
+from hmpe.models.rtdetr.decoder_layers import TransformerDecoder, TransformerDecoderLayer
+from hmpe.models.rtdetr.denoising import get_contrastive_denoising_training_group
+from hmpe.models.rtdetr.query_selection import EncoderOutputHead, QuerySelector, ScoreQuerySelector, generate_anchors
 
 __all__ = [
     "MLP",
@@ -185,7 +185,7 @@ class RTDETRDecoder(nn.Module):
         return out
 
     def enable_constant_cache(self) -> None:
-        """Deploy mode (:func:`hmpe.models.deploy.fuse_model`): anchors and valid mask once per input size."""
+        """Deploy mode (:func:`hmpe.models.rtdetr.deploy.fuse_model`): anchors and valid mask once per input size."""
         self._anchor_cache: dict = {}
 
     # ------------------------------------------------------------------ forward

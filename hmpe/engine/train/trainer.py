@@ -1,6 +1,6 @@
 """The training loop, readable top to bottom: for each epoch: train, (size the run to ``time_limit``), validate,
-save, log, callbacks. What the loop runs on is built beforehand by :mod:`hmpe.engine.train_setup`; the run
-folder's files are written by :mod:`hmpe.engine.run_log`.
+save, log, callbacks. What the loop runs on is built beforehand by :mod:`hmpe.engine.train.train_setup`; the run
+folder's files are written by :mod:`hmpe.engine.train.run_log`.
 
 Exact resume: every epoch starts by reseeding Python, NumPy and torch from ``seed + epoch`` and the
 data order comes from a generator seeded the same way, so epoch e draws the same augmentations and
@@ -26,13 +26,13 @@ from hmpe.data.preprocess import Preprocess
 from hmpe.data.tiles import TiledDataset
 from hmpe.data.transforms import NUM_DROPPED_KEY, resize_batch
 from hmpe.engine.checkpoint import rng_state, save_atomic, stored_paths
-from hmpe.engine.evaluator import COCOEvaluator
-from hmpe.engine.interrupt import StopFlag, TrainingInterrupted, save_interrupted, skip_done_batches
-from hmpe.engine.optim import TimeBudget, lr_factor
-from hmpe.engine.slicing import evaluate_sliced, model_predict_fn
-from hmpe.engine.run_log import append_row, epoch_row, log, loss_groups, losses_to_host
-from hmpe.engine.train_setup import ModelParts, build_train_setup, resolve_model_cfg, to_device, unwrap
-from hmpe.models.mask_stats import MaskStatsAccumulator, level_names, target_boxes_xyxy
+from hmpe.engine.eval.evaluator import COCOEvaluator
+from hmpe.engine.eval.slicing import evaluate_sliced, model_predict_fn
+from hmpe.engine.train.interrupt import StopFlag, TrainingInterrupted, save_interrupted, skip_done_batches
+from hmpe.engine.train.optim import TimeBudget, lr_factor
+from hmpe.engine.train.run_log import append_row, epoch_row, log, loss_groups, losses_to_host
+from hmpe.engine.train.train_setup import ModelParts, build_train_setup, resolve_model_cfg, to_device, unwrap
+from hmpe.models.heatmap.mask_stats import MaskStatsAccumulator, level_names, target_boxes_xyxy
 from hmpe.utils import dist as du
 from hmpe.utils.boxes import box_cxcywh_to_xyxy
 from hmpe.utils.runtime import AMP_DTYPES, seed_everything
@@ -93,7 +93,7 @@ class Trainer:
     * ``model_cfg``: the model config (default: ``cfg["model"]`` loaded; a resumed run uses its checkpoint's).
     * ``explicit_keys``: the training keys the user typed; on ``resume`` only those of ``epochs``, ``workers``,
       ``device`` replace the checkpoint's config (a default value never does).
-    * ``model``: an externally built detector as :class:`~hmpe.engine.train_setup.ModelParts`, or a factory
+    * ``model``: an externally built detector as :class:`~hmpe.engine.train.train_setup.ModelParts`, or a factory
       ``model(names) -> ModelParts`` called once the run is seeded and the dataset's class names are known
       (instead of building one from ``model_cfg``); it then trains through this same loop - hmpe's data pipeline,
       AdamW with warm-up and the lr schedule, ``time_limit`` sizing, gradient clipping, EMA, checkpoints,
@@ -107,7 +107,7 @@ class Trainer:
       - ``parts.criterion(outputs, targets) -> dict[str, Tensor]``: weighted loss terms, summed into the
         loss; an optional ``loss_groups`` mapping (term name -> group) sums terms in the log.
       - ``parts.postprocessor(outputs, orig_sizes [B,2] (w, h)) -> list[dict]`` with ``boxes`` (xyxy pixels),
-        ``scores``, ``labels``, e.g. :class:`hmpe.models.postprocess.PostProcessor`.
+        ``scores``, ``labels``, e.g. :class:`hmpe.models.rtdetr.postprocess.PostProcessor`.
       - ``parts.model_cfg``: a dict recorded in ``args.yaml`` and the checkpoints (``name`` names the run
         in the log); ``parts.param_groups``: optional AdamW groups (default: no decay on 1-d parameters and
         biases, parameters named ``backbone.*`` at ``lr_backbone``).
@@ -120,7 +120,7 @@ class Trainer:
       order on every rank.
 
     Setup (process group, run folder, data, model, optimiser, EMA, resume) is
-    :func:`hmpe.engine.train_setup.build_train_setup`; this class is the loop.
+    :func:`hmpe.engine.train.train_setup.build_train_setup`; this class is the loop.
     """
 
     def __init__(self, cfg: dict, model_cfg: dict | None = None, *, explicit_keys: Iterable[str] = (),
@@ -145,7 +145,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.train_stats: dict = {}
         self.evaluator: COCOEvaluator | None = None
-        self.stop = StopFlag()  # Ctrl-C: stop between two steps (hmpe.engine.interrupt)
+        self.stop = StopFlag()  # Ctrl-C: stop between two steps (hmpe.engine.train.interrupt)
         # the epoch in progress (batches done, loss sums): what Ctrl-C saves; the one a resumed run continues
         self.epoch_progress: dict | None = None
         self.resumed_progress: dict | None = (self.resume_ckpt or {}).get("epoch_progress")
@@ -390,7 +390,7 @@ class Trainer:
 
     def _fit_epochs_to_time(self, epoch: int) -> None:
         """time_limit (minutes), after every epoch until the budget is spent: size the run in iterations so that
-        it ends when the budget does, at the pace measured so far (:class:`~hmpe.engine.optim.TimeBudget`: how,
+        it ends when the budget does, at the pace measured so far (:class:`~hmpe.engine.train.optim.TimeBudget`: how,
         and how the lr schedule follows); the last epoch may stop part-way (the schedule ends there)."""
         per_epoch = len(self.train_loader)
         iters, elapsed, pace = self.time_budget.iterations(self.iteration)

@@ -9,8 +9,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from hmpe.models.common import get_activation, run_fp32
-from hmpe.models.deformable import MSDeformableAttention
+from hmpe.models.rtdetr.common import get_activation, run_fp32
+from hmpe.models.rtdetr.deformable import MSDeformableAttention
 from hmpe.utils.boxes import inverse_sigmoid
 
 __all__ = ["TransformerDecoder", "TransformerDecoderLayer"]

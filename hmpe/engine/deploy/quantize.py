@@ -25,7 +25,7 @@ gathers and top-k) read fp32 inputs in both graphs. The INT8 graph has the fp32 
 
 The check (:func:`int8_check`) runs both files in their runtime over the val split (``val_images`` of them,
 evenly spaced; default all) with the same preprocessing and scores them with
-:class:`~hmpe.engine.evaluator.COCOEvaluator`.
+:class:`~hmpe.engine.eval.evaluator.COCOEvaluator`.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ from hmpe.data.dataset import build_dataset
 from hmpe.data.formats import DataError, load_data_config
 from hmpe.data.preprocess import Preprocess
 from hmpe.engine.checkpoint import checkpoint_data_config, load_checkpoint
-from hmpe.engine.evaluator import COCOEvaluator
-from hmpe.engine.export import export_onnx, export_openvino, export_size, runtime_session
+from hmpe.engine.deploy.export import export_onnx, export_openvino, export_size, runtime_session
+from hmpe.engine.eval.evaluator import COCOEvaluator
 from hmpe.utils.config import default_train_config
 
 __all__ = ["FP32_TYPES", "ORT_INT8_OPS", "MissingExtraError", "SplitImages", "export_int8", "int8_check", "int8_paths",

@@ -4,15 +4,15 @@
     hmpe bench model=hmpe-n imgsz=640 backend=[onnxruntime,onnxruntime-int8,openvino,openvino-int8] threads=2
 
 The model is built once and put in deploy mode (``DetectionModel.fuse()``, unless ``fuse=false``);
-the runtimes get it exported as :mod:`hmpe.engine.export` does (ONNX graph with the post-processing
+the runtimes get it exported as :mod:`hmpe.engine.deploy.export` does (ONNX graph with the post-processing
 inside; OpenVINO IR converted from it, f32 inference precision) into a temporary folder. Timing
-follows :mod:`hmpe.engine.bench`: ``warmup`` untimed calls each, then ``runs`` rounds in which every
+follows :mod:`hmpe.engine.deploy.bench`: ``warmup`` untimed calls each, then ``runs`` rounds in which every
 backend is timed once, in a rotated order (so load from other processes hits all alike); median,
 p90 and minimum per backend. ``torch`` times the raw module forward (the bench convention); the
 exported graphs also run the top-K post-processing (no NMS), a small fixed cost.
 
 ``onnxruntime-int8`` / ``openvino-int8`` quantize that graph as ``hmpe export int8=true`` does
-(:mod:`hmpe.engine.quantize`), calibrated on :data:`INT8_CALIB` random images: the bench model has random
+(:mod:`hmpe.engine.deploy.quantize`), calibrated on :data:`INT8_CALIB` random images: the bench model has random
 weights, so these figures are speed only (the int8 kernels cost the same whatever the ranges); the accuracy
 of an INT8 file is what ``hmpe export ... int8=true`` measures on a dataset.
 """
@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from hmpe.engine.bench import percentile
-from hmpe.engine.export import onnx_to_openvino, runtime_session, write_onnx
-from hmpe.engine.quantize import quantize_onnx, quantize_openvino, require_int8
+from hmpe.engine.deploy.bench import percentile
+from hmpe.engine.deploy.export import onnx_to_openvino, runtime_session, write_onnx
+from hmpe.engine.deploy.quantize import quantize_onnx, quantize_openvino, require_int8
 
 BENCH_BACKENDS = ("torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8")
 INT8_CALIB = 8  # random calibration images of the int8 backends (speed only: see the module docstring)

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from hmpe.models.common import MLP, bias_init_with_prob, gather_tokens, run_fp32
+from hmpe.models.rtdetr.common import MLP, bias_init_with_prob, gather_tokens, run_fp32
 
 __all__ = ["EncoderOutputHead", "QuerySelector", "ScoreQuerySelector", "generate_anchors"]
 

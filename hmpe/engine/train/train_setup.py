@@ -24,10 +24,10 @@ from hmpe.data.preprocess import Preprocess
 from hmpe.data.tiles import TiledDataset
 from hmpe.data.transforms import build_pipeline, multi_scale_sizes
 from hmpe.engine.checkpoint import checkpoint_data_config, load_checkpoint, load_weights, rng_state, set_rng_state
-from hmpe.engine.interrupt import worker_ignores_sigint
-from hmpe.engine.optim import ModelEMA, build_param_groups
-from hmpe.engine.run_log import log, truncate_rows, write_args
-from hmpe.engine.transfer import load_start_weights
+from hmpe.engine.train.interrupt import worker_ignores_sigint
+from hmpe.engine.train.optim import ModelEMA, build_param_groups
+from hmpe.engine.train.run_log import log, truncate_rows, write_args
+from hmpe.engine.train.transfer import load_start_weights
 from hmpe.models.detector import build_criterion, build_model, build_postprocessor
 from hmpe.utils import dist as du
 from hmpe.utils.config import apply_overrides, default_train_config, load_model_config
@@ -43,10 +43,10 @@ RESUME_KEYS = ("epochs", "workers", "device")
 @dataclass
 class ModelParts:
     """What the loop trains and validates; :func:`build_model_parts` makes them from an hmpe model config,
-    a caller may supply its own (an external detector, see :class:`hmpe.engine.trainer.Trainer`).
+    a caller may supply its own (an external detector, see :class:`hmpe.engine.train.trainer.Trainer`).
 
     ``param_groups(model, lr, lr_backbone, weight_decay) -> list[dict]`` makes the AdamW groups
-    (default :func:`hmpe.engine.optim.build_param_groups`); ``pretrained``: the backbone starts from trained
+    (default :func:`hmpe.engine.train.optim.build_param_groups`); ``pretrained``: the backbone starts from trained
     weights (it then trains at ``lr_backbone``, 0.1 x lr by default)."""
 
     model: nn.Module
@@ -191,7 +191,7 @@ def build_data(cfg: dict, saved_data_cfg: dict | None) -> TrainData:
 def build_model_parts(model_cfg: dict, cfg: dict, names: list[str], device: torch.device,
                       fresh: bool) -> ModelParts:
     """hmpe's model, criterion and postprocessor from ``model_cfg``; a ``fresh`` (not resumed) run loads
-    ``backbone.pretrained`` / ``weights`` (:func:`hmpe.engine.transfer.load_start_weights`)."""
+    ``backbone.pretrained`` / ``weights`` (:func:`hmpe.engine.train.transfer.load_start_weights`)."""
     nc = len(names)
     model = build_model(model_cfg, nc).to(device)
     criterion = build_criterion(model_cfg, nc).to(device)
@@ -225,7 +225,7 @@ def _external_parts(parts: ModelParts, cfg: dict, device: torch.device) -> Model
 
 def build_train_setup(cfg: dict, model_cfg: dict | None = None, *, explicit_keys: Iterable[str] = (),
                       parts: ModelParts | Callable[[list[str]], ModelParts] | None = None) -> TrainSetup:
-    """Build a run from a merged training config (see :class:`hmpe.engine.trainer.Trainer` for the
+    """Build a run from a merged training config (see :class:`hmpe.engine.train.trainer.Trainer` for the
     arguments). Side effects: the process group, the global seed, the run folder with ``args.yaml``."""
     cfg = default_train_config(cfg)  # every training key present (a caller's partial config: the defaults)
     device, local_rank = start_runtime(cfg)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hmpe.models.sampling import SamplerSwitch, grid_sample_gather
+from hmpe.models.rtdetr.sampling import SamplerSwitch, grid_sample_gather
 
 __all__ = ["MSDeformableAttention", "ms_deform_attn_core", "ms_deform_attn_naive"]
 
@@ -35,7 +35,7 @@ def ms_deform_attn_core(
 ) -> Tensor:
     """Deformable attention sampling via ``F.grid_sample`` -> [B, Q, M*Dh].
 
-    ``sampler="gather"`` uses :func:`hmpe.models.sampling.grid_sample_gather` instead (same values,
+    ``sampler="gather"`` uses :func:`hmpe.models.rtdetr.sampling.grid_sample_gather` instead (same values,
     no GridSample op in an ONNX export)."""
     B, _, M, Dh = value.shape
     _, Q, _, L, P, _ = sampling_locations.shape
@@ -115,7 +115,7 @@ class MSDeformableAttention(nn.Module, SamplerSwitch):
         self.num_levels = num_levels
         self.num_points = num_points
         self.head_dim = embed_dim // num_heads
-        self.sampler = "grid_sample"  # or "gather" (hmpe.models.sampling.gather_sampling switches it)
+        self.sampler = "grid_sample"  # or "gather" (hmpe.models.rtdetr.sampling.gather_sampling switches it)
         total = num_heads * num_levels * num_points
         self.sampling_offsets = nn.Linear(embed_dim, total * 2)
         self.attention_weights = nn.Linear(embed_dim, total)

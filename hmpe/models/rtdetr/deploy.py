@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from hmpe.models.encoder import RepVggBlock
+from hmpe.models.rtdetr.encoder import RepVggBlock
 
 __all__ = ["bn_affine", "conv_with_affine", "fuse_conv_bn_pairs", "fuse_model", "is_fused"]
 

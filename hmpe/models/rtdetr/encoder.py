@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hmpe.models.common import get_activation
-from hmpe.models.position import MODES, PositionEncoding, masked_position_encoding
+from hmpe.models.rtdetr.common import get_activation
+from hmpe.models.rtdetr.position import MODES, PositionEncoding, masked_position_encoding
 
 __all__ = [
     "CSPRepLayer",
@@ -281,7 +281,7 @@ class HybridEncoder(nn.Module):
         return pe
 
     def enable_constant_cache(self) -> None:
-        """Deploy mode (:func:`hmpe.models.deploy.fuse_model`): compute each position encoding once."""
+        """Deploy mode (:func:`hmpe.models.rtdetr.deploy.fuse_model`): compute each position encoding once."""
         self._pe_cache: dict = {}
 
     def encode(self, proj_feats: Sequence[Tensor], pos_masks: Sequence[Tensor | None] | None = None,

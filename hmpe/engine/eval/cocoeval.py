@@ -1,6 +1,6 @@
 """COCOeval as the evaluator runs it: the ground-truth and results dicts built from samples and
 predictions, the faster-coco-eval / pycocotools backends, and the 12 summary numbers (definitions in
-:mod:`hmpe.engine.evaluator`).
+:mod:`hmpe.engine.eval.evaluator`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from hmpe.data.types import Sample
-from hmpe.engine.matching import xywh
+from hmpe.engine.eval.matching import xywh
 
 #: Names of COCOeval's 12 summary numbers, in COCO's order.
 COCO_STAT_NAMES: tuple[str, ...] = (

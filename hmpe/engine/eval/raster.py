@@ -7,18 +7,18 @@ The raster is never held whole: one window's pixels at a time, plus the detectio
 
 1. **Windows** (:func:`raster_windows`). The tile size is ``slice`` (default: the model input size, so tiles are
    seen at native resolution). A window spans ``slice + k * step`` px, ``step`` being the tile stride of
-   :func:`~hmpe.engine.slicing.tile_starts` (``slice * (1 - overlap)``) and ``k`` the largest that keeps the
+   :func:`~hmpe.engine.eval.slicing.tile_starts` (``slice * (1 - overlap)``) and ``k`` the largest that keeps the
    window within ``window`` px; neighbouring windows overlap by ``slice - step``, the overlap of two neighbouring
-   tiles. The windows' tiles therefore fall on the one grid that :func:`~hmpe.engine.slicing.sliced_predict`
+   tiles. The windows' tiles therefore fall on the one grid that :func:`~hmpe.engine.eval.slicing.sliced_predict`
    would lay over the whole raster: no tile is predicted twice, and an object across a window border is met as
    one across a tile border is. The last window of a row or column is cut short at the raster border (not
-   moved back as :func:`~hmpe.engine.slicing.tile_grid` moves tiles, which would predict most of it twice);
+   moved back as :func:`~hmpe.engine.eval.slicing.tile_grid` moves tiles, which would predict most of it twice);
    inside it the slicer lays its tiles as on any image. ``window`` must hold two tile strides (``slice + step``).
 2. **Per window**: its pixels (:class:`~hmpe.data.geo.RasterReader`; a window that is nodata everywhere is
-   skipped: no prediction runs on it), then :func:`~hmpe.engine.slicing.sliced_predict` on them (tiles,
+   skipped: no prediction runs on it), then :func:`~hmpe.engine.eval.slicing.sliced_predict` on them (tiles,
    ``batch`` per forward pass, the merge across the window's tiles; ``full_image=True``: one pass on the whole
    window).
-3. **Across windows**: :func:`~hmpe.engine.slicing.merge_detections` with the windows as the tiles: a detection
+3. **Across windows**: :func:`~hmpe.engine.eval.slicing.merge_detections` with the windows as the tiles: a detection
    touching a window side inside the raster is a border fragment (the slicer's ``edge_margin``), fragments of
    an object another window saw whole go, fragments only become their union, then class-wise NMS (or WBF)
    removes the objects two overlapping windows both saw. The same merge, at the same thresholds, as across tiles.
@@ -44,7 +44,7 @@ import torch
 from tqdm import tqdm
 
 from hmpe.data.geo import RasterInfo, RasterReader
-from hmpe.engine.slicing import (PredictFn, Tile, as_preprocess, cut_flags, merge_detections, sliced_predict,
+from hmpe.engine.eval.slicing import (PredictFn, Tile, as_preprocess, cut_flags, merge_detections, sliced_predict,
                                  tile_starts)
 from hmpe.utils.keys import defaults
 
@@ -97,7 +97,7 @@ def predict_raster(predict_fn: PredictFn, path: str | Path, imgsz, slice: int | 
                    batch: int = 4, conf: float = 0.25, merge: str = "nms", merge_iou: float = 0.5,
                    full_image: bool = False, progress: bool = True) -> RasterPrediction:
     """Detections on the raster at ``path``, window by window (see the module doc): ``predict_fn`` runs the model
-    on a batch of tiles (:data:`~hmpe.engine.slicing.PredictFn`); ``imgsz`` is the model input size or its
+    on a batch of tiles (:data:`~hmpe.engine.eval.slicing.PredictFn`); ``imgsz`` is the model input size or its
     :class:`~hmpe.data.preprocess.Preprocess`; ``slice`` the tile size (None or 0: the input size)."""
     pre = as_preprocess(imgsz)
     size = int(slice or pre.imgsz)

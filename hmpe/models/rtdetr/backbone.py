@@ -9,7 +9,7 @@ with every intermediate output and aggregates them with a squeeze (1x1 -> out/2)
 The graph and the module names are timm's ``hgnetv2_b0`` ... ``hgnetv2_b6`` (``stem.stem1.conv``,
 ``stages.2.blocks.1.layers.0.conv1``, ``...aggregation.0``, ``lab.scale``), which D-FINE / DEIM's
 ``PPHGNetV2_B*`` files share, so ImageNet weights keep the function they were trained as; stage outputs are
-tested equal to timm's. Loading such a file (and RT-DETRv2's key layout) is :mod:`hmpe.models.pretrained`;
+tested equal to timm's. Loading such a file (and RT-DETRv2's key layout) is :mod:`hmpe.models.rtdetr.pretrained`;
 nothing is ever downloaded.
 """
 
@@ -21,8 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
-
-from hmpe.models.lsconv import build_strip_block
 
 __all__ = [
     "ARCH_CONFIGS",
@@ -295,9 +293,10 @@ class HGNetv2(nn.Module):
             of each listed stage (1-based, as in the paper) the last of its ``layers`` (mid -> mid) is
             replaced by ``strip_factory(kind, mid_channels, kernel_size)``. None or kind "none": baseline.
             ``strip_prefixes`` lists the state-dict prefixes of the replaced layers (a pretrained file's
-            tensors there have no counterpart; :mod:`hmpe.models.pretrained` reports them).
-        strip_factory: builder for the strip block; defaults to ``hmpe.models.lsconv.build_strip_block``
-            (called only when a strip conv is requested).
+            tensors there have no counterpart; :mod:`hmpe.models.rtdetr.pretrained` reports them).
+        strip_factory: builder for the strip block, required when a strip conv is requested:
+            :func:`hmpe.models.lsconv.build_strip_block`, which ``build_model`` passes (the RT-DETR blocks
+            never import the HMPE parts).
     """
 
     def __init__(
@@ -343,7 +342,10 @@ class HGNetv2(nn.Module):
         self.strip_conv = strip  # normalised config (None = baseline), kept for reporting
         self.strip_prefixes: list[str] = []
         if strip is not None:  # after the freezes: the new layers start fresh and train
-            self._apply_strip_conv(strip, strip_factory or build_strip_block)
+            if strip_factory is None:
+                raise ValueError("strip_conv needs a strip_factory, e.g. hmpe.models.lsconv.build_strip_block "
+                                 "(hmpe.models.detector.build_model passes it)")
+            self._apply_strip_conv(strip, strip_factory)
 
     # -- strip conv -------------------------------------------------------------------------------
     @staticmethod

@@ -11,7 +11,7 @@
     hmpe export weights=best.pt format=safetensors [out=DIR half=true]   # config.json + model.safetensors, no pickle
     hmpe heatmap SOURCE weights=best.pt [conf=0.25 imgsz=... level=0|1|2|max out=DIR]  # heatmap-path models
     hmpe explore weights=best.pt source=DIR|DATA.yaml [port=7860 host=127.0.0.1 split=val conf=0.25]  # browser
-    hmpe bench model=rtdetr-n imgsz=640 batch=1 [device=cpu threads=2 warmup=3 runs=20 save=out.json fuse=true]
+    hmpe bench model=rtdetr-n imgsz=640 batch=1 [device=cpu threads=2 warmup=3 runs=20 out=report.json fuse=true]
     hmpe bench model=hmpe-n backend=[torch,onnxruntime,openvino]   # each runtime's latency, interleaved, one run
     hmpe bench sizes=[512,640] batch=[1,4]      # one report per (size, batch); imgsz=512x640: one size, HxW
     hmpe data stats DATA [splits=[train,val] skip_bad=true]        # DATA: a dataset YAML or data=DATA
@@ -232,8 +232,8 @@ def cmd_bench(argv: list[str]) -> int:
             if backends is not None:
                 r["backends"] = _bench_backends(model, cfg, args, imgsz, int(batch), backends)
             reports.append(r)
-    if args["save"]:
-        print(f"saved to {save_report(args['save'], reports)}")
+    if args["out"]:
+        print(f"saved to {save_report(args['out'], reports)}")
     return 0
 
 

@@ -31,7 +31,7 @@ def test_cli_bench_backends_in_one_run(tmp_path, capsys):
 
     out = tmp_path / "bench.json"
     assert main(["bench", f"model={tiny_model_yaml(tmp_path)}", "imgsz=64", "runs=2", "warmup=1", "threads=1", "nc=5",
-                 "backend=[torch,onnxruntime,openvino]", f"save={out}"]) == 0
+                 "backend=[torch,onnxruntime,openvino]", f"out={out}"]) == 0
     assert "backends (fused model, 2 interleaved rounds" in capsys.readouterr().out
     r = json.loads(out.read_text())["results"][0]
     assert r["fused"] is True

@@ -74,7 +74,7 @@ def test_cli_bench_saves_json(tmp_path, capsys):
 
     out = tmp_path / "bench.json"  # threads=1 is undone by conftest's _restore_torch_threads
     assert main(["bench", f"model={tiny_model_yaml(tmp_path)}", "sizes=[64,96]", "batch=1", "runs=2", "warmup=1",
-                 "threads=1", "nc=5", f"save={out}"]) == 0
+                 "threads=1", "nc=5", f"out={out}"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("GFLOPs") == 2
     data = json.loads(out.read_text())

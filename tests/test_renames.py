@@ -102,6 +102,14 @@ def test_bench_imgsz_list_is_sizes_with_a_warning(capsys):
             check_task_args("export", {"imgsz": bad})
 
 
+def test_bench_save_file_is_out_with_a_warning(capsys):
+    # save is a switch in predict and heatmap; bench's file is out=, as export's
+    assert parse_overrides(["save=r.json"], "bench") == {"out": "r.json"}
+    assert _warnings(capsys.readouterr().err) == ["warning: save=r.json is deprecated: use out=r.json"]
+    assert parse_overrides(["save=false"], "predict") == {"save": False}
+    assert _warnings(capsys.readouterr().err) == []
+
+
 @pytest.mark.parametrize("task", ["train", "val", "predict", "heatmap", "explore"])
 def test_imgsz_is_one_size_and_a_list_names_the_keys_that_take_several(task, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)

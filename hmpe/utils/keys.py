@@ -224,7 +224,7 @@ BENCH = (
     Key("threads", None, "torch intra-op threads", Int(">= 1", null=True)),
     Key("warmup", 3, "untimed warm-up runs", Int(">= 0")),
     Key("runs", 20, "timed runs", Int(">= 1")),
-    Key("save", None, "write the reports to this JSON file", Text("a JSON file", null=True)),
+    Key("out", None, "write the reports to this JSON file", Text("a JSON file", null=True)),
     Key("fuse", True, "deploy mode (BatchNorm folded, constants cached), as predict / val / export run the model",
         Bool()),
     Key("backend", None, "torch | onnxruntime | openvino | onnxruntime-int8 | openvino-int8 or a list: each "

@@ -27,7 +27,7 @@ class Renamed:
 
 #: ``alpha`` was the Grad-CAM++ weights of eq. 1 in ``heatmap``, the focal alpha in ``matcher`` and the varifocal
 #: alpha in ``loss`` (``gamma`` the focal / varifocal exponent); an ``imgsz`` list meant one report per size in
-#: bench and ``[h, w]`` in export. The paper's notation stays in the keys' help and in docs/method.md.
+#: bench and ``[h, w]`` in export; bench's ``save`` was a file where every other ``save`` is a switch. The paper's notation stays in the keys' help and in docs/method.md.
 RENAMED = (
     Renamed("heatmap.alpha", "heatmap.cam_weights"),  # eq. 1's alpha: gradcam++ | design
     Renamed("matcher.alpha", "matcher.focal_alpha"),  # the focal class cost of the Hungarian matching
@@ -35,6 +35,7 @@ RENAMED = (
     Renamed("loss.alpha", "loss.vfl_alpha"),  # varifocal loss: negatives weighted alpha * p^gamma
     Renamed("loss.gamma", "loss.vfl_gamma"),
     Renamed("imgsz", "sizes", task="bench", lists=True),  # imgsz: one input size in every task
+    Renamed("save", "out", task="bench"),  # save: a switch in predict / heatmap; a file here, as export's out=
 )
 _MODEL = {r.old: r.new for r in RENAMED if r.task is None}
 _warned: set[str] = set()  # lines printed by this process: a command line is read more than once

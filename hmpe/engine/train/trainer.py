@@ -320,8 +320,7 @@ class Trainer:
             model = self.eval_model().eval()  # as evaluate() does: the weights without EMA are in train mode here
             predict_fn = model_predict_fn(model, self.postprocessor, self.device, self.preprocess.imgsz)
             metrics = evaluate_sliced(predict_fn, self.val_set, evaluator, self.cfg["tile"], self.preprocess,
-                                      self.cfg["tile_overlap"], self.cfg["batch"], max_det=self.cfg["max_dets"],
-                                      progress=du.is_main_process())
+                                      self.cfg["tile_overlap"], self.cfg["batch"], progress=du.is_main_process())
         else:
             metrics = evaluate(self.eval_model(), self.val_loader, self.postprocessor, evaluator, self.device,
                                preprocess=self.preprocess)

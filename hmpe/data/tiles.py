@@ -27,7 +27,6 @@ crops) like a whole image would.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,8 +147,3 @@ class TiledDataset(DetectionDataset):
         out = tv_tensors.BoundingBoxes(torch.from_numpy(kept), format=tv_tensors.BoundingBoxFormat.XYXY,
                                        canvas_size=(self.tile, self.tile))
         return tv_tensors.Image(canvas), {"boxes": out, "labels": target["labels"][torch.from_numpy(keep)]}
-
-
-def tiles_per_image(width: int, height: int, tile: int, overlap: float) -> int:
-    """How many grid tiles cover one image (the cost of sliced inference in forward passes)."""
-    return math.prod(len(tile_starts(n, tile, overlap)) for n in (width, height))

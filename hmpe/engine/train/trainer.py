@@ -35,6 +35,7 @@ from hmpe.engine.train.train_setup import ModelParts, build_train_setup, resolve
 from hmpe.models.heatmap.mask_stats import MaskStatsAccumulator, level_names, target_boxes_xyxy
 from hmpe.utils import dist as du
 from hmpe.utils.boxes import box_cxcywh_to_xyxy
+from hmpe.utils.keys import defaults
 from hmpe.utils.runtime import AMP_DTYPES, seed_everything
 from hmpe.viz.heatmap import detector_heatmaps, render_heatmap_figure, tensor_to_uint8
 from hmpe.viz.plots import plot_results_csv
@@ -319,8 +320,10 @@ class Trainer:
         if self.cfg.get("tile"):  # a tile-trained model is scored as it is used: sliced, on whole images
             model = self.eval_model().eval()  # as evaluate() does: the weights without EMA are in train mode here
             predict_fn = model_predict_fn(model, self.postprocessor, self.device, self.preprocess.imgsz)
+            opts = defaults("val")  # the settings hmpe val slices with, so that it reproduces this figure
             metrics = evaluate_sliced(predict_fn, self.val_set, evaluator, self.cfg["tile"], self.preprocess,
-                                      self.cfg["tile_overlap"], self.cfg["batch"], progress=du.is_main_process())
+                                      self.cfg["tile_overlap"], self.cfg["batch"], conf=opts["conf"],
+                                      merge=opts["merge"], merge_iou=opts["merge_iou"], progress=du.is_main_process())
         else:
             metrics = evaluate(self.eval_model(), self.val_loader, self.postprocessor, evaluator, self.device,
                                preprocess=self.preprocess)

@@ -1,6 +1,7 @@
 """Ship a trained checkpoint inside the package: ``hmpe/weights/NAME/`` = the fp16 pretrained folder
 (``config.json`` + ``model.safetensors``) and ``metrics.json``, the figures ``hmpe val weights=NAME`` measures
-on those very files (not the fp32 checkpoint's), with the command, date, CPU and versions.
+on those very files (not the fp32 checkpoint's: accuracy, objects per size bucket, the heatmap mask per level and
+the gate), with the command, date, CPU and versions.
 
     python -m benchmarks.ship_weights --ckpt RUN/weights/last.pt --name hmpe-n-nwpu \
         --trained "hmpe-n from scratch, 150 CPU minutes, ..." [--data DATA] [--max-mb 12]
@@ -44,9 +45,18 @@ def ship(ckpt: Path, name: str, trained: str, data: str | None = None, max_mb: f
               "split": "val",
               "imgsz": det.preprocess().imgsz, "command": command_line().replace(str(ckpt), source),
               "reproduce": f"hmpe val weights={name}" + (f" data={data}" if data else ""),
-              "metrics": {k: round(float(metrics[k]), 4) for k in METRIC_KEYS if k in metrics}}
+              "metrics": shipped_metrics(metrics)}
     (out / SHIPPED_METRICS).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return record
+
+
+def shipped_metrics(metrics: dict) -> dict:
+    """What ``metrics.json`` states: the accuracy figures, the objects per size bucket (``n_small``, ...) and, for
+    a model with the heatmap embedding, its mask per level (``mask_bg_masked/S5``: background cells masked,
+    ``mask_obj_hot/S5``: object cells kept) and the gate lambda of eq. 4 (``gate/S5``), all as ``hmpe val``
+    reports them."""
+    keep = [k for k in METRIC_KEYS if k in metrics] + sorted(k for k in metrics if k.startswith(("n_", "mask_", "gate/")))
+    return {k: round(float(metrics[k]), 4) for k in keep}
 
 
 def shown_path(path: str | Path) -> str:

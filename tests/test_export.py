@@ -121,13 +121,22 @@ def test_parity_check_fails_loudly(onnx_file, tmp_path):
         parity_check(out, other, (IMGSZ, IMGSZ), verbose=False)
 
 
-def test_export_heatmap_model_returns_only_tensors(tmp_path):
+def _preset_mask() -> dict:
+    from hmpe.utils.config import load_model_config
+
+    heat = load_model_config("hmpe-n")["heatmap"]
+    return {k: heat[k] for k in ("score_pool", "tau_mode", "tau")}
+
+
+@pytest.mark.parametrize("mask", [{}, _preset_mask()], ids=["absolute", "hmpe-n preset"])
+def test_export_heatmap_model_returns_only_tensors(tmp_path, mask):
     """With the HMPE heatmap path on, the model's outputs hold a non-tensor ``heatmap`` entry; the
-    exported graph has the three detection outputs only and still matches."""
+    exported graph has the three detection outputs only and still matches, with the key's default mask and with
+    the hmpe-n preset's (a per-image quantile: ONNX has no quantile operator)."""
     from hmpe.engine.deploy.export import export_onnx
 
     cfg = tiny_model_cfg()
-    cfg["heatmap"] = {"enabled": True}
+    cfg["heatmap"] = {"enabled": True, **mask}
     weights = make_checkpoint(tmp_path / "heat.pt", cfg, imgsz=64)
     out = export_onnx(weights, out=tmp_path / "heat.onnx", verbose=False)  # runs the parity check
     assert [o.name for o in onnx.load(str(out)).graph.output] == ["boxes", "scores", "labels"]

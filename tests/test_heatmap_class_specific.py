@@ -125,6 +125,22 @@ def test_quantile_mask_masks_the_stated_fraction_per_image():
         HeatmapEmbedding(16, 5, tau=2.0, tau_mode="quantile")
 
 
+@pytest.mark.parametrize("tau", [0.0, 0.3, 0.4, 0.999])
+def test_quantile_threshold_is_torch_quantile_lower_with_ties(tau):
+    """The threshold is computed by a top-k (ONNX has no quantile operator) and equals torch.quantile's "lower"
+    value, ties (the ReLU's zeros) and a one-cell map included, in fp32 and bf16."""
+    from hmpe.models.heatmap.mask_stats import mask_threshold
+
+    g = torch.Generator().manual_seed(1)
+    for shape in [(3, 1, 20, 20), (2, 1, 7, 9), (1, 1, 1, 1)]:
+        h = torch.rand(shape, generator=g).round(decimals=1)
+        h[0].view(-1)[: h[0].numel() // 3] = 0
+        for x in (h, h.bfloat16()):
+            ref = torch.quantile(x.float().reshape(shape[0], -1), tau, dim=1, interpolation="lower").to(x.dtype)
+            got = mask_threshold(x, tau, "quantile")
+            assert got.shape == (shape[0], 1, 1, 1) and torch.equal(got.reshape(-1), ref), (shape, x.dtype)
+
+
 def test_module_tau_mode_reaches_the_mask():
     torch.manual_seed(0)
     m = HeatmapEmbedding(16, 5, probe_hidden=8, tau=0.5, tau_mode="quantile").eval()

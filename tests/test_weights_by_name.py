@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers import tiny_model_cfg
 from test_export import make_checkpoint
 from test_safetensors import _images
 
@@ -90,13 +91,17 @@ def test_ship_weights_states_figures_that_val_reproduces(tmp_path, monkeypatch):
 
     monkeypatch.setattr(shipped, "WEIGHTS_DIR", tmp_path / "weights")
     monkeypatch.chdir(tmp_path)
-    ckpt = make_checkpoint(tmp_path / "tiny.pt", imgsz=64)
+    heat = {**tiny_model_cfg(), "heatmap": {"enabled": True, "tau_mode": "quantile", "tau": 0.3}}
+    ckpt = make_checkpoint(tmp_path / "tiny.pt", model_cfg=heat, imgsz=64)
     record = ship(ckpt, "tiny-shipped", "random tiny detector (test)")
     folder = tmp_path / "weights" / "tiny-shipped"
     assert json.loads((folder / "metrics.json").read_text()) == record
     assert json.loads((folder / "config.json").read_text())["dtype"] == "float16"
     assert record["reproduce"] == "hmpe val weights=tiny-shipped" and record["imgsz"] == 64
-    assert set(record["metrics"]) >= {"mAP50", "mAP50_95", "AP_small", "precision", "recall"}
+    assert set(record["metrics"]) >= {"mAP50", "mAP50_95", "AP_small", "precision", "recall", "AP_small_input",
+                                      "n_small_input"}
+    levels = [k.split("/")[1] for k in record["metrics"] if k.startswith("gate/")]
+    assert levels and all(f"mask_bg_masked/{lv}" in record["metrics"] for lv in levels)  # the mask at work, per level
     again = Detector(weights="tiny-shipped", device="cpu").val(name="again")
     for key, stated in record["metrics"].items():
         assert again[key] == pytest.approx(stated, abs=1e-4), key

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 from pathlib import Path
 
@@ -78,6 +79,11 @@ def run_speed(args) -> dict:
     return report
 
 
+def file_stem(row: str) -> str:
+    """A row as a file name: OpenVINO reads a path with a comma as several models, so overrides are spelled out."""
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", row)
+
+
 def _prepare_backends(built: list[Built], x, args) -> tuple[dict, dict, list]:
     """``--fuse``: each library's deploy fusion; other backends than torch: one raw ONNX file per model."""
     deployed = {b.name: deploy(b.name, b.model) if args.fuse else "as built" for b in built}
@@ -86,7 +92,7 @@ def _prepare_backends(built: list[Built], x, args) -> tuple[dict, dict, list]:
         folder = Path(args.workdir) / "onnx"
         for b in built:
             try:
-                onnx[b.name] = export_raw_onnx(b.model, b.forward, x, folder / f"{b.name}.onnx")
+                onnx[b.name] = export_raw_onnx(b.model, b.forward, x, folder / f"{file_stem(b.name)}.onnx")
                 if "openvino" in args.backends:  # this run's graph, never an IR left by an earlier run
                     onnx_to_openvino(onnx[b.name], onnx[b.name].with_suffix(".xml"))
             except Exception as e:  # a peer whose graph does not export: its torch row stays

@@ -50,8 +50,11 @@ def mask_threshold(h: Tensor, tau: float, mode: str = "absolute") -> Tensor | fl
         raise ValueError(f"tau_mode must be one of {TAU_MODES}, got {mode!r}")
     if not 0.0 <= float(tau) < 1.0:
         raise ValueError(f"tau_mode=quantile takes tau in [0, 1) (the fraction of cells masked), got {tau}")
-    flat = h.detach().reshape(h.shape[0], -1).float()
-    q = torch.quantile(flat, float(tau), dim=1, interpolation="lower")  # [B]
+    flat = h.detach().reshape(h.shape[0], -1).float()  # [B, N]
+    # torch.quantile(flat, tau, dim=1, interpolation="lower"), the (floor(tau (N-1)) + 1)-th smallest value, as
+    # a top-k: ONNX has no quantile operator, TopK exports (N is fixed by the export's input size)
+    k = int(float(tau) * (flat.shape[1] - 1)) + 1
+    q = torch.topk(flat, k, dim=1, largest=False).values[:, -1]  # [B]
     return q.to(h.dtype).reshape(-1, *([1] * (h.dim() - 1)))
 
 

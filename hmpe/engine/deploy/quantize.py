@@ -48,7 +48,7 @@ from hmpe.engine.eval.evaluator import COCOEvaluator
 from hmpe.utils.config import default_train_config
 
 __all__ = ["FP32_TYPES", "ORT_INT8_OPS", "MissingExtraError", "SplitImages", "export_int8", "int8_check", "int8_paths",
-           "quantize_onnx", "quantize_openvino", "require_int8", "runtime_map50"]
+           "quantize_onnx", "quantize_openvino", "require_int8", "runtime_map50", "runtime_metrics"]
 
 #: ONNX op types that ONNX Runtime quantizes (their inputs and weights); every other node stays fp32
 ORT_INT8_OPS = ("Conv", "MatMul", "Gemm")
@@ -188,10 +188,14 @@ def quantize_openvino(fp32_xml: str | Path, out: str | Path, calib: Sequence[np.
 
 
 @torch.no_grad()
-def runtime_map50(path: str | Path, backend: str, images: SplitImages, pre: Preprocess, max_dets: int = 100) -> float:
-    """mAP50 of an exported file run by ``backend`` over ``images`` (boxes mapped back to original pixels)."""
+def runtime_metrics(path: str | Path, backend: str, images: SplitImages, pre: Preprocess,
+                    max_dets: int = 100) -> dict:
+    """The :class:`~hmpe.engine.eval.evaluator.COCOEvaluator` metrics (``mAP50``, ``mAP50_95``, ``AP_small``, ...,
+    ``AP_small_input`` at the input ``pre`` makes) of an exported file run by ``backend`` over ``images``, boxes
+    mapped back to original pixels."""
     ds = images.dataset
-    evaluator = COCOEvaluator([ds.samples[i] for i in images.indices], ds.names, max_dets=max(10, int(max_dets)))
+    evaluator = COCOEvaluator([ds.samples[i] for i in images.indices], ds.names, max_dets=max(10, int(max_dets)),
+                              input_scale=pre.input_scale)
     run = runtime_session(path, backend)
     for i in range(len(images)):
         x, target = images.item(i)
@@ -199,7 +203,12 @@ def runtime_map50(path: str | Path, backend: str, images: SplitImages, pre: Prep
         w, h = (int(v) for v in target["orig_size"])
         pred = {"boxes": pre.to_original(torch.from_numpy(boxes[0]), w, h), "scores": scores[0], "labels": labels[0]}
         evaluator.update([target["image_id"]], [pred])
-    return float(evaluator.compute()["mAP50"])
+    return evaluator.compute()
+
+
+def runtime_map50(path: str | Path, backend: str, images: SplitImages, pre: Preprocess, max_dets: int = 100) -> float:
+    """mAP50 of an exported file run by ``backend`` over ``images`` (:func:`runtime_metrics`)."""
+    return float(runtime_metrics(path, backend, images, pre, max_dets)["mAP50"])
 
 
 def int8_check(fp32: Path, int8: Path, backend: str, data_cfg: dict, pre: Preprocess, val_images: int | None = None,

@@ -158,7 +158,7 @@ def versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {}
-    for pkg in ("hmpe", "torch", "torchvision", "ultralytics", "transformers", "onnxruntime", "openvino",
+    for pkg in ("hmpe", "torch", "torchvision", "ultralytics", "transformers", "onnxruntime", "openvino", "nncf",
                 "faster-coco-eval", "numpy"):
         try:
             out[pkg] = md.version(pkg)

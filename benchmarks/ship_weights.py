@@ -55,7 +55,8 @@ def shipped_metrics(metrics: dict) -> dict:
     a model with the heatmap embedding, its mask per level (``mask_bg_masked/S5``: background cells masked,
     ``mask_obj_hot/S5``: object cells kept) and the gate lambda of eq. 4 (``gate/S5``), all as ``hmpe val``
     reports them."""
-    keep = [k for k in METRIC_KEYS if k in metrics] + sorted(k for k in metrics if k.startswith(("n_", "mask_", "gate/")))
+    extra = sorted(k for k in metrics if k.startswith(("n_", "mask_", "gate/")))
+    keep = [k for k in METRIC_KEYS if k in metrics] + extra
     return {k: round(float(metrics[k]), 4) for k in keep}
 
 

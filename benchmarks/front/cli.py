@@ -161,15 +161,6 @@ def prepare(args, ctx: Context) -> tuple[dict, list[dict]]:
     return accuracy, entries
 
 
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = provenance()["versions"]
-    if importlib.util.find_spec("nncf") is not None:
-        out["nncf"] = md.version("nncf")
-    return out
-
-
 def result(args, ctx: Context, accuracy: dict, timings: list[dict], argv) -> dict:
     """The result file's content."""
     kinds = {m["name"]: m["kind"] for m in args.models}
@@ -177,7 +168,7 @@ def result(args, ctx: Context, accuracy: dict, timings: list[dict], argv) -> dic
     models = {m["name"]: {"kind": m["kind"], "weights": [ctx.shown(w) for w in m["weights"]],
                           **({"int8_calibration": SIDES[m["kind"]].calibration(ctx)} if args.int8 else {})}
               for m in args.models}
-    return {**provenance(), "versions": _versions(), "command": command_line(argv), "threads": args.threads,
+    return {**provenance(), "command": command_line(argv), "threads": args.threads,
             "rounds": args.rounds, "warmup": args.warmup, "sizes": args.sizes, "data": ctx.shown(ctx.data),
             "val_images": len(ctx.val_indices), "calib_images": args.calib_images if args.int8 else None,
             "notes": NOTES, "models": models, "points": points, "timings": timings,

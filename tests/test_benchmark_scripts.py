@@ -6,6 +6,7 @@ where those optional packages are absent (CI installs only ``.[dev]``). One torc
 2-core machine, 2-thread parallel regions wait for descheduled threads and get many times slower.
 """
 
+import argparse
 import importlib.util
 import json
 from pathlib import Path
@@ -124,6 +125,18 @@ def test_peers_speed_smoke(tmp_path, one_thread):
     md = Path(out["markdown"]).read_text()
     assert "| rtdetr-n |" in md and "GFLOPs" in md and "versions:" in md
     assert json.loads(Path(out["markdown"]).with_suffix(".json").read_text())["imgsz"] == 64
+
+
+def test_peers_yolo_run_folder_is_absolute_for_a_relative_workdir(tmp_path, monkeypatch):
+    """ultralytics nests a relative ``project`` under its own runs folder: a relative --workdir lost the YOLO
+    calibration's results.csv (a 150-minute run died on it)."""
+    from benchmarks.peers.train_yolo import yolo_train_args
+
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(imgsz=64, batch=2, workers=0, seed=0)
+    got = yolo_train_args(args, Path("data.yaml"), Path("runs") / "peers")
+    assert Path(got["project"]).is_absolute()
+    assert Path(got["project"]) == (tmp_path / "runs" / "peers" / "ultralytics").resolve()
 
 
 def test_peers_train_smoke(tmp_path, one_thread):

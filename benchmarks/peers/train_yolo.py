@@ -75,6 +75,16 @@ def _fitted_epochs(args, common: dict, workdir: Path) -> tuple[int, float | None
     return epochs, calib
 
 
+def yolo_train_args(args, data_yaml: Path, workdir: Path) -> dict:
+    """The ultralytics train keys of a peers run (calibration and the timed run share them). ``project`` is
+    absolute: ultralytics nests a relative one under its own runs folder, where a relative ``--workdir`` lost the
+    calibration's results.csv. ``deterministic=False``: ultralytics' default switches torch's deterministic
+    algorithms on process-wide."""
+    return dict(data=str(data_yaml), imgsz=args.imgsz, batch=args.batch, device="cpu", workers=args.workers,
+                pretrained=False, amp=False, plots=False, val=False, exist_ok=True, seed=args.seed,
+                deterministic=False, verbose=False, project=str((workdir / "ultralytics").resolve()))
+
+
 def train_yolo(args, data, workdir: Path) -> dict:
     require("ultralytics")
     from ultralytics import YOLO
@@ -82,11 +92,7 @@ def train_yolo(args, data, workdir: Path) -> dict:
     _ultralytics_no_font_fetch()
     _ultralytics_threads(args.threads[0])
 
-    data_yaml = ultralytics_data_yaml(data, workdir)
-    common = dict(data=str(data_yaml), imgsz=args.imgsz, batch=args.batch, device="cpu", workers=args.workers,
-                  pretrained=False, amp=False, plots=False, val=False, project=str(workdir / "ultralytics"),
-                  exist_ok=True, seed=args.seed, deterministic=False, verbose=False)
-    # deterministic=False: ultralytics' default switches torch's deterministic algorithms on process-wide
+    common = yolo_train_args(args, ultralytics_data_yaml(data, workdir), workdir)
     epochs, calib = _fitted_epochs(args, common, workdir)
     t0 = time.time()
     model = YOLO("yolo11n.yaml")

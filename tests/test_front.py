@@ -135,8 +135,8 @@ main(argv)
 
 
 def _smoke(tiny, out, sizes=(64, 96), yolo=None):
-    """``python -m benchmarks.front --smoke`` on the tiny checkpoint (and a random YOLO11n at ``yolo``) in a child
-    process; its result file as a dict."""
+    """benchmarks.front's ``--smoke`` run on the tiny checkpoint (and a random YOLO11n at ``yolo``) in a child
+    process; its result file (``out``) as a dict."""
     argv = ["--smoke", "--hmpe", f"tiny={tiny['ckpt']}", "--data", str(tiny["data"]), "--sizes", *map(str, sizes),
             "--threads", "1", "--workdir", str(tiny["work"]), "--out", str(out)]
     argv += ["--yolo", f"y11={yolo}"] if yolo else []

@@ -13,7 +13,9 @@ AP_small_input (over the objects small at the model's input; the objects per siz
 Params and GFLOPs (FlopCounterMode, 2 x MACs, 640 x 640, batch 1) are counted for each row's model.
 
 Every row runs once per seed (``--seeds``). Resumable: a (row, seed) whose result file
-(``<results-dir>/<row>-seed<N>.json``) exists with the same settings is skipped; one interrupted mid-run resumes
+(``<results-dir>/<row>-seed<N>.json``) exists with the same settings and the same resolved model config (a preset
+edited since is trained again; results stored before they recorded it are reused, marked as not compared) is skipped;
+one interrupted mid-run resumes
 exactly from its ``last.pt`` (``<runs-dir>/train/<row>-seed<N>/weights``), with the epoch count the budget gave it.
 ``--force`` reruns from scratch; ``--report-only`` trains nothing and tables what is stored (the combining step
 after rows were run in separate processes), listing the (row, seed) pairs without a result. ``--from-peers DIR``: a row that is a bare preset (no overrides) takes the
@@ -166,16 +168,39 @@ def run_row(row: dict, args) -> dict:
             "settings": settings(row, args)}
 
 
-def stored_result(path: Path, expected_settings: dict, force: bool, name: str) -> dict | None:
-    """The result stored at ``path`` when it was made with ``expected_settings`` (and not ``force``), else None."""
+def model_config_record(row: dict) -> dict | None:
+    """The row's model config as this checkout resolves it (preset + overrides), in JSON types and without the
+    display name: what a stored result must have been trained with to be reused. None when the preset is gone."""
+    try:
+        cfg = load_hmpe_model_config(row["model"], row["overrides"])
+    except SkipRow:
+        return None
+    return comparable_config(cfg)
+
+
+def comparable_config(cfg: dict) -> dict:
+    """A model config in JSON types without its display name: two runs of one config compare equal."""
+    return json.loads(json.dumps({k: v for k, v in cfg.items() if k != "name"}, default=str))
+
+
+def stored_result(path: Path, expected_settings: dict, force: bool, name: str,
+                  model_config: dict | None = None) -> dict | None:
+    """The result stored at ``path`` when it was made with ``expected_settings`` and, where both are known, the
+    same resolved ``model_config`` (a preset edited since is trained again), and not ``force``; else None."""
     if not path.exists() or force:
         return None
     stored = json.loads(path.read_text())
-    if stored.get("settings") == expected_settings:
-        print(f"[{name}] done before: {path} (--force reruns it)", flush=True)
-        return stored
-    print(f"[{name}] {path} holds another setting's result: running again", flush=True)
-    return None
+    if stored.get("settings") != expected_settings:
+        print(f"[{name}] {path} holds another setting's result: running again", flush=True)
+        return None
+    recorded = stored.get("model_config")
+    if recorded is not None and model_config is not None and recorded != model_config:
+        print(f"[{name}] {path} was trained with another config of {stored.get('model')!r} (the preset or an "
+              f"override changed since): running again", flush=True)
+        return None
+    unchecked = " (stored before results recorded their model config: not compared)" if recorded is None else ""
+    print(f"[{name}] done before: {path}{unchecked} (--force reruns it)", flush=True)
+    return stored
 
 
 def settings(row: dict, args) -> dict:
@@ -271,9 +296,9 @@ def combined_json(rows: list[dict], results: dict, args) -> dict:
             "train_args": list(args.train_args), "rows": entries}
 
 
-def from_peers(row: dict, args) -> dict | None:
-    """A same-setting run of ``benchmarks.peers --train`` for a bare-preset row, as this script's result (the
-    GFLOPs counted on its final weights); None when there is none."""
+def from_peers(row: dict, args, model_config: dict | None = None) -> dict | None:
+    """A same-setting run of ``benchmarks.peers --train`` for a bare-preset row, trained with ``model_config``
+    (when given), as this script's result (the GFLOPs counted on its final weights); None when there is none."""
     if row["overrides"] or not args.from_peers:
         return None
     for path in sorted(Path(args.from_peers).glob("*.json")):
@@ -290,6 +315,10 @@ def from_peers(row: dict, args) -> dict | None:
 
         model, _, ckpt = load_for_inference(Path(run["run_dir"]) / "weights" / "last.pt", torch.device("cpu"),
                                             fuse=False)
+        if model_config is not None and comparable_config(ckpt["model_cfg"]) != model_config:
+            print(f"[{row['name']}] seed {args.seed}: the peers run {path} trained another config of "
+                  f"{row['model']!r}: not used", flush=True)
+            continue
         params, gflops = model_cost(model, args.flops_imgsz)
         print(f"[{row['name']}] seed {args.seed}: the peers run {path}", flush=True)
         return {"name": row["name"], "model": row["model"], "overrides": {}, "metrics": run["metrics"],
@@ -307,16 +336,17 @@ def run_seed(row: dict, seed: int, args) -> dict | None:
     a.seed = seed
     seeded = dict(row, name=f"{row['name']}-seed{seed}")
     path = args.results_dir / f"{slug(seeded['name'])}.json"
-    stored = stored_result(path, settings(row, a), args.force, seeded["name"])
+    model_config = model_config_record(row)
+    stored = stored_result(path, settings(row, a), args.force, seeded["name"], model_config)
     if stored is not None:
         return stored
-    res = from_peers(row, a)
+    res = from_peers(row, a, model_config)
     if res is None and args.report_only:
         return None
     if res is None:
         print(f"=== [{seeded['name']}] {row['model']} {row['overrides'] or ''}", flush=True)
         res = run_row(seeded, a)
-    res.update(name=row["name"], seed=seed, settings=settings(row, a))
+    res.update(name=row["name"], seed=seed, settings=settings(row, a), model_config=model_config)
     path.write_text(json.dumps(res, indent=1, default=str))
     return res
 

@@ -87,6 +87,8 @@ def test_ablation_smoke_and_resume(tmp_path, one_thread):
         (r,) = runs  # one seed
         assert set(r["metrics"]) >= {"precision", "recall", "mAP50", "mAP50_95"}
         assert r["epochs"] == 1 and r["params"] > 0 and r["gflops"] > 0 and r["seed"] == 0
+        assert r["model_config"] == ablation.model_config_record(next(
+            row for row in ablation.load_rows(ablation.ROWS_FILE) if row["name"] == r["name"]))
     combined = json.loads(Path(out["markdown"]).with_suffix(".json").read_text())
     assert {"date", "cpu", "versions", "budget_min", "imgsz", "rows"} <= set(combined)
     entry = next(e for e in combined["rows"] if e["row"] == "+MOHFE")  # a heatmap row: mask fractions per level
@@ -105,6 +107,29 @@ def test_ablation_smoke_and_resume(tmp_path, one_thread):
     assert [r["seed"] for r in report["results"]["baseline"]] == [0]
     assert report["skipped"] == [("baseline", "seed 1: no stored result (--report-only)")]
     assert not (tmp_path / "res" / "baseline-seed1.json").exists()
+
+
+def test_ablation_reuses_a_stored_result_only_of_the_same_model_config(tmp_path, capsys):
+    """A preset edited after a row was trained (a new default) must not pass off the old result as the new one."""
+    ablation = _load("ablation")
+    row = {"name": "hmpe-n", "model": "hmpe-n", "overrides": {}}
+    today = ablation.model_config_record(row)
+    assert today["heatmap"]["enabled"] is True and "name" not in today
+    edited = ablation.model_config_record(dict(row, overrides={"heatmap.tau": 0.5}))
+    assert edited != today
+    settings = {"seed": 0, "model": "hmpe-n"}
+    path = tmp_path / "hmpe-n-seed0.json"
+    path.write_text(json.dumps({"model": "hmpe-n", "settings": settings, "model_config": today}))
+    assert ablation.stored_result(path, settings, False, "hmpe-n", today)["model_config"] == today
+    assert ablation.stored_result(path, settings, False, "hmpe-n", edited) is None
+    assert "another config of 'hmpe-n'" in capsys.readouterr().out
+    assert ablation.stored_result(path, {"seed": 1, "model": "hmpe-n"}, False, "hmpe-n", today) is None
+    assert ablation.stored_result(path, settings, True, "hmpe-n", today) is None  # --force
+    # a result stored before results recorded their config is reused, and says that it was not compared
+    path.write_text(json.dumps({"model": "hmpe-n", "settings": settings}))
+    assert ablation.stored_result(path, settings, False, "hmpe-n", edited) is not None
+    assert "not compared" in capsys.readouterr().out
+    assert ablation.model_config_record({"name": "x", "model": "no-such-preset", "overrides": {}}) is None
 
 
 def test_peers_speed_smoke(tmp_path, one_thread):

@@ -1,6 +1,7 @@
 """GFLOPs of one forward per module of an hmpe model: where a preset's compute goes.
 
-    python -m benchmarks.flops_by_module hmpe-n [--nc 10] [--imgsz 640] [--depth 3] [--min-share 0.02]
+    python -m benchmarks.flops_by_module hmpe-n [backbone.width=0.5 ...] [--nc 10] [--imgsz 640] [--depth 3]
+        [--min-share 0.02]
 
 Same convention as ``hmpe bench`` (FlopCounterMode, batch 1, 2 FLOPs per multiply-accumulate of convs and
 matmuls). Prints the total, then every module down to ``--depth`` dots below the model whose share of the
@@ -33,9 +34,11 @@ def flops_by_module(model: torch.nn.Module, imgsz: int) -> tuple[float, dict[str
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     from hmpe.models.detector import build_model
+    from hmpe.utils.config import parse_overrides
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", help="preset name or model YAML")
+    ap.add_argument("overrides", nargs="*", help="dotted model keys, e.g. backbone.width=0.5 decoder.num_queries=200")
     ap.add_argument("--nc", type=int, default=10, help="classes (10: NWPU VHR-10; 80: COCO, as benchmarks.peers)")
     ap.add_argument("--imgsz", type=int, default=640)
     ap.add_argument("--depth", type=int, default=3,
@@ -43,8 +46,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--min-share", type=float, default=0.02, help="hide modules below this share of the total")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    total, parts = flops_by_module(build_model(load_hmpe_model_config(args.model), args.nc), args.imgsz)
-    print(f"{args.model}: {total:.2f} GFLOPs at {args.imgsz}x{args.imgsz}, batch 1, {args.nc} classes")
+    model_cfg = load_hmpe_model_config(args.model, parse_overrides(args.overrides))
+    total, parts = flops_by_module(build_model(model_cfg, args.nc), args.imgsz)
+    print(f"{' '.join([args.model, *args.overrides])}: {total:.2f} GFLOPs at {args.imgsz}x{args.imgsz}, batch 1, {args.nc} classes")
     for name, g in parts.items():
         if name.count(".") < args.depth and g >= args.min_share * total:
             print(f"  {name:50s} {g:7.2f}  {g / total:6.1%}")

@@ -40,6 +40,25 @@ def test_hgnetv2_shapes_and_params(name, chans, band):
     assert band[0] < n < band[1]
 
 
+@pytest.mark.parametrize("width, chans", [(0.5, [128, 256, 512]), (0.75, [192, 384, 768])])
+def test_hgnetv2_width_scales_every_stage(width, chans):
+    """``backbone.width``: every stem and stage conv narrower (multiples of 8), the same strides and blocks."""
+    torch.manual_seed(0)
+    full, thin = HGNetv2("B0"), HGNetv2("B0", width=width).eval()
+    assert thin.out_channels == chans and thin.out_strides == full.out_strides
+    assert [len(s.blocks) for s in thin.stages] == [len(s.blocks) for s in full.stages]
+    convs = [m for m in thin.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == sum(isinstance(m, nn.Conv2d) for m in full.modules())
+    assert all(c_mid % 8 == 0 and c_out % 8 == 0 for (_, c_mid, c_out, *_) in thin.stage_configs)
+    assert n_params(thin) < n_params(full) * width  # 1x1 / 3x3 convs shrink with width squared
+    with torch.no_grad():
+        outs = thin(torch.rand(1, 3, 96, 160))
+    assert [tuple(o.shape) for o in outs] == [(1, c, 96 // s, 160 // s) for c, s in zip(chans, [8, 16, 32])]
+    assert HGNetv2("B0", width=1.0).stage_configs is HGNetv2("B0").stage_configs  # 1: the named variant itself
+    with pytest.raises(ValueError, match="width must be > 0"):
+        HGNetv2("B0", width=0)
+
+
 def test_hgnetv2_odd_size_and_return_idx():
     m = HGNetv2("B0", return_idx=(2, 3)).eval()
     with torch.no_grad():

@@ -294,6 +294,9 @@ def test_flops_by_module(one_thread, capsys):
     fbm.main(["hmpe-n", "--imgsz", "64", "--depth", "1", "--min-share", "0"])
     out = capsys.readouterr().out
     assert "GFLOPs at 64x64" in out and "  decoder " in out and "the encoder" in out
+    thin = fbm.main(["hmpe-n", "backbone.width=0.5", "--imgsz", "64", "--depth", "1", "--min-share", "0"])
+    assert "hmpe-n backbone.width=0.5:" in capsys.readouterr().out
+    assert thin["backbone"] < parts["backbone"] / 2 and thin["decoder"] == pytest.approx(parts["decoder"])
 
 
 def test_every_benchmark_module_imports_from_the_package():

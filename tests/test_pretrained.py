@@ -106,6 +106,8 @@ def test_wrong_variant_or_option_names_key_and_shapes(tmp_path):
         load_pretrained_backbone(HGNetv2("B1", use_lab=True), tmp_path / "other.pth")
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         load_pretrained_backbone(HGNetv2("B0"), tmp_path / "nope.pth")
+    with pytest.raises(ValueError, match="backbone.width=0.5 makes other layers"):  # before reading the file
+        load_pretrained_backbone(HGNetv2("B0", width=0.5, use_lab=True), tmp_path / "nope.pth")
 
 
 def test_cli_wrong_variant_exits_nonzero(tmp_path, capsys):

@@ -1,7 +1,6 @@
 """Every key a user can type, declared once: per task (``hmpe train/val/predict/heatmap/export/bench``), per
-model-config section, per dataset YAML. Each :class:`Key` has a name, a default, a one-line meaning and the
-type of its value (:mod:`hmpe.utils.keytypes`: ``Int(">= 1")``, ``Num("[0, 1]")``, ``Choice("nms", "wbf")``,
-``Kind("weights")``, ...).
+model-config section, per dataset YAML. Each :class:`Key` has a name, a default, a one-line meaning and the type of
+its value (:mod:`hmpe.utils.keytypes`: ``Int(">= 1")``, ``Num("[0, 1]")``, ``Choice("nms", "wbf")``, ...).
 
 This table is the single source of truth for
 - the training defaults (:func:`hmpe.utils.config.default_train_config` is built from ``TASKS["train"]``),
@@ -61,8 +60,7 @@ _IMGSZ_OF_CHECKPOINT = Key("imgsz", None, "input size (default: the checkpoint's
                            Kind("size", null=True))
 _IMAGES = Key("source", None, "image file, folder or glob pattern (or the first positional argument)",
               Text("an image, folder or glob", null=True))
-#: tile overlap of sliced inference and of the tiled-training grid (a fraction of the tile)
-TILE_OVERLAP = 0.2
+TILE_OVERLAP = 0.2  #: tile overlap of sliced inference and of the tiled-training grid (a fraction of the tile)
 _PRED = (  # options shared by val / predict (sliced inference: hmpe.engine.eval.slicing)
     Key("slice", None, "tile size N for sliced inference on large images (null: the checkpoint's training tile= "
                        "if it has one, else the whole image; 0: the whole image)", Int(">= 0", null=True)),
@@ -273,6 +271,7 @@ _SWITCH = Key("enabled", True, "component switch (false: off, the baseline's gra
 MODEL: dict[str, tuple[Key, ...]] = {
     "backbone": (
         Key("name", "B0", "HGNetv2 size: B0 | B1 | ...", Choice("B0", "B1", "B2", "B3", "B4", "B5", "B6")),
+        Key("width", 1.0, "channel factor of every stem and stage conv (not 1: no ImageNet weights)", Num("(0, 4]")),
         Key("return_idx", [1, 2, 3], "stages returned (strides 8, 16, 32)", ListOf(Int("[0, 3]"))),
         Key("use_lab", False, "learnable affine blocks", Bool()),
         Key("freeze_at", -1, "freeze the stem and stages up to this index (-1 = none)", Int(">= -1")),

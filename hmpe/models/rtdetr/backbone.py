@@ -24,6 +24,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 __all__ = [
     "ARCH_CONFIGS",
+    "scaled_arch",
     "PUBLIC_USE_LAB",
     "ConvBNAct",
     "HGNetv2",
@@ -105,6 +106,24 @@ ARCH_CONFIGS: dict[str, dict] = {
 PUBLIC_USE_LAB = {"B0": True, "B1": True, "B2": True, "B3": True, "B4": False, "B5": False, "B6": False}
 
 _STAGE_STRIDES = (4, 8, 16, 32)
+_CHANNEL_STEP = 8  # scaled widths are multiples of it (SIMD-friendly, as timm's make_divisible rounds)
+
+
+def scaled_arch(cfg: dict, width: float) -> dict:
+    """``cfg`` (an ``ARCH_CONFIGS`` entry) with every stem and stage width times ``width``, rounded to a multiple
+    of 8 (at least 8); each stage's input follows the previous output. ``width == 1`` returns ``cfg`` itself."""
+    if width == 1.0:
+        return cfg
+
+    def c(n: int) -> int:
+        return max(_CHANNEL_STEP, int(n * width / _CHANNEL_STEP + 0.5) * _CHANNEL_STEP)
+
+    stem_in, stem_mid, stem_out = cfg["stem"]
+    stages, c_prev = [], c(stem_out)
+    for (_, mid, out, *rest) in cfg["stages"]:
+        stages.append((c_prev, c(mid), c(out), *rest))
+        c_prev = c(out)
+    return {"stem": (stem_in, c(stem_mid), c(stem_out)), "stages": tuple(stages)}
 _STRIP_KEYS = {"kind", "stages", "kernel_size"}
 
 
@@ -282,6 +301,9 @@ class HGNetv2(nn.Module):
 
     Args:
         name: "B0" ... "B6" (timm's ``hgnetv2_b0`` ... ``hgnetv2_b6``; B4/B5/B6 are RT-DETRv2's L/X/H).
+        width: factor on every stem and stage width (:func:`scaled_arch`); 1 is the named variant, the only
+            width that public ImageNet weights fit (:func:`hmpe.models.rtdetr.pretrained.load_pretrained_backbone`
+            refuses the others).
         return_idx: 0-based stage indices to return; (1, 2, 3) gives S3, S4, S5 (strides 8, 16, 32).
         use_lab: learnable affine after each activation; the public B0-B3 ImageNet weights have it
             (``PUBLIC_USE_LAB``), so the B0/B1 presets set it. The default stays False so that a model
@@ -302,6 +324,7 @@ class HGNetv2(nn.Module):
     def __init__(
         self,
         name: str = "B0",
+        width: float = 1.0,
         return_idx: Sequence[int] = (1, 2, 3),
         use_lab: bool = False,
         freeze_at: int = -1,
@@ -312,11 +335,14 @@ class HGNetv2(nn.Module):
         super().__init__()
         if name not in ARCH_CONFIGS:
             raise ValueError(f"unknown HGNetv2 variant {name!r}; choose from {sorted(ARCH_CONFIGS)}")
-        cfg = ARCH_CONFIGS[name]
+        if not width > 0:
+            raise ValueError(f"width must be > 0, got {width}")
+        cfg = scaled_arch(ARCH_CONFIGS[name], float(width))
         return_idx = [int(i) for i in return_idx]
         if not return_idx or any(i < 0 or i > 3 for i in return_idx) or sorted(set(return_idx)) != return_idx:
             raise ValueError(f"return_idx must be increasing stage indices in 0..3, got {return_idx}")
         self.name = name
+        self.width = float(width)
         self.use_lab = bool(use_lab)
         self.return_idx = return_idx
         self.stage_configs = cfg["stages"]

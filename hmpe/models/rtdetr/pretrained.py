@@ -142,6 +142,10 @@ def _misfit(backbone: nn.Module, path, key: str, got: tuple, want: tuple | None)
 
 def load_pretrained_backbone(backbone: nn.Module, path: str | os.PathLike) -> PretrainedLoadReport:
     """Copy a pretrained file's tensors into ``backbone`` (an HGNetv2) by name and shape; see the module doc."""
+    if getattr(backbone, "width", 1.0) != 1.0:
+        raise ValueError(f"backbone.pretrained={path}: ImageNet HGNetv2 weights have the widths of "
+                         f"HGNetv2-{backbone.name}; backbone.width={backbone.width} makes other layers. Train it from "
+                         f"scratch (drop backbone.pretrained) or set backbone.width: 1.0")
     state, layout = to_hmpe_layout(read_state_dict(path))
     own = {k: v for k, v in backbone.state_dict().items() if not k.endswith("num_batches_tracked")}
     strip = tuple(backbone.strip_prefixes)

@@ -147,7 +147,8 @@ def test_a_stored_checkpoint_with_the_old_names_loads_without_a_warning(tmp_path
 
 
 def test_stored_configs_of_before_the_rename_upgrade_silently(capsys):
-    """The frozen preset configs (tests/data) and the shipped weights' config.json predate the rename."""
+    """The frozen preset configs (tests/data) predate the rename; the shipped weights (since 2026-12-07) carry the
+    new name, and both build without a warning."""
     from hmpe.engine.checkpoint import load_checkpoint
     from hmpe.models.detector import build_model
 
@@ -155,7 +156,7 @@ def test_stored_configs_of_before_the_rename_upgrade_silently(capsys):
     assert frozen["rtdetr-n-heat"]["heatmap"]["alpha"] == "gradcam++"
     assert upgrade_model_config(frozen["rtdetr-n-heat"])["heatmap"]["cam_weights"] == "gradcam++"
     ckpt = load_checkpoint("hmpe-n-nwpu")
-    assert ckpt["model_cfg"]["heatmap"]["alpha"] == "gradcam++"  # as stored
+    assert ckpt["model_cfg"]["heatmap"]["cam_weights"] == "gradcam++" and "alpha" not in ckpt["model_cfg"]["heatmap"]
     assert build_model(ckpt["model_cfg"], len(ckpt["names"])).heatmap.cam_weights == "gradcam++"
     assert not capsys.readouterr().err
 

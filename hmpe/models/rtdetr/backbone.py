@@ -124,6 +124,8 @@ def scaled_arch(cfg: dict, width: float) -> dict:
         stages.append((c_prev, c(mid), c(out), *rest))
         c_prev = c(out)
     return {"stem": (stem_in, c(stem_mid), c(stem_out)), "stages": tuple(stages)}
+
+
 _STRIP_KEYS = {"kind", "stages", "kernel_size"}
 
 

@@ -311,15 +311,16 @@ def from_peers(row: dict, args, model_config: dict | None = None) -> dict | None
         run = saved.get(row["model"])
         if not same or run is None:
             continue
-        from hmpe.engine.checkpoint import load_for_inference
+        from hmpe.engine.checkpoint import load_checkpoint
+        from hmpe.models.detector import build_model
 
-        model, _, ckpt = load_for_inference(Path(run["run_dir"]) / "weights" / "last.pt", torch.device("cpu"),
-                                            fuse=False)
+        ckpt = load_checkpoint(Path(run["run_dir"]) / "weights" / "last.pt")
         if model_config is not None and comparable_config(ckpt["model_cfg"]) != model_config:
             print(f"[{row['name']}] seed {args.seed}: the peers run {path} trained another config of "
                   f"{row['model']!r}: not used", flush=True)
             continue
-        params, gflops = model_cost(model, args.flops_imgsz)
+        # the cost depends on the structure only: the model is built, not loaded
+        params, gflops = model_cost(build_model(ckpt["model_cfg"], len(ckpt["names"])).eval(), args.flops_imgsz)
         print(f"[{row['name']}] seed {args.seed}: the peers run {path}", flush=True)
         return {"name": row["name"], "model": row["model"], "overrides": {}, "metrics": run["metrics"],
                 "epochs": run.get("epochs_trained", run["epochs"]), "params": params, "gflops": gflops,

@@ -24,6 +24,14 @@ def test_interleaved_times_rotates_and_counts():
     assert order[3:] == list("abc" "bca" "cab")  # after one warm-up call each
 
 
+def test_interleaved_times_settle_calls_each_function_before_timing_it():
+    order = []
+    fns = {n: (lambda n=n: order.append(n)) for n in "ab"}
+    times = interleaved_times(fns, warmup=0, runs=2, settle=2)
+    assert {k: len(v) for k, v in times.items()} == {"a": 2, "b": 2}
+    assert order == list("aaa" "bbb" "bbb" "aaa")  # two untimed calls, then the timed one, rotated
+
+
 def test_cli_bench_backends_in_one_run(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("openvino")

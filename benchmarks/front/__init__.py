@@ -1,7 +1,7 @@
 """Speed-accuracy front of trained hmpe models against trained ultralytics YOLO models on the CPU (issue 33).
 
     python -m benchmarks.front --hmpe hmpe-n=W1[,W2,...] [--hmpe NAME=...] --yolo yolo11n=Y1[,Y2,...] \\
-        --data nwpu-vhr10 --sizes 320 384 448 512 576 640 --threads 2 --rounds 10 --warmup 3 \\
+        --data nwpu-vhr10 --sizes 320 384 448 512 576 640 --threads 2 --rounds 20 --warmup 3 \\
         [--no-int8] [--calib-images 300] [--val-images N] --workdir runs/front --out benchmarks/results/front.json
 
 A user picks a CPU detector by its accuracy at a latency. For every model (several comma-separated checkpoints of
@@ -19,10 +19,11 @@ one model are seeds) and every input size S this measures operating points, each
            calibrated (NNCF) on at most ``--calib-images`` TRAIN images (split="train", fraction=N) of the
            YOLO-format copy of ``--data``; accuracy: score_yolo on the exported folder.
 
-Latency: for each S, ONE interleaved run over every file at that size (hmpe ONNX Runtime fp32, OpenVINO fp32,
-OpenVINO INT8; YOLO the same three): ``--warmup`` untimed calls each, then ``--rounds`` rounds that time every
-file once in a rotated order (hmpe.engine.deploy.backends.interleaved_times), so that load from other processes
-hits all alike. Each file runs in a session with ``--threads`` threads (hmpe.engine.deploy.export.runtime_session:
+Latency: ONE interleaved run over every file of every size (hmpe ONNX Runtime fp32, OpenVINO fp32, OpenVINO
+INT8; YOLO the same three), so that points of different sizes compare: ``--warmup`` untimed calls each, then
+``--rounds`` rounds that time every file once in a rotated order (hmpe.engine.deploy.backends.interleaved_times),
+so that load from other processes hits all alike; one untimed call of the same file precedes each timed one, so
+that no time includes the threads another session left spinning (each is the latency of the file run alone). Each file runs in a session with ``--threads`` threads (hmpe.engine.deploy.export.runtime_session:
 ONNX Runtime intra-op threads, OpenVINO INFERENCE_NUM_THREADS at f32 inference precision), batch 1, on a fixed
 random preprocessed tensor: the runtime's forward only. hmpe's graph includes its top-k post-processing; YOLO's
 excludes NMS, as ultralytics exports it. Median and p90 per file. Latency is measured on the first seed's files

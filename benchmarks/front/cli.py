@@ -14,7 +14,7 @@ from benchmarks._common import RESULTS, command_line, no_network, provenance
 from benchmarks.front import hmpe_side, yolo_side
 from benchmarks.front.check import front_check
 from benchmarks.front.plot import plot_front
-from benchmarks.front.points import Context, make_points, time_size
+from benchmarks.front.points import Context, make_points, time_points
 
 DEFAULT_SIZES = [320, 384, 448, 512, 576, 640]
 SMOKE_SIZES = [64, 96]
@@ -35,8 +35,9 @@ NOTES = [
     "is not a dependency; ONNX Runtime optimises either graph when it loads it).",
     "Timed: the runtime's forward on a fixed random preprocessed tensor, batch 1, --threads threads; hmpe's file "
     "includes its top-k post-processing (it needs no NMS), YOLO's excludes NMS (as ultralytics exports it); "
-    "neither includes image decoding or resizing. One interleaved run per input size (every round times every "
-    "file once, rotated).",
+    "neither includes image decoding or resizing. One interleaved run over every file of every size (every round "
+    "times every file once, rotated, after one untimed call of the same file), so that points of different sizes "
+    "compare in the same minutes and no time includes threads another session left spinning.",
     "A point is a model's fastest runtime of that precision at that size; accuracy is the mean over the seeds "
     "(spread: max - min), latency is measured on the first seed's files.",
     "Paths: RUNS/ stands for the --workdir folder.",
@@ -182,11 +183,9 @@ def main(argv=None) -> dict:
     attempts: list[str] = []
     with no_network(attempts):
         accuracy, entries = prepare(args, ctx)
-        timings = []
-        for size in args.sizes:  # fresh on every run: only exports and scores are cached
-            print(f"benchmarks.front: timing {sum(e['imgsz'] == size for e in entries)} files at {size}", flush=True)
-            timings += time_size(size, [e for e in entries if e["imgsz"] == size], args.threads, args.warmup,
-                                 args.rounds)
+        # fresh on every run (only exports and scores are cached): every file of every size in one interleaved run
+        print(f"benchmarks.front: timing {len(entries)} files, {args.rounds} rounds", flush=True)
+        timings = time_points(entries, args.threads, args.warmup, args.rounds)
     if attempts:
         raise SystemExit(f"benchmarks.front: network access was attempted: {attempts}")
     res = result(args, ctx, accuracy, timings, argv)

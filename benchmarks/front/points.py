@@ -1,5 +1,5 @@
 """What the sides share: the run's context (work folder, dataset, val samples), the per-step JSON caches, the
-interleaved latency run of one input size, and the operating points assembled from accuracy and timings."""
+interleaved latency run of every file, and the operating points assembled from accuracy and timings."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ from benchmarks._common import mean_spread_of
 METRICS = ("mAP50", "mAP50_95", "AP_small", "AP_small_input")
 SPREAD = ("mAP50", "AP_small")
 COUNTS = ("n_small", "n_small_input")
+#: untimed calls of a file right before each timed one (interleaved_times): with dozens of sessions, the threads the
+#: previous one left spinning would otherwise be timed too, and hmpe's larger graphs more than YOLO's
+SETTLE = 1
 
 
 @dataclass
@@ -114,20 +117,22 @@ def scalars(metrics: dict) -> dict:
     return out
 
 
-def time_size(size: int, entries: list[dict], threads: int, warmup: int, rounds: int) -> list[dict]:
-    """One interleaved run over every file of this input size (``entries``: model, kind, runtime, precision,
-    file): each a session with ``threads`` threads on the same fixed random ``[1,3,size,size]`` input;
-    ``warmup`` untimed calls each, then ``rounds`` rounds timing every file once, rotated."""
+def time_points(entries: list[dict], threads: int, warmup: int, rounds: int) -> list[dict]:
+    """One interleaved run over every file of every input size (``entries``: model, kind, imgsz, runtime,
+    precision, file), so that points of different sizes are timed in the same minutes of the same machine: each
+    file a session with ``threads`` threads on a fixed random ``[1,3,imgsz,imgsz]`` input; ``warmup`` untimed calls
+    each, then ``rounds`` rounds timing every file once (after ``SETTLE`` untimed calls), rotated."""
     from hmpe.engine.deploy.backends import interleaved_times
     from hmpe.engine.deploy.bench import percentile
     from hmpe.engine.deploy.export import runtime_session
 
-    x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
+    rng = np.random.default_rng(0)
+    inputs = {s: rng.random((1, 3, s, s), dtype=np.float32) for s in sorted({e["imgsz"] for e in entries})}
     fns = {}
     for e in entries:
         run = runtime_session(e["path"], e["runtime"], threads, outputs=None)
-        fns[_label(e)] = (lambda r: lambda: r(x))(run)
-    times = interleaved_times(fns, warmup, rounds)
+        fns[_label(e)] = (lambda r, x: lambda: r(x))(run, inputs[e["imgsz"]])
+    times = interleaved_times(fns, warmup, rounds, settle=SETTLE)
     out = []
     for e in entries:
         t = times[_label(e)]
@@ -138,7 +143,7 @@ def time_size(size: int, entries: list[dict], threads: int, warmup: int, rounds:
 
 
 def _label(e: dict) -> str:
-    return f"{e['model']} {e['runtime']} {e['precision']}"
+    return f"{e['model']} {e['imgsz']} {e['runtime']} {e['precision']}"
 
 
 def make_points(accuracy: dict, timings: list[dict], kinds: dict[str, str]) -> list[dict]:

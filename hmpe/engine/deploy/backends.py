@@ -52,9 +52,15 @@ def parse_backends(value) -> list[str]:
     return out
 
 
-def interleaved_times(fns: dict[str, Callable[[], object]], warmup: int = 3, runs: int = 20) -> dict[str, list[float]]:
+def interleaved_times(fns: dict[str, Callable[[], object]], warmup: int = 3, runs: int = 20,
+                      settle: int = 0) -> dict[str, list[float]]:
     """Seconds per call of each function: ``warmup`` untimed calls each, then ``runs`` rounds that time
-    every function once in a rotated order."""
+    every function once in a rotated order.
+
+    ``settle`` untimed calls of the same function precede each timed one: a runtime session leaves its threads
+    spinning for a while after a call (ONNX Runtime's and OpenVINO's do) and evicts the caches, so that with many
+    sessions the timed call would also pay for its predecessor. With ``settle >= 1`` each time is that of a
+    session running alone, and the rotation still spreads any drift in machine load over all of them."""
     names = list(fns)
     for n in names:
         for _ in range(warmup):
@@ -62,6 +68,8 @@ def interleaved_times(fns: dict[str, Callable[[], object]], warmup: int = 3, run
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(runs):
         for n in names[r % len(names):] + names[:r % len(names)]:
+            for _ in range(settle):
+                fns[n]()
             t0 = time.perf_counter()
             fns[n]()
             times[n].append(time.perf_counter() - t0)

@@ -149,7 +149,16 @@ def test_peers_speed_smoke(tmp_path, one_thread):
         assert out["latency"]["1"][m["name"]]["median_ms"] > 0
     md = Path(out["markdown"]).read_text()
     assert "| rtdetr-n |" in md and "GFLOPs" in md and "versions:" in md
-    assert json.loads(Path(out["markdown"]).with_suffix(".json").read_text())["imgsz"] == 64
+    saved = json.loads(Path(out["markdown"]).with_suffix(".json").read_text())
+    assert saved["imgsz"] == 64 and saved["settle"] == 1
+    assert "after 1 untimed call(s) of the same model" in md
+
+
+def test_peers_timing_arguments_are_checked(capsys):
+    peers_cli = _load("peers.cli")
+    with pytest.raises(SystemExit):
+        peers_cli.parse_args(["--settle", "-1"])
+    assert "--settle -1" in capsys.readouterr().err
 
 
 def test_peers_yolo_run_folder_is_absolute_for_a_relative_workdir(tmp_path, monkeypatch):

@@ -20,9 +20,6 @@ from benchmarks._common import mean_spread_of
 METRICS = ("mAP50", "mAP50_95", "AP_small", "AP_small_input")
 SPREAD = ("mAP50", "AP_small")
 COUNTS = ("n_small", "n_small_input")
-#: untimed calls of a file right before each timed one (interleaved_times): with dozens of sessions, the threads the
-#: previous one left spinning would otherwise be timed too, and hmpe's larger graphs more than YOLO's
-SETTLE = 1
 
 
 @dataclass
@@ -121,8 +118,9 @@ def time_points(entries: list[dict], threads: int, warmup: int, rounds: int) -> 
     """One interleaved run over every file of every input size (``entries``: model, kind, imgsz, runtime,
     precision, file), so that points of different sizes are timed in the same minutes of the same machine: each
     file a session with ``threads`` threads on a fixed random ``[1,3,imgsz,imgsz]`` input; ``warmup`` untimed calls
-    each, then ``rounds`` rounds timing every file once (after ``SETTLE`` untimed calls), rotated."""
-    from hmpe.engine.deploy.backends import interleaved_times
+    each, then ``rounds`` rounds timing every file once, rotated, each after ``SETTLE`` untimed calls of it: with
+    dozens of sessions the threads the previous one left spinning would otherwise be timed too."""
+    from hmpe.engine.deploy.backends import SETTLE, interleaved_times
     from hmpe.engine.deploy.bench import percentile
     from hmpe.engine.deploy.export import runtime_session
 

@@ -21,7 +21,9 @@ Part A (default): speed and size, in one run.
 
   Each model is timed on the raw module forward (``model(x)``, eval mode, ``no_grad``, batch 1, no
   pre/post-processing, no NMS, no BN fusion), interleaved: every round times each model once, in
-  a rotated order, so load from other processes hits all alike; figures are the median / p90 over
+  a rotated order, so load from other processes hits all alike, each timed call after ``--settle`` (1)
+  untimed calls of the same model (a runtime session leaves threads spinning after a call, which would
+  otherwise be timed with the next model); figures are the median / p90 over
   rounds, and speed is compared as ratios within this one run. Params and GFLOPs are counted the
   same way for all (``hmpe.engine.deploy.bench``: FlopCounterMode on the same raw forward at batch 1,
   2 FLOPs per multiply-accumulate of convs and matmuls). ``--nc`` (default 80, COCO, so the sizes

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import benchmarks.peers as package
+from hmpe.engine.deploy.backends import SETTLE
 from benchmarks.peers.runtimes import RUNTIMES
 from benchmarks.peers.speed import run_speed
 from benchmarks.peers.training import run_train
@@ -28,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--nc", type=int, default=80, help="Part A: classes of every model (default 80, COCO)")
     p.add_argument("--rounds", type=int, default=20, help="Part A: interleaved timed rounds")
     p.add_argument("--warmup", type=int, default=3, help="Part A: untimed calls per model first")
+    p.add_argument("--settle", type=int, default=SETTLE,
+                   help="Part A: untimed calls of a model right before each timed one, so that no time includes "
+                        "threads another runtime session left spinning (0: none, as before 2026-12-07)")
     p.add_argument("--threads", default="2", help="torch thread counts, e.g. '2' or '2,1' (Part B: the first)")
     p.add_argument("--backends", default="torch",
                    help="Part A: runtimes, e.g. 'torch,onnxruntime,openvino' (each model exported as raw ONNX)")
@@ -69,6 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     bad = [b for b in a.backends if b not in RUNTIMES]
     if bad:
         p.error(f"--backends {','.join(bad)}: choose from {', '.join(RUNTIMES)}")
+    if a.settle < 0 or a.rounds < 1 or a.warmup < 0:
+        p.error(f"--rounds {a.rounds}, --warmup {a.warmup}, --settle {a.settle}: rounds >= 1, the others >= 0")
     # relative by default, so that the result files record the run folders without this machine's folders
     a.workdir = a.workdir or (tempfile.mkdtemp(prefix="hmpe-peers-") if a.smoke else str(Path("runs") / "peers"))
     os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(a.workdir).resolve() / "ultralytics-config"))

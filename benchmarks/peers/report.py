@@ -35,7 +35,9 @@ def speed_markdown(report: dict, built: list[Built], args) -> str:
              + ("deploy fusion: " + "; ".join(f"{k}: {v}" for k, v in report["deployed"].items()) + "; "
                 if args.fuse else "no BN fusion; ") +
              f"{args.warmup} untimed warm-up calls per model, then {args.rounds} interleaved rounds (each "
-             "round times every model once, in a rotated order); median and p90 over rounds; "
+             "round times every model once, in a rotated order"
+             + (f", each timed call after {args.settle} untimed call(s) of the same model" if args.settle else "")
+             + "); median and p90 over rounds; "
              f"torch threads: {', '.join(threads)}",
              "GFLOPs: FlopCounterMode on the same raw forward, batch 1, 2 FLOPs per multiply-accumulate of "
              "convs and matmuls (element-wise ops, softmax and grid_sample not counted, for every model alike)",

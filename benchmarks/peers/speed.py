@@ -46,7 +46,7 @@ def time_rows(built: list[Built], x, onnx: dict, args) -> dict:
         torch.set_num_threads(threads)
         fns = _runners(built, x, onnx, args.backends, threads)
         with torch.no_grad():
-            times = interleaved_times(fns, args.warmup, args.rounds)
+            times = interleaved_times(fns, args.warmup, args.rounds, settle=args.settle)
         results[threads] = {k: {"median_ms": statistics.median(v) * 1e3, "p90_ms": percentile(v, 0.9) * 1e3,
                                 "times_ms": [t * 1e3 for t in v]} for k, v in times.items()}
     return results
@@ -69,7 +69,7 @@ def run_speed(args) -> dict:
     report = {"date": utc_stamp(), "cpu": env["cpu"],
               "logical_cpus": env["logical_cpus"], "versions": versions(), "command": command_line(),
               "backends": args.backends, "deployed": deployed, "backend_skipped": backend_skipped,
-              "imgsz": args.imgsz, "nc": args.nc, "rounds": args.rounds, "warmup": args.warmup,
+              "imgsz": args.imgsz, "nc": args.nc, "rounds": args.rounds, "warmup": args.warmup, "settle": args.settle,
               "models": [{"name": b.name, "source": b.source, "levels": b.levels, **info[b.name]} for b in built],
               "latency": {str(t): v for t, v in results.items()}, "skipped": skipped,
               "load_start": started_load, "load_end": load_avg()}

@@ -7,8 +7,9 @@ The model is built once and put in deploy mode (``DetectionModel.fuse()``, unles
 the runtimes get it exported as :mod:`hmpe.engine.deploy.export` does (ONNX graph with the post-processing
 inside; OpenVINO IR converted from it, f32 inference precision) into a temporary folder. Timing
 follows :mod:`hmpe.engine.deploy.bench`: ``warmup`` untimed calls each, then ``runs`` rounds in which every
-backend is timed once, in a rotated order (so load from other processes hits all alike); median,
-p90 and minimum per backend. ``torch`` times the raw module forward (the bench convention); the
+backend is timed once, in a rotated order (so load from other processes hits all alike), each timed call right
+after one untimed call of the same backend (``SETTLE``: a runtime leaves its threads spinning for a while after a
+call, which the next backend's time would otherwise include); median, p90 and minimum per backend. ``torch`` times the raw module forward (the bench convention); the
 exported graphs also run the top-K post-processing (no NMS), a small fixed cost.
 
 ``onnxruntime-int8`` / ``openvino-int8`` quantize that graph as ``hmpe export int8=true`` does
@@ -35,6 +36,7 @@ from hmpe.engine.deploy.quantize import quantize_onnx, quantize_openvino, requir
 
 BENCH_BACKENDS = ("torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8")
 INT8_CALIB = 8  # random calibration images of the int8 backends (speed only: see the module docstring)
+SETTLE = 1  # untimed calls of a backend right before each timed one (see the module docstring)
 
 __all__ = ["BENCH_BACKENDS", "INT8_CALIB", "backend_latencies", "interleaved_times", "parse_backends"]
 
@@ -118,5 +120,5 @@ def backend_latencies(model: nn.Module, postprocessor: nn.Module, imgsz: tuple[i
                 fns[b] = lambda: model(x)
             else:
                 fns[b] = (lambda run: lambda: run(xn))(runtime_session(files[b][1], files[b][0], threads))
-        times = interleaved_times(fns, warmup, runs)
+        times = interleaved_times(fns, warmup, runs, settle=SETTLE)
     return {b: _summary(t) for b, t in times.items()}

@@ -23,8 +23,9 @@ Latency: ONE interleaved run over every file of every size (hmpe ONNX Runtime fp
 INT8; YOLO the same three), so that points of different sizes compare: ``--warmup`` untimed calls each, then
 ``--rounds`` rounds that time every file once in a rotated order (hmpe.engine.deploy.backends.interleaved_times),
 so that load from other processes hits all alike; one untimed call of the same file precedes each timed one, so
-that no time includes the threads another session left spinning (each is the latency of the file run alone). Each file runs in a session with ``--threads`` threads (hmpe.engine.deploy.export.runtime_session:
-ONNX Runtime intra-op threads, OpenVINO INFERENCE_NUM_THREADS at f32 inference precision), batch 1, on a fixed
+that no time includes the threads another session left spinning (each is the latency of the file run alone).
+Each file runs in a session with ``--threads`` threads (hmpe.engine.deploy.export.runtime_session: ONNX Runtime
+intra-op threads, OpenVINO INFERENCE_NUM_THREADS at f32 inference precision), batch 1, on a fixed
 random preprocessed tensor: the runtime's forward only. hmpe's graph includes its top-k post-processing; YOLO's
 excludes NMS, as ultralytics exports it. Median and p90 per file. Latency is measured on the first seed's files
 (the seeds share one architecture); accuracy is the mean over the seeds, with the spread (max - min).

@@ -9,8 +9,9 @@ inside; OpenVINO IR converted from it, f32 inference precision) into a temporary
 follows :mod:`hmpe.engine.deploy.bench`: ``warmup`` untimed calls each, then ``runs`` rounds in which every
 backend is timed once, in a rotated order (so load from other processes hits all alike), each timed call right
 after one untimed call of the same backend (``SETTLE``: a runtime leaves its threads spinning for a while after a
-call, which the next backend's time would otherwise include); median, p90 and minimum per backend. ``torch`` times the raw module forward (the bench convention); the
-exported graphs also run the top-K post-processing (no NMS), a small fixed cost.
+call, which the next backend's time would otherwise include); median, p90 and minimum per backend. ``torch``
+times the raw module forward (the bench convention); the exported graphs also run the top-K post-processing
+(no NMS), a small fixed cost.
 
 ``onnxruntime-int8`` / ``openvino-int8`` quantize that graph as ``hmpe export int8=true`` does
 (:mod:`hmpe.engine.deploy.quantize`), calibrated on :data:`INT8_CALIB` random images: the bench model has random
@@ -38,7 +39,7 @@ BENCH_BACKENDS = ("torch", "onnxruntime", "openvino", "onnxruntime-int8", "openv
 INT8_CALIB = 8  # random calibration images of the int8 backends (speed only: see the module docstring)
 SETTLE = 1  # untimed calls of a backend right before each timed one (see the module docstring)
 
-__all__ = ["BENCH_BACKENDS", "INT8_CALIB", "backend_latencies", "interleaved_times", "parse_backends"]
+__all__ = ["BENCH_BACKENDS", "INT8_CALIB", "SETTLE", "backend_latencies", "interleaved_times", "parse_backends"]
 
 
 def parse_backends(value) -> list[str]:

@@ -134,7 +134,7 @@ main(argv)
 """
 
 
-def _smoke(tiny, out, sizes=(64, 96), yolo=None):
+def _smoke(tiny, out, sizes=(64,), yolo=None):
     """benchmarks.front's ``--smoke`` run on the tiny checkpoint (and a random YOLO11n at ``yolo``) in a child
     process; its result file (``out``) as a dict."""
     argv = ["--smoke", "--hmpe", f"tiny={tiny['ckpt']}", "--data", str(tiny["data"]), "--sizes", *map(str, sizes),
@@ -156,7 +156,7 @@ def hmpe_run(tiny):
     return _smoke(tiny, tiny["work"] / "front.json")
 
 
-def _check_schema(res, models, sizes=(64, 96)):
+def _check_schema(res, models, sizes=(64,)):
     assert {"date", "cpu", "versions", "command", "threads", "rounds", "data", "val_images", "notes", "models",
             "points", "timings", "front_check"} <= set(res)
     assert res["rounds"] == 1 and res["threads"] == 1 and res["val_images"] == 4
@@ -183,7 +183,7 @@ def test_front_smoke_hmpe_side(hmpe_run, tiny):
     assert res["front_check"]["all_beaten"] == {"fp32": None, "int8": None}
     assert str(tiny["tmp"]) not in json.dumps({k: v for k, v in res.items() if k != "command"})  # as typed
     assert (tiny["work"] / "front.png").stat().st_size > 0
-    assert (tiny["work"] / "hmpe" / "tiny" / "seed0" / "96" / "metrics-int8.json").is_file()
+    assert (tiny["work"] / "hmpe" / "tiny" / "seed0" / "64" / "metrics-int8.json").is_file()
 
 
 def _files_state(folder):

@@ -1,15 +1,15 @@
 """The README's command blocks, run as written.
 
-Every ``hmpe`` command in the README's ``bash`` blocks is checked against the key table (task, keys,
-values) without running it; then the blocks are executed in order, in an empty folder that holds the
-files the README names (``best.pt``, ``path/to/images``, ``my-data.yaml``, ...; built here, small), with
-sizes capped so that CI can afford them (training: ``epochs=1 imgsz=64 batch=16``, and 16 synthetic images
-instead of the default dataset's 256 where no ``data=`` is given; bench: ``imgsz=64 runs=1 warmup=0``; export:
-``imgsz=64``). Not executed: ``pip``, the test command itself, ``hmpe explore`` (a server that runs until
+Every ``hmpe`` command in the README's ``bash`` blocks is checked against the key table (task, keys, values) without
+running it; then the blocks are executed in order, in an empty folder that holds the files the README names
+(``best.pt``, ``path/to/images``, ``my-data.yaml``, ...; built here, small), with sizes capped so that CI can afford
+them (training: ``epochs=1 imgsz=64 batch=16``, and 16 synthetic images instead of the default dataset's 256 where
+no ``data=`` is given, and in the synthetic dataset files the README writes; bench: ``imgsz=64 runs=1 warmup=0``;
+export: ``imgsz=64``). Not executed: ``pip``, the test command itself, ``hmpe explore`` (a server that runs until
 stopped; tests/test_explore.py drives it), ``torchrun`` (tests/test_ddp.py), INT8 exports (tests/test_int8.py),
-a command repeated in another section (run once), and training on NWPU VHR-10 (minutes even capped): all of
-these are still checked statically; ``hmpe data stats nwpu-vhr10`` runs where
-the dataset is present.
+OpenVINO exports and ``bench backend=`` (tests/test_export_openvino.py, tests/test_backends.py), a command repeated
+in another section (run once), and training on NWPU VHR-10 (minutes even capped): all of these are still checked
+statically; ``hmpe data stats nwpu-vhr10`` runs where the dataset is present.
 """
 
 from __future__ import annotations
@@ -98,6 +98,19 @@ def sandbox(tmp_path, monkeypatch):
     return tmp_path
 
 
+def _cap_synthetic_yaml(line: str, sandbox) -> None:
+    """A synthetic dataset file the shell line wrote (``printf ... > synth256.yaml``) trains on at most 16 images
+    here, as the default dataset does (its images cost seconds an epoch even at 64 px)."""
+    import yaml
+
+    target = line.rsplit(">", 1)[-1].strip() if ">" in line else ""
+    if not target.endswith((".yaml", ".yml")):
+        return
+    cfg = yaml.safe_load((sandbox / target).read_text())
+    if cfg.get("format") == "synthetic" and cfg.get("num_train", 0) > 16:
+        (sandbox / target).write_text(yaml.safe_dump({**cfg, "num_train": 16}))
+
+
 @pytest.mark.slow
 def test_readme_command_blocks_run(sandbox, capsys):
     ran, seen = [], set()
@@ -107,6 +120,7 @@ def test_readme_command_blocks_run(sandbox, capsys):
         argv = hmpe_argv(line)
         if argv is None:  # a shell line of the README (printf > file.yaml)
             subprocess.run(line, shell=True, check=True, cwd=sandbox)
+            _cap_synthetic_yaml(line, sandbox)
             continue
         if "nwpu-vhr10" in line and (argv[0] != "data" or not (NWPU_ROOT / "ground truth").is_dir()):
             continue  # NWPU training and the explorer: checked above; `data stats` runs where NWPU is
@@ -115,6 +129,8 @@ def test_readme_command_blocks_run(sandbox, capsys):
             caps = [*caps, f"data={SMALL_SYNTHETIC}"]  # the default dataset's 256 images cost a minute an epoch
         if argv[0] == "export" and "int8=true" in argv:
             continue  # INT8 calibration costs tens of seconds: checked above, run by tests/test_int8.py
+        if (argv[0] == "bench" and any(a.startswith("backend=") for a in argv)) or "format=openvino" in argv:
+            continue  # OpenVINO compiles cost seconds each: checked above, run by test_backends / test_export_openvino
         argv = [a for a in argv if a.split("=")[0] not in {c.split("=")[0] for c in caps}] + caps
         shape = (argv[0], *sorted(a for a in argv[1:] if a.split("=")[0] not in ("threads", "out", "imgsz")))
         if shape in seen:  # the same command again (another section repeats it): checked above, run once

@@ -154,20 +154,42 @@ def runtime_session(path: str | Path, backend: str = "onnxruntime", threads: int
         names = list(outputs) if outputs is not None else None
         return lambda x: tuple(sess.run(names, {name: x}))
     if backend == "openvino":
-        import openvino as ov
-
-        config = {"INFERENCE_NUM_THREADS": int(threads)} if threads else {}
-        # f32 inference precision: the CPU plugin's default is bf16 on CPUs with AMX / AVX512-BF16
-        config["INFERENCE_PRECISION_HINT"] = "f32"
-        compiled = ov.Core().compile_model(str(path), "CPU", config)
-        outs = [compiled.output(n) for n in outputs] if outputs is not None else list(compiled.outputs)
-
-        def run(x):
-            res = compiled(x)
-            return tuple(res[o] for o in outs)
-
-        return run
+        return _openvino_session(path, threads, outputs)
     raise ValueError(f"backend={backend!r}: choose from {', '.join(BACKENDS)}")
+
+
+def _openvino_session(path: str | Path, threads: int | None, outputs: Sequence[str] | None):
+    """:func:`runtime_session` for OpenVINO. A file whose batch dimension is dynamic (``hmpe export``'s) is
+    compiled once per batch size it is called with, at that size: the CPU plugin's dynamic-shape kernels take
+    longer per image than a static compile of the same graph (BENCHMARKS.md section 28)."""
+    import openvino as ov
+
+    config = {"INFERENCE_NUM_THREADS": int(threads)} if threads else {}
+    # f32 inference precision: the CPU plugin's default is bf16 on CPUs with AMX / AVX512-BF16
+    config["INFERENCE_PRECISION_HINT"] = "f32"
+    core = ov.Core()
+    model = core.read_model(str(path))
+    shape = model.input(0).get_partial_shape()
+    compiled_by_batch: dict[int, tuple] = {}
+
+    def compiled_for(batch: int) -> tuple:
+        if batch not in compiled_by_batch:
+            m = model
+            if shape.rank.is_static and shape[0].is_dynamic:
+                m, static = model.clone(), ov.PartialShape(shape)
+                static[0] = batch
+                m.reshape({m.input(0): static})
+            compiled = core.compile_model(m, "CPU", config)
+            outs = [compiled.output(n) for n in outputs] if outputs is not None else list(compiled.outputs)
+            compiled_by_batch[batch] = compiled, outs
+        return compiled_by_batch[batch]
+
+    def run(x):
+        compiled, outs = compiled_for(int(x.shape[0]))
+        res = compiled(x)
+        return tuple(res[o] for o in outs)
+
+    return run
 
 
 def parity_check(onnx_path: str | Path, wrapper: nn.Module, imgsz: tuple[int, int], batches=(1, 3),

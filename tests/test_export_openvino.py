@@ -47,3 +47,29 @@ def test_export_openvino_rejects_bad_out(hmpe_ckpt, tmp_path):
 
     with pytest.raises(ValueError, match=r"\.xml"):
         export_openvino(hmpe_ckpt, out=tmp_path / "m.onnx", check=False, verbose=False)
+
+
+def test_openvino_session_compiles_a_dynamic_batch_file_once_per_batch_size(hmpe_ckpt, tmp_path, monkeypatch):
+    """The exported IR keeps a dynamic batch axis; runtime_session compiles it at each batch size it is called
+    with (static shapes run faster in the CPU plugin), once per size, with the same outputs."""
+    import numpy as np
+
+    from hmpe.engine.deploy.export import export_openvino, runtime_session
+
+    xml = export_openvino(hmpe_ckpt, imgsz=IMGSZ, out=tmp_path / "m.xml", check=False, verbose=False)
+    assert ov.Core().read_model(str(xml)).input(0).get_partial_shape()[0].is_dynamic
+    compiled_shapes, compile_model = [], ov.Core.compile_model
+
+    def spy(self, model, *args, **kwargs):
+        compiled_shapes.append(model.input(0).get_partial_shape().to_string())
+        return compile_model(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(ov.Core, "compile_model", spy)
+    run = runtime_session(xml, "openvino", threads=1)
+    x = np.random.default_rng(0).random((2, 3, IMGSZ, IMGSZ), dtype=np.float32)
+    pair, first, again = run(x), run(x[:1]), run(x[:1])
+    assert compiled_shapes == [f"[2,3,{IMGSZ},{IMGSZ}]", f"[1,3,{IMGSZ},{IMGSZ}]"]
+    assert [o.shape[0] for o in pair] == [2, 2, 2] and [o.shape[0] for o in first] == [1, 1, 1]
+    for a, b, c in zip(pair, first, again):
+        np.testing.assert_allclose(a[:1], b, atol=1e-4)
+        np.testing.assert_array_equal(b, c)

@@ -73,3 +73,16 @@ def test_openvino_session_compiles_a_dynamic_batch_file_once_per_batch_size(hmpe
     for a, b, c in zip(pair, first, again):
         np.testing.assert_allclose(a[:1], b, atol=1e-4)
         np.testing.assert_array_equal(b, c)
+
+
+def test_openvino_batch_benchmark_times_the_file_dynamic_and_at_batch_1(hmpe_ckpt, tmp_path):
+    """python -m benchmarks.openvino_batch: a dynamic-batch IR is timed as written and reshaped to batch 1."""
+    from benchmarks import openvino_batch
+    from hmpe.engine.deploy.export import export_openvino
+
+    xml = export_openvino(hmpe_ckpt, imgsz=IMGSZ, out=tmp_path / "m.xml", check=False, verbose=False)
+    out = tmp_path / "batch.md"
+    medians = openvino_batch.main([str(xml), "--threads", "1", "--rounds", "2", "--warmup", "0", "--out", str(out)])
+    assert sorted(medians) == [f"{xml} (batch 1)", f"{xml} (dynamic batch)"]
+    assert all(v > 0 for v in medians.values())
+    assert "| median ms |" in out.read_text() and "CPU:" in out.read_text()

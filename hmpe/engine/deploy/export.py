@@ -51,7 +51,7 @@ from hmpe.utils.config import default_train_config
 from hmpe.utils.keytypes import parse_hw
 
 __all__ = ["BACKENDS", "ExportWrapper", "ExportParityError", "compare_detections", "export_onnx", "export_openvino",
-           "onnx_to_openvino", "parity_check", "runtime_session", "write_onnx"]
+           "onnx_to_openvino", "openvino_at_batch", "parity_check", "runtime_session", "write_onnx"]
 
 OUTPUT_NAMES = ("boxes", "scores", "labels")
 
@@ -158,6 +158,20 @@ def runtime_session(path: str | Path, backend: str = "onnxruntime", threads: int
     raise ValueError(f"backend={backend!r}: choose from {', '.join(BACKENDS)}")
 
 
+def openvino_at_batch(model, batch: int):
+    """An OpenVINO ``ov.Model`` whose dynamic batch axis (input 0, axis 0) is fixed at ``batch``: a reshaped copy;
+    ``model`` itself when that axis is static (or the rank unknown)."""
+    import openvino as ov
+
+    shape = model.input(0).get_partial_shape()
+    if shape.rank.is_dynamic or shape[0].is_static:
+        return model
+    static, fixed = model.clone(), ov.PartialShape(shape)
+    fixed[0] = batch
+    static.reshape({static.input(0): fixed})
+    return static
+
+
 def _openvino_session(path: str | Path, threads: int | None, outputs: Sequence[str] | None):
     """:func:`runtime_session` for OpenVINO. A file whose batch dimension is dynamic (``hmpe export``'s) is
     compiled once per batch size it is called with, at that size: the CPU plugin's dynamic-shape kernels take
@@ -169,17 +183,11 @@ def _openvino_session(path: str | Path, threads: int | None, outputs: Sequence[s
     config["INFERENCE_PRECISION_HINT"] = "f32"
     core = ov.Core()
     model = core.read_model(str(path))
-    shape = model.input(0).get_partial_shape()
     compiled_by_batch: dict[int, tuple] = {}
 
     def compiled_for(batch: int) -> tuple:
         if batch not in compiled_by_batch:
-            m = model
-            if shape.rank.is_static and shape[0].is_dynamic:
-                m, static = model.clone(), ov.PartialShape(shape)
-                static[0] = batch
-                m.reshape({m.input(0): static})
-            compiled = core.compile_model(m, "CPU", config)
+            compiled = core.compile_model(openvino_at_batch(model, batch), "CPU", config)
             outs = [compiled.output(n) for n in outputs] if outputs is not None else list(compiled.outputs)
             compiled_by_batch[batch] = compiled, outs
         return compiled_by_batch[batch]

@@ -22,7 +22,7 @@ import numpy as np
 
 from benchmarks._common import emit_report, header, load_avg, md_table
 from hmpe.engine.deploy.backends import SETTLE, interleaved_times
-from hmpe.engine.deploy.export import openvino_at_batch
+from hmpe.engine.deploy.export import openvino_at_batch, openvino_cpu_config
 
 
 def compiled_runs(path: Path, threads: int) -> dict[str, Callable[[], object]]:
@@ -30,7 +30,7 @@ def compiled_runs(path: Path, threads: int) -> dict[str, Callable[[], object]]:
     import openvino as ov
 
     core = ov.Core()
-    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+    config = openvino_cpu_config(threads)
     model = core.read_model(str(path))
     shape = model.input(0).get_partial_shape()
     if shape.rank.is_dynamic or any(d.is_dynamic for d in list(shape)[1:]):

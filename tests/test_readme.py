@@ -28,6 +28,7 @@ CAPS = {"train": ["epochs=1", "imgsz=64", "batch=16", "workers=0", "device=cpu"]
         "bench": ["imgsz=64", "runs=1", "warmup=0"], "export": ["imgsz=64"]}
 NOT_RUN = ("pip ", "python -m pytest", "torchrun ", "hmpe explore ")
 SMALL_SYNTHETIC = "small-synthetic.yaml"  # the sandbox's stand-in for the default data=synthetic (16 + 8 images)
+SMALL_NUM_TRAIN = 16  # train images of every synthetic dataset the sandbox trains on
 
 
 def readme_lines() -> list[str]:
@@ -90,7 +91,7 @@ def sandbox(tmp_path, monkeypatch):
         "path: my-data\ntrain: images/train\nval: images/val\nnames:\n"
         + "".join(f"  {i}: {n}\n" for i, n in enumerate(SYNTHETIC_NAMES)))
     (tmp_path / "new-classes.yaml").write_text("format: synthetic\nnum_train: 4\nnum_val: 2\nimgsz: 64\nclasses: 3\n")
-    (tmp_path / SMALL_SYNTHETIC).write_text("format: synthetic\nnum_train: 16\nnum_val: 8\nimgsz: 64\n")
+    (tmp_path / SMALL_SYNTHETIC).write_text(f"format: synthetic\nnum_train: {SMALL_NUM_TRAIN}\nnum_val: 8\nimgsz: 64\n")
     (tmp_path / "large-images.yaml").write_text("format: synthetic\nnum_train: 1\nnum_val: 1\nimgsz: 512\n")
     torch.manual_seed(0)
     save_file(timm.create_model("hgnetv2_b0", pretrained=False).state_dict(), str(tmp_path / "hgnetv2_b0.safetensors"))
@@ -99,16 +100,16 @@ def sandbox(tmp_path, monkeypatch):
 
 
 def _cap_synthetic_yaml(line: str, sandbox) -> None:
-    """A synthetic dataset file the shell line wrote (``printf ... > synth256.yaml``) trains on at most 16 images
-    here, as the default dataset does (its images cost seconds an epoch even at 64 px)."""
+    """A synthetic dataset file the shell line wrote (``printf ... > synth256.yaml``) trains on at most
+    ``SMALL_NUM_TRAIN`` images here, as the default dataset does (its images cost seconds an epoch even at 64 px)."""
     import yaml
 
     target = line.rsplit(">", 1)[-1].strip() if ">" in line else ""
     if not target.endswith((".yaml", ".yml")):
         return
     cfg = yaml.safe_load((sandbox / target).read_text())
-    if cfg.get("format") == "synthetic" and cfg.get("num_train", 0) > 16:
-        (sandbox / target).write_text(yaml.safe_dump({**cfg, "num_train": 16}))
+    if cfg.get("format") == "synthetic" and cfg.get("num_train", 0) > SMALL_NUM_TRAIN:
+        (sandbox / target).write_text(yaml.safe_dump({**cfg, "num_train": SMALL_NUM_TRAIN}))
 
 
 @pytest.mark.slow

@@ -51,7 +51,8 @@ from hmpe.utils.config import default_train_config
 from hmpe.utils.keytypes import parse_hw
 
 __all__ = ["BACKENDS", "ExportWrapper", "ExportParityError", "compare_detections", "export_onnx", "export_openvino",
-           "onnx_to_openvino", "openvino_at_batch", "parity_check", "runtime_session", "write_onnx"]
+           "onnx_to_openvino", "openvino_at_batch", "openvino_cpu_config", "parity_check", "runtime_session",
+           "write_onnx"]
 
 OUTPUT_NAMES = ("boxes", "scores", "labels")
 
@@ -158,6 +159,14 @@ def runtime_session(path: str | Path, backend: str = "onnxruntime", threads: int
     raise ValueError(f"backend={backend!r}: choose from {', '.join(BACKENDS)}")
 
 
+def openvino_cpu_config(threads: int | None) -> dict:
+    """The CPU plugin's compile config of every hmpe OpenVINO session: ``threads`` (None: its own choice) and f32
+    inference precision (the plugin's default is bf16 on CPUs with AMX / AVX512-BF16)."""
+    config = {"INFERENCE_NUM_THREADS": int(threads)} if threads else {}
+    config["INFERENCE_PRECISION_HINT"] = "f32"
+    return config
+
+
 def openvino_at_batch(model, batch: int):
     """An OpenVINO ``ov.Model`` whose dynamic batch axis (input 0, axis 0) is fixed at ``batch``: a reshaped copy;
     ``model`` itself when that axis is static (or the rank unknown)."""
@@ -178,9 +187,7 @@ def _openvino_session(path: str | Path, threads: int | None, outputs: Sequence[s
     longer per image than a static compile of the same graph (BENCHMARKS.md section 28)."""
     import openvino as ov
 
-    config = {"INFERENCE_NUM_THREADS": int(threads)} if threads else {}
-    # f32 inference precision: the CPU plugin's default is bf16 on CPUs with AMX / AVX512-BF16
-    config["INFERENCE_PRECISION_HINT"] = "f32"
+    config = openvino_cpu_config(threads)
     core = ov.Core()
     model = core.read_model(str(path))
     compiled_by_batch: dict[int, tuple] = {}

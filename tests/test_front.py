@@ -222,3 +222,25 @@ def test_missing_extras_are_one_line_errors(tiny, monkeypatch):
     with pytest.raises(SystemExit, match=r'--yolo needs ultralytics: pip install "hmpe\[peers\]"'):
         main([*args, "--no-int8", "--yolo", "y=none.pt"])
     assert not (tiny["tmp"] / "refused").exists() or not any((tiny["tmp"] / "refused").iterdir())
+
+
+def test_prepare_seeds_exports_only_those_seeds_and_times_nothing(tiny, monkeypatch):
+    """``--prepare-seeds 1``: only the second checkpoint of each model is exported and scored, nothing is timed or
+    written; an index past every model's checkpoints is refused."""
+    from benchmarks.front import cli
+
+    calls = []
+
+    def seed_point(model, weights, seed, size, ctx):
+        calls.append((model, seed, size))
+        return {}, {}
+
+    monkeypatch.setattr(cli.hmpe_side, "seed_point", seed_point)
+    monkeypatch.setattr(cli, "time_points", lambda *a, **k: pytest.fail("--prepare-seeds timed files"))
+    out = tiny["tmp"] / "prepared.json"
+    args = ["--no-int8", "--hmpe", f"a={tiny['ckpt']},{tiny['ckpt']}", "--hmpe", f"b={tiny['ckpt']}", "--data",
+            str(tiny["data"]), "--sizes", "64", "96", "--workdir", str(tiny["tmp"] / "prep"), "--out", str(out)]
+    assert cli.main([*args, "--prepare-seeds", "1"]) == {}
+    assert calls == [("a", 1, 64), ("a", 1, 96)] and not out.exists()
+    with pytest.raises(SystemExit):
+        cli.parse_args([*args, "--prepare-seeds", "2"])

@@ -38,7 +38,9 @@ AP_small (benchmarks.front.check), and whether every YOLO point is beaten (``all
 Writes ``--out`` (default benchmarks/results/front.json: date, CPU, versions, command, settings, models with their
 weights and INT8 calibration, points, timings, front_check) and a PNG beside it (mAP50 and AP_small against
 milliseconds). Exports and scores are cached as JSON records in ``--workdir`` (a rerun with the same settings
-reuses them; result files name paths under it RUNS/...); the latency run is always fresh. Nothing is downloaded:
+reuses them; result files name paths under it RUNS/...); the latency run is always fresh. ``--prepare-seeds I``
+exports and scores only seed I of each model and stops (no timing, no result file): two such runs pinned one per
+core prepare two seeds in half the time, and the full command then finds every file cached. Nothing is downloaded:
 every network connection is refused during the run. ``--smoke``: the whole path on the given models and data with
 tiny sizes, one round and few images, written into the work folder.
 

@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
                                                    "working directory; --smoke: a temporary folder)")
     p.add_argument("--out", default=None, help="result JSON (default benchmarks/results/front.json; --smoke: in "
                                                "the work folder); the PNG goes beside it")
+    p.add_argument("--prepare-seeds", type=int, nargs="+", default=None, metavar="I",
+                   help="only export and score these seeds (0: each model's first checkpoint) into --workdir, then "
+                        "stop: no timing, no result file; two such runs, one per core, prepare seeds in parallel")
     p.add_argument("--smoke", action="store_true", help="the whole path with tiny sizes, one round, few images")
     return p
 
@@ -95,6 +98,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     bad = [s for s in a.sizes if s <= 0 or s % STRIDE]
     if bad:
         p.error(f"--sizes {bad}: input sizes are positive multiples of {STRIDE}")
+    most = max(len(m["weights"]) for m in a.models)
+    if a.prepare_seeds is not None and not all(0 <= i < most for i in a.prepare_seeds):
+        p.error(f"--prepare-seeds {a.prepare_seeds}: seed indices from 0 to {most - 1} (the checkpoints of a model)")
     if a.calib_images < 2:  # ultralytics reads a fraction of 1 as the whole split
         p.error(f"--calib-images {a.calib_images}: at least 2")
     if a.smoke:
@@ -144,7 +150,8 @@ def make_context(args) -> Context:
 
 def prepare(args, ctx: Context) -> tuple[dict, list[dict]]:
     """Every seed's files and scores at every size (cached): ``({(model, precision, size): [metrics per seed]},
-    [the first seed's files: model, kind, imgsz, runtime, precision, path, file])``."""
+    [the first seed's files: model, kind, imgsz, runtime, precision, path, file])``; with ``--prepare-seeds`` only
+    those seeds."""
     accuracy: dict = {}
     entries: list[dict] = []
     if any(m["kind"] == "yolo" for m in args.models):
@@ -152,6 +159,8 @@ def prepare(args, ctx: Context) -> tuple[dict, list[dict]]:
     for m in args.models:
         for size in args.sizes:
             for seed, w in enumerate(m["weights"]):
+                if args.prepare_seeds is not None and seed not in args.prepare_seeds:
+                    continue
                 print(f"benchmarks.front: {m['name']} seed {seed} ({ctx.shown(w)}) at {size}", flush=True)
                 files, metrics = SIDES[m["kind"]].seed_point(m["name"], w, seed, size, ctx)
                 for prec, met in metrics.items():
@@ -183,6 +192,10 @@ def main(argv=None) -> dict:
     attempts: list[str] = []
     with no_network(attempts):
         accuracy, entries = prepare(args, ctx)
+        if args.prepare_seeds is not None:
+            print(f"benchmarks.front: seeds {args.prepare_seeds} prepared in {args.workdir}; run again "
+                  "without --prepare-seeds to time every file and write the result", flush=True)
+            return {}
         # fresh on every run (only exports and scores are cached): every file of every size in one interleaved run
         print(f"benchmarks.front: timing {len(entries)} files, {args.rounds} rounds", flush=True)
         timings = time_points(entries, args.threads, args.warmup, args.rounds)

@@ -25,7 +25,6 @@ import gc
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from hmpe.engine.deploy import backends
 from hmpe.engine.deploy.bench import environment
 from hmpe.models.lsconv import DSConv, LSConv, SnakeConv, StripBlock, build_strip_block
 from benchmarks._common import command_line, load_avg, utc_stamp
@@ -104,18 +104,11 @@ def saved_activation_bytes(m: nn.Module, x: Tensor) -> int:
 
 
 def interleaved_times(fns: list[Callable[[], object]], rounds: int, inner: int) -> list[float]:
-    """Median over rounds of the mean seconds per call, running fn0, fn1, ... in turn each round."""
-    for f in fns:  # warm-up (allocator, oneDNN primitive caches)
-        for _ in range(2):
-            f()
-    per: list[list[float]] = [[] for _ in fns]
-    for _ in range(rounds):
-        for i, f in enumerate(fns):
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                f()
-            per[i].append((time.perf_counter() - t0) / inner)
-    return [statistics.median(p) for p in per]
+    """Median over rounds of the mean seconds per call of each function: hmpe's interleaved timing (rotated order,
+    two warm-up samples each: allocator, oneDNN primitive caches) with ``inner`` calls per timed sample."""
+    batched = {str(i): (lambda f=f: [f() for _ in range(inner)]) for i, f in enumerate(fns)}
+    times = backends.interleaved_times(batched, warmup=2, runs=rounds)
+    return [statistics.median(times[str(i)]) / inner for i in range(len(fns))]
 
 
 def bench_size(c: int, hw: int, rounds: int, inner: int, threads: list[int]) -> list[dict]:

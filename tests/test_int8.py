@@ -66,6 +66,8 @@ def _assert_detections_survive(fp32: tuple, int8: tuple, conf: float = 0.3) -> N
 
 
 def test_onnx_int8_is_qdq_with_the_fp32_outputs_and_its_detections(trained, capsys):
+    from onnx import numpy_helper
+
     from hmpe.engine.deploy.export import runtime_session
     from hmpe.engine.deploy.quantize import FP32_TYPES, ORT_INT8_OPS
 
@@ -84,6 +86,12 @@ def test_onnx_int8_is_qdq_with_the_fp32_outputs_and_its_detections(trained, caps
     dq = {o for n in q.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     readers = {n.op_type for n in q.graph.node if dq & set(n.input)}
     assert readers & set(ORT_INT8_OPS) and not readers & set(FP32_TYPES)
+    # 7-bit weights (reduce_range): int16 sums of 8-bit products do not saturate on CPUs without VNNI
+    inits = {t.name: t for t in q.graph.initializer}
+    weights = [numpy_helper.to_array(inits[n.input[0]]) for n in q.graph.node
+               if n.op_type == "DequantizeLinear" and n.input[0] in inits
+               and inits[n.input[0]].data_type == onnx.TensorProto.INT8]
+    assert weights and all(np.abs(w.astype(np.int16)).max() <= 64 for w in weights)  # [-64, 64], not [-127, 127]
     def declared(graph):  # name, dtype, rank, batch axis (shape inference may name the other axes' sizes)
         return [(o.name, o.type.tensor_type.elem_type, len(o.type.tensor_type.shape.dim),
                  o.type.tensor_type.shape.dim[0].dim_param) for o in (*graph.input, *graph.output)]

@@ -9,8 +9,11 @@ split; the checkpoint's own preprocessing, :class:`~hmpe.data.preprocess.Preproc
 
 * ``format=onnx``: ONNX Runtime static quantization in the QDQ format (:func:`quantize_onnx`). Only the nodes
   in :data:`ORT_INT8_OPS` (convolutions and matrix products, where the time goes) get QuantizeLinear /
-  DequantizeLinear pairs: weights int8, symmetric, per output channel; activations uint8, per tensor, MinMax
-  ranges (uint8 activations with int8 weights: the pairing ONNX Runtime recommends for x86 CPUs).
+  DequantizeLinear pairs: weights int8, symmetric, per output channel, in 7 bits ([-64, 64]); activations
+  uint8, per tensor, MinMax ranges (uint8 activations with int8 weights: the pairing ONNX Runtime recommends for
+  x86 CPUs). The 7-bit weights (``reduce_range``) are for x86 CPUs without VNNI (AVX2, AVX-512 without VNNI):
+  their 8-bit dot products add pairs of uint8 x int8 products into int16, which saturate with full-range
+  weights (docs/method.md, "INT8"). One file then runs alike on every x86 CPU.
 * ``format=openvino``: NNCF post-training quantization of the IR (:func:`quantize_openvino`), transformer
   model type: SmoothQuant ahead of the MatMuls, then int8 inputs for the convolutions, matrix products, the
   attention's query-key product and the concatenations between them; activation ranges the min / max over
@@ -126,7 +129,7 @@ def quantize_onnx(fp32: str | Path, out: str | Path, calib: Sequence[np.ndarray]
         quant_pre_process(str(fp32), str(prep))
         quantize_static(str(prep), str(out), Reader(), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(ORT_INT8_OPS), per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8)
+                        weight_type=QuantType.QInt8, reduce_range=True)
     src, proto = onnx.load(str(fp32), load_external_data=False), onnx.load(str(out))
     _fp32_sampling_and_selection(proto.graph)
     del proto.metadata_props[:]

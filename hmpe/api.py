@@ -187,7 +187,8 @@ class Detector:
         # the machine and run that trained it
         run_dir = increment_run_dir(opts["project"], "val", opts["name"], opts["exist_ok"])
         create_run_dir(run_dir)
-        evaluator.plot(run_dir)
+        if opts["plots"]:
+            evaluator.plot(run_dir)
         with open(run_dir / "metrics.json", "w") as f:
             json.dump({k: v for k, v in metrics.items()}, f, indent=2, default=float)
         print(f"results saved to {run_dir}")

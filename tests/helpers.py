@@ -43,7 +43,7 @@ def tiny_train_cfg(tmp_path, **over) -> dict:
     # on another CI machine; tests/test_amp.py trains under bf16 and fp16 on purpose
     cfg.update(data=tiny_data(), epochs=80, batch=4, imgsz=128, workers=0, augment=False, lr=2e-3,
                warmup_iters=10, val_interval=10_000, ema=False, amp=False, project=str(tmp_path / "runs"), name="t",
-               exist_ok=True)
+               exist_ok=True, plots=False)  # the end-of-run figures cost more than a tiny run: tests/test_train.py
     cfg.update(over)
     return cfg
 

@@ -24,7 +24,7 @@ from PIL import Image
 from helpers import NWPU_ROOT, REPO, SYNTHETIC_NAMES, tiny_data, tiny_model_cfg
 from hmpe.cli import COMMANDS, check_args, main
 
-CAPS = {"train": ["epochs=1", "imgsz=64", "batch=16", "workers=0", "device=cpu"],
+CAPS = {"train": ["epochs=1", "imgsz=64", "batch=16", "workers=0", "device=cpu", "plots=false"],
         "bench": ["imgsz=64", "runs=1", "warmup=0"], "export": ["imgsz=64"]}
 NOT_RUN = ("pip ", "python -m pytest", "torchrun ", "hmpe explore ")
 SMALL_SYNTHETIC = "small-synthetic.yaml"  # the sandbox's stand-in for the default data=synthetic (16 + 8 images)

@@ -9,12 +9,30 @@ from hmpe.engine.train.trainer import Trainer
 
 
 def test_tiny_detector_overfits_four_images(tmp_path):
-    metrics = Trainer(tiny_train_cfg(tmp_path), tiny_model_cfg()).fit()
+    metrics = Trainer(tiny_train_cfg(tmp_path, plots=True), tiny_model_cfg()).fit()
     assert metrics["mAP50"] >= 0.9, metrics
     run = tmp_path / "runs" / "train" / "t"
     for f in ("results.csv", "results.png", "args.yaml", "weights/last.pt", "weights/best.pt", "pr_curve.png",
               "confusion_matrix.png"):
         assert (run / f).is_file(), f
+
+
+FIGURES = ("results.png", "pr_curve.png", "f1_curve.png", "confusion_matrix.png")
+
+
+def test_plots_false_keeps_the_figures_out_of_train_and_val(tmp_path, monkeypatch):
+    from hmpe.api import Detector
+
+    Trainer(tiny_train_cfg(tmp_path, epochs=1), tiny_model_cfg()).fit()  # the helper's plots=False
+    run = tmp_path / "runs" / "train" / "t"
+    assert (run / "results.csv").is_file() and (run / "weights" / "last.pt").is_file()
+    assert not [f for f in FIGURES if (run / f).exists()]
+    monkeypatch.chdir(tmp_path)
+    det = Detector(weights=str(run / "weights" / "last.pt"), device="cpu")
+    det.val(name="off", plots=False)
+    det.val(name="on")
+    assert (tmp_path / "runs/val/off/metrics.json").is_file() and not list((tmp_path / "runs/val/off").glob("*.png"))
+    assert all((tmp_path / "runs/val/on" / f).is_file() for f in FIGURES[1:])
 
 
 def _states_equal(a: dict, b: dict) -> bool:

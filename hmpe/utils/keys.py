@@ -126,6 +126,8 @@ TRAIN = (
     Key("val_interval", 1, "validate every N epochs (and always after the last)", Int(">= 1")),
     Key("heatmaps_per_epoch", 2, "validation heatmap figures per validated epoch (heatmap models; 0 = off)",
         Int(">= 0")),
+    Key("plots", True, "at the end: results.png, the PR and F1 curves and the confusion matrix (false: "
+                       "results.csv, metrics and weights only)", Bool()),
     Key("conf", 0.25, "score threshold of predictions made with this run's weights", Num("[0, 1]")),
     Key("project", "runs", "output root folder", Text("a folder")),
     Key("name", None, "run folder name (default exp, exp2, ...)", Text("a folder name", null=True)),
@@ -148,6 +150,7 @@ VAL = (
     Key("max_dets", None, "detections per image scored (default: the training value)", Int(">= 1", null=True)),
     Key("skip_bad", None, "skip unreadable images / bad labels (counted)", Bool(null=True)),
     Key("conf", 0.001, "score threshold (sliced evaluation)", Num("[0, 1]")),
+    Key("plots", True, "save the PR and F1 curves and the confusion matrix (false: metrics.json only)", Bool()),
     Key("project", "runs", "output root folder", Text("a folder")),
     Key("name", None, "output folder name under <project>/val", Text("a folder name", null=True)),
     Key("exist_ok", False, "reuse an existing output folder", Bool()),

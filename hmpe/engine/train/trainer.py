@@ -473,12 +473,14 @@ class Trainer:
     def finish(self) -> None:
         if not du.is_main_process():
             return
-        try:
-            plot_results_csv(self.run_dir / "results.csv", self.run_dir / "results.png")
-        except Exception as e:  # plotting must never lose a finished run
-            self.log(f"could not plot results.csv: {e}")
+        if self.cfg["plots"]:
+            try:
+                plot_results_csv(self.run_dir / "results.csv", self.run_dir / "results.png")
+            except Exception as e:  # plotting must never lose a finished run
+                self.log(f"could not plot results.csv: {e}")
         if self.evaluator is not None:
-            self.evaluator.plot(self.run_dir)
+            if self.cfg["plots"]:
+                self.evaluator.plot(self.run_dir)
             self.log(self.evaluator.summary_table())
         if self.nan_count:
             self.log(f"{self.nan_count} training steps were skipped for non-finite losses")

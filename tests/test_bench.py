@@ -82,3 +82,19 @@ def test_cli_bench_saves_json(tmp_path, capsys):
     assert data["environment"]["cpu"]
     keys = {"latency_ms_median", "latency_ms_p90", "throughput_img_s", "peak_mem_mb", "split"}
     assert keys <= set(data["results"][0])
+
+
+@pytest.mark.parametrize("present, named", [
+    ({"avx2"}, "AVX2"),
+    ({"avx2", "avx512", "vnni", "avx512_bf16", "amx_tile"}, "AVX-512, VNNI, AVX512-BF16, AMX"),
+    ({"avx2", "avx512", "vnni"}, "AVX-512, VNNI"),
+])
+def test_result_files_name_the_cpus_vector_instructions(monkeypatch, present, named):
+    """Speed differs several-fold between CPUs of one model name (an AMD EPYC with AVX2 only, one with AVX-512
+    and AVX512-BF16): ``environment()["cpu"]`` names the instruction sets torch's probes find."""
+    from hmpe.engine.deploy.bench import environment
+    from hmpe.utils.runtime import CPU_FEATURES
+
+    for probe, _ in CPU_FEATURES:
+        monkeypatch.setattr(torch.cpu, probe, lambda p=probe: p[len("_is_"):-len("_supported")] in present)
+    assert environment()["cpu"].endswith(f" ({named})")

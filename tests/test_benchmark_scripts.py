@@ -70,7 +70,8 @@ def test_no_network_guard_refuses_connections():
 
 def test_ablation_smoke_and_resume(tmp_path, one_thread):
     ablation = _load("ablation")
-    args = ["--smoke", "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res")]
+    args = ["--smoke", "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res"),
+            "--train-args", "plots=false"]  # the end-of-run figures cost more than a smoke run
     out = ablation.main(args)
     rows = [r["name"] for r in ablation.load_rows(ablation.ROWS_FILE) if not r["optional"]]
     assert rows == ["baseline", "+DSConv", "+LSConv", "+MOHFE", "+HIDQ"]

@@ -63,7 +63,7 @@ def _torchrun(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.Comp
 def _train_args(tmp_path: Path, model: Path, data: Path, name: str) -> list[str]:
     return [f"model={model}", f"data={data}", "epochs=2", "batch=2", "imgsz=64", "workers=0", "augment=false",
             "lr=1e-3", "warmup_iters=2", "ema=true", "ema_warmup=2", "device=cpu", f"project={tmp_path / 'runs'}",
-            f"name={name}", "exist_ok=true"]
+            f"name={name}", "exist_ok=true", "plots=false"]
 
 
 def test_two_gloo_processes_train_in_lockstep(tmp_path):

@@ -20,7 +20,7 @@ def recipe():
 
 def test_recipe_smoke_table_and_resume(tmp_path, recipe):
     args = ["--smoke", "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res"),
-            "--variants", "aug-none", "--seeds", "0", "1"]
+            "--variants", "aug-none", "--seeds", "0", "1", "--train-args", "plots=false"]
     out = recipe.main(args)
     assert {(r["variant"], r["seed"]) for r in out["results"]} == {("aug-none", 0), ("aug-none", 1)}
     for r in out["results"]:

@@ -76,6 +76,21 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
+#: torch's CPU feature probes (``torch.cpu._is_*_supported``) and the names result files give them, widest first
+CPU_FEATURES = (("_is_avx512_supported", "AVX-512"), ("_is_avx2_supported", "AVX2"), ("_is_vnni_supported", "VNNI"),
+                ("_is_avx512_bf16_supported", "AVX512-BF16"), ("_is_amx_tile_supported", "AMX"))
+
+
+def cpu_features() -> str:
+    """The vector instruction sets of this CPU that decide its speed in every benchmark, e.g. ``AVX2`` or
+    ``AVX-512, VNNI, AVX512-BF16, AMX`` (AVX2 is left out beside AVX-512; VNNI: 8-bit dot products without
+    int16 saturation; AVX512-BF16 / AMX: native bf16). Elsewhere (e.g. ARM) torch's kernel level."""
+    names = [name for probe, name in CPU_FEATURES if getattr(torch.cpu, probe, lambda: False)()]
+    if "AVX-512" in names:  # every AVX-512 CPU has AVX2 as well
+        names = [n for n in names if n != "AVX2"]
+    return ", ".join(names) or torch.backends.cpu.get_cpu_capability()
+
+
 def amp_dtype(spec, device: torch.device):
     """None (fp32), torch.bfloat16 or torch.float16. ``auto``: bf16 on CUDA and on CPUs with native bf16
     (:func:`cpu_has_native_bf16`), else fp32; ``bf16`` and ``fp16`` autocast on any device (the CPU through

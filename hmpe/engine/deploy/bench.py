@@ -40,6 +40,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
+from hmpe.utils.runtime import cpu_features
+
 GFLOPS_CONVENTION = ("FlopCounterMode, batch 1: 2 FLOPs per multiply-accumulate of convs and matmuls "
                      "(element-wise ops, softmax, grid_sample not counted)")
 MB = 2**20
@@ -213,7 +215,8 @@ def benchmark_model(model: nn.Module, imgsz: int | tuple[int, int] = 640, batch:
 
 
 def environment() -> dict:
-    """Machine and library facts to print beside any benchmark figure."""
+    """Machine and library facts to print beside any benchmark figure; ``cpu``: the model name and its vector
+    instruction sets (:func:`~hmpe.utils.runtime.cpu_features`), e.g. ``AMD EPYC (AVX2)``."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -223,7 +226,7 @@ def environment() -> dict:
                     break
     except OSError:
         pass
-    env = {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch": torch.__version__,
+    env = {"cpu": f"{cpu} ({cpu_features()})", "logical_cpus": os.cpu_count(), "torch": torch.__version__,
            "python": platform.python_version(), "torch_threads": torch.get_num_threads()}
     try:
         env["load_avg"] = " ".join(f"{v:.2f}" for v in os.getloadavg())

@@ -32,6 +32,7 @@ from hmpe.engine.checkpoint import (PRETRAINED_CONFIG, checkpoint_data_config, l
                                     shipped_weights)
 from hmpe.engine.deploy.export import export_onnx, export_openvino
 from hmpe.engine.deploy.quantize import export_int8
+from hmpe.engine.deploy.runtime import is_exported, load_exported
 from hmpe.engine.eval.evaluator import COCOEvaluator
 from hmpe.engine.eval.predict import PREDICT_MAX_DET, Prediction, capped, detections, output_names, resolve_source
 from hmpe.engine.eval.raster import RASTER_WINDOW, predict_raster, write_geojson
@@ -68,12 +69,13 @@ def key_defaults(task: str, keep: tuple[str, ...] = ()):
 
 class Detector:
     """A detector: a preset / model YAML to train, or a checkpoint (a ``.pt`` or a :meth:`save_pretrained`
-    folder) to evaluate and predict with."""
+    folder) to evaluate and predict with; or an ``hmpe export`` file (``.onnx``, OpenVINO ``.xml``) to predict
+    and evaluate with in its runtime (:mod:`hmpe.engine.deploy.runtime`)."""
 
     def __init__(self, model: str | None = "rtdetr-n", weights: str | None = None, device: str = "auto",
                  **overrides):
-        if model is not None and (str(model).endswith(".pt") or (Path(str(model)) / PRETRAINED_CONFIG).is_file()
-                                  or str(model) in shipped_weights()):
+        if model is not None and (str(model).endswith(".pt") or is_exported(model)
+                                  or (Path(str(model)) / PRETRAINED_CONFIG).is_file() or str(model) in shipped_weights()):
             model, weights = None, model
         self.model_name = model
         self.weights = str(resolve_weights(weights)) if weights else None  # a shipped name -> its folder
@@ -119,6 +121,7 @@ class Detector:
         :func:`hmpe.engine.checkpoint.save_pretrained`."""
         if not self.weights:
             raise ValueError("no weights: train first, or pass a checkpoint (Detector('best.pt'))")
+        self._checkpoint_only("save_pretrained")
         path = save_pretrained(load_checkpoint(self.weights), out_dir, half=half)
         print(f"saved {path / PRETRAINED_CONFIG} and the safetensors weights to {path}")
         return path
@@ -128,13 +131,30 @@ class Detector:
         if self._model is None:
             if not self.weights:
                 raise ValueError("no weights: train first, or pass a checkpoint (Detector('best.pt'))")
-            self.device = select_device(self.device_spec)
-            self._model, self._post, self._ckpt = load_for_inference(self.weights, self.device)
+            if is_exported(self.weights):  # run by its runtime, on the CPU
+                if self.device_spec not in ("auto", "cpu"):
+                    raise ValueError(f"device={self.device_spec}: weights={self.weights} is an exported file, run on "
+                                     f"the CPU by its runtime; device= applies to checkpoints")
+                self.device = torch.device("cpu")
+                self._model, self._post, self._ckpt = load_exported(self.weights)
+            else:
+                self.device = select_device(self.device_spec)
+                self._model, self._post, self._ckpt = load_for_inference(self.weights, self.device)
         return self._model
+
+    def _checkpoint_only(self, task: str) -> None:
+        """A ValueError when the weights are an exported file, which ``task`` cannot use."""
+        if is_exported(self.weights):
+            raise ValueError(f"weights={self.weights}: {task} needs the PyTorch checkpoint (.pt, a pretrained folder "
+                             f"or a shipped name), not an exported file")
 
     def preprocess(self, imgsz: int | None = None) -> Preprocess:
         """The checkpoint's own inference preprocessing (resize or letterbox, :mod:`hmpe.data.preprocess`)."""
         self._ensure_model()
+        exported = self._ckpt.get("exported") and self._ckpt["train_cfg"]["imgsz"]
+        if exported and imgsz is not None and int(imgsz) != exported:
+            raise ValueError(f"imgsz={imgsz}: weights={self.weights} was exported at {exported} px; export again with "
+                             f"imgsz={imgsz} for another size")
         return Preprocess.from_train_cfg(self._ckpt.get("train_cfg"), imgsz)
 
     @property
@@ -163,6 +183,8 @@ class Detector:
         tcfg = {**default_train_config(), **self._ckpt.get("train_cfg", {}), **kwargs}
         opts = {**defaults("val"), **kwargs}
         split = opts["split"]
+        if not data and self._ckpt.get("exported"):
+            raise ValueError(f"weights={self.weights}: an exported file records no dataset; pass data=DATA")
         data_cfg = load_data_config(data) if data else checkpoint_data_config(self._ckpt, self.weights)
         data = data or data_cfg["_source"]
         print(f"hmpe val: {data} [{split}] ({format_note(data_cfg)})")
@@ -215,6 +237,7 @@ class Detector:
                                    "data": data, "calib_images": calib_images, "val_images": val_images})
         if not self.weights:
             raise ValueError("no weights: train first, or pass a checkpoint (Detector('best.pt'))")
+        self._checkpoint_only("export")
         src = Path(self.weights)
         q = "_int8" if int8 else ""
         if out is None and shipped_name(src):  # shipped weights: write into the working directory, not the package
@@ -381,6 +404,7 @@ class Detector:
         """
         check_task_args("heatmap", {"conf": conf, "imgsz": imgsz, "level": level, "save": save, "out": out,
                                     "project": project, "name": name, "dpi": dpi})
+        self._checkpoint_only("heatmap")
         model = self._ensure_model()
         if getattr(model, "heatmap", None) is None:
             raise ValueError(f"{self.weights}: model {self._ckpt['model_cfg'].get('name', '?')!r} has no heatmap "

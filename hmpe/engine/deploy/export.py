@@ -300,7 +300,7 @@ def export_onnx(weights: str | Path, imgsz=None, opset: int = 17, gather_samplin
     meta = {"names": json.dumps(list(ckpt["names"])), "imgsz": json.dumps(list(size)),
             "preprocess": (f"letterbox: scale the longer side to imgsz, pad bottom/right with {pre.pad_fill}; "
                            f"boxes * max(w, h) / imgsz" if pre.keep_ratio else "resize to imgsz x imgsz"),
-            "keep_ratio": str(pre.keep_ratio).lower(),
+            "keep_ratio": str(pre.keep_ratio).lower(), "pad_fill": str(pre.pad_fill),
             "outputs": "boxes xyxy input pixels [B,K,4]; scores [B,K]; labels [B,K]",
             "input": "images float32 [B,3,H,W] RGB in [0,1]",
             "gather_sampling": str(bool(gather_sampling)).lower(), "model": str(ckpt["model_cfg"].get("name", ""))}

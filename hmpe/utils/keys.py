@@ -139,7 +139,8 @@ TRAIN = (
 )
 
 VAL = (
-    Key("weights", None, "checkpoint, pretrained folder or shipped name (hmpe-n-nwpu) to evaluate (required)",
+    Key("weights", None, "checkpoint, pretrained folder, shipped name (hmpe-n-nwpu) or exported file (.onnx, "
+                         ".xml) to evaluate (required)",
         Kind("weights", null=True)),
     Key("data", None, "dataset (default: the one the checkpoint was trained on)", Kind("data", null=True)),
     Key("split", "val", "train | val | test", Choice("train", "val", "test")),
@@ -159,7 +160,8 @@ VAL = (
 
 PREDICT = (
     _IMAGES,
-    Key("weights", None, "checkpoint, pretrained folder or shipped name (hmpe-n-nwpu) (required)",
+    Key("weights", None, "checkpoint, pretrained folder, shipped name (hmpe-n-nwpu) or exported file (.onnx, "
+                         ".xml) (required)",
         Kind("weights", null=True)),
     _DEVICE,
     Key("conf", 0.25, "score threshold", Num("[0, 1]")),

@@ -42,6 +42,13 @@ def test_front_check_needs_speed_and_both_metrics_per_precision():
     assert fp32[192]["beaten_by"] is None and fp32[640]["beaten_by"] is None
     assert res["int8"][0]["beaten_by"]["ms"] == 1.0
     assert res["all_beaten"] == {"fp32": False, "int8": True}
+    # where a point is not beaten the JSON says why, with the nearest miss
+    assert fp32[320]["why"] is None
+    assert fp32[192]["why"] == "no hmpe point is as fast (fastest: hmpe-n 256 px, 7.0 ms > 5.0)"
+    assert fp32[640]["why"] == ("2 hmpe point(s) as fast have a higher mAP50, none a higher AP_small (best: "
+                                "hmpe-n 320 px, 0.300 <= 0.350)")
+    slow_map = front_check([_point("h", "hmpe", 5.0, 0.45, 0.9), _point("y", "yolo", 6.0, 0.5, 0.2)])
+    assert slow_map["fp32"][0]["why"] == "no hmpe point as fast has a higher mAP50 (best: h 320 px, 0.450 <= 0.500)"
 
 
 def test_front_check_equal_latency_beats_but_missing_metrics_do_not():
@@ -53,6 +60,19 @@ def test_front_check_equal_latency_beats_but_missing_metrics_do_not():
     assert res["fp32"][0]["beaten_by"]["model"] == "h"
     assert res["all_beaten"] == {"fp32": True, "int8": False}
     assert front_check([_point("h", "hmpe", 5.0, 0.6, 0.3)])["all_beaten"] == {"fp32": None, "int8": None}
+
+
+def test_front_check_rewrites_a_result_files_check_from_its_points(tmp_path, capsys):
+    from benchmarks.front.cli import main
+
+    path = tmp_path / "front.json"
+    points = [_point("h", "hmpe", 9.0, 0.6, 0.1), _point("y", "yolo", 10.0, 0.5, 0.2)]
+    path.write_text(json.dumps({"date": "d", "points": points, "front_check": {"stale": True}}))
+    check = main(["--recheck", str(path)])
+    saved = json.loads(path.read_text())
+    assert saved["date"] == "d" and saved["points"] == points and saved["front_check"] == check
+    assert check["fp32"][0]["why"].startswith("1 hmpe point(s) as fast have a higher mAP50, none a higher AP_small")
+    assert "fp32 y 320 px: 1 hmpe point(s)" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")

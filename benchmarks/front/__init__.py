@@ -3,6 +3,7 @@
     python -m benchmarks.front --hmpe hmpe-n=W1[,W2,...] [--hmpe NAME=...] --yolo yolo11n=Y1[,Y2,...] \\
         --data nwpu-vhr10 --sizes 320 384 448 512 576 640 --threads 2 --rounds 20 --warmup 3 \\
         [--no-int8] [--calib-images 300] [--val-images N] --workdir runs/front --out benchmarks/results/front.json
+    python -m benchmarks.front --recheck benchmarks/results/front.json   # the front check again, from the points
 
 A user picks a CPU detector by its accuracy at a latency. For every model (several comma-separated checkpoints of
 one model are seeds) and every input size S this measures operating points, each on the files a user deploys:
@@ -33,7 +34,9 @@ excludes NMS, as ultralytics exports it. Median and p90 per file. Latency is mea
 Points: per model, precision and size, the model's fastest runtime of that precision (lowest median; fp32: ONNX
 Runtime or OpenVINO, INT8: OpenVINO); every runtime's timing stays in the result. The front check: for each
 precision, every YOLO point and the fastest hmpe point with a median no higher, a higher mAP50 and a higher
-AP_small (benchmarks.front.check), and whether every YOLO point is beaten (``all_beaten``).
+AP_small (benchmarks.front.check), or else why none is (``why``: none as fast, none as fast with a higher mAP50,
+or those with one all lower in AP_small, with the nearest miss), and whether every YOLO point is beaten
+(``all_beaten``). ``--recheck FILE`` recomputes that check in a result file from its points.
 
 Writes ``--out`` (default benchmarks/results/front.json: date, CPU, versions, command, settings, models with their
 weights and INT8 calibration, points, timings, front_check) and a PNG beside it (mAP50 and AP_small against

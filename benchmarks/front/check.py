@@ -31,11 +31,38 @@ def beats(hmpe: dict, yolo: dict) -> bool:
     return hmpe["ms_median"] <= yolo["ms_median"] and all(_value(hmpe, k) > _value(yolo, k) for k in keys)
 
 
+def _short(point: dict) -> str:
+    return f"{point['model']} {point['imgsz']} px"
+
+
+def why_unbeaten(yolo: dict, hmpe: list[dict]) -> str:
+    """What keeps every hmpe point of ``hmpe`` (one precision) from beating ``yolo``: none is as fast, none as
+    fast has a higher mAP50, or those that do have no higher AP_small; each with the nearest miss."""
+    y_map, y_small = _value(yolo, "mAP50"), _value(yolo, "AP_small")
+    if y_map is None or y_small is None:
+        return "this point has no mAP50 or AP_small to beat"
+    fast = [h for h in hmpe if h["ms_median"] <= yolo["ms_median"]]
+    if not fast:
+        first = min(hmpe, key=lambda h: h["ms_median"], default=None)
+        return ("no hmpe point of this precision" if first is None else
+                f"no hmpe point is as fast (fastest: {_short(first)}, {first['ms_median']:.1f} ms "
+                f"> {yolo['ms_median']:.1f})")
+    better = [h for h in fast if (_value(h, "mAP50") or -1.0) > y_map]
+    if not better:
+        best = max(fast, key=lambda h: _value(h, "mAP50") or -1.0)
+        return (f"no hmpe point as fast has a higher mAP50 (best: {_short(best)}, {best.get('mAP50') or 0:.3f} "
+                f"<= {y_map:.3f})")
+    best = max(better, key=lambda h: _value(h, "AP_small") or -1.0)
+    return (f"{len(better)} hmpe point(s) as fast have a higher mAP50, none a higher AP_small (best: "
+            f"{_short(best)}, {best.get('AP_small') or 0:.3f} <= {y_small:.3f})")
+
+
 def front_check(points: list[dict]) -> dict:
     """For each precision, every YOLO point (``kind == "yolo"``) with the fastest hmpe point of that precision
-    that beats it (:func:`beats`), or None, and how many hmpe points do: ``{"fp32": [{"yolo": {...},
-    "beaten_by": {...} | None, "n_beating": int}, ...], "int8": [...], "all_beaten": {"fp32": bool | None,
-    "int8": bool | None}}`` (None: no YOLO point of that precision to beat)."""
+    that beats it (:func:`beats`), or None and why not (:func:`why_unbeaten`), and how many hmpe points do:
+    ``{"fp32": [{"yolo": {...}, "beaten_by": {...} | None, "n_beating": int, "why": str | None}, ...],
+    "int8": [...], "all_beaten": {"fp32": bool | None, "int8": bool | None}}`` (None: no YOLO point of that
+    precision to beat)."""
     out: dict = {}
     all_beaten: dict = {}
     for prec in PRECISIONS:
@@ -45,8 +72,25 @@ def front_check(points: list[dict]) -> dict:
         for y in sorted((p for p in same if p["kind"] == "yolo"), key=lambda p: (p["model"], p["imgsz"])):
             winners = [h for h in hmpe if beats(h, y)]
             rows.append({"yolo": _summary(y), "beaten_by": _summary(winners[0]) if winners else None,
-                         "n_beating": len(winners)})
+                         "n_beating": len(winners), "why": None if winners else why_unbeaten(y, hmpe)})
         out[prec] = rows
         all_beaten[prec] = all(r["beaten_by"] is not None for r in rows) if rows else None
     out["all_beaten"] = all_beaten
     return out
+
+
+def recheck_file(path) -> dict:
+    """``python -m benchmarks.front --recheck FILE``: recompute the ``front_check`` of a result file from its points
+    (nothing is timed or scored again), write the file back and print one line per YOLO point; returns the check."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    res = json.loads(path.read_text())
+    res["front_check"] = front_check(res["points"])
+    path.write_text(json.dumps(res, indent=1))
+    for prec in PRECISIONS:
+        for row in res["front_check"][prec]:
+            y, beaten = row["yolo"], row["beaten_by"]
+            print(f"{prec} {y['model']} {y['imgsz']} px: " + (f"beaten by {_short(beaten)}" if beaten else row["why"]))
+    return res["front_check"]

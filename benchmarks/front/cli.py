@@ -12,7 +12,7 @@ from pathlib import Path
 import benchmarks.front as package
 from benchmarks._common import RESULTS, command_line, no_network, provenance
 from benchmarks.front import hmpe_side, yolo_side
-from benchmarks.front.check import front_check
+from benchmarks.front.check import front_check, recheck_file
 from benchmarks.front.plot import plot_front
 from benchmarks.front.points import Context, make_points, time_points
 
@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="only export and score these seeds (0: each model's first checkpoint) into --workdir, then "
                         "stop: no timing, no result file; two such runs, one per core, prepare seeds in parallel")
     p.add_argument("--smoke", action="store_true", help="the whole path with tiny sizes, one round, few images")
+    p.add_argument("--recheck", type=Path, default=None, metavar="FILE",
+                   help="only recompute the front check of result FILE from its points (nothing timed or scored)")
     return p
 
 
@@ -88,6 +90,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     """The arguments with the models parsed (``args.models``) and the smoke / default sizes and folders filled in."""
     p = _parser()
     a = p.parse_args(argv)
+    if a.recheck is not None:
+        return a
     a.models = _models(p, a.hmpe, "hmpe") + _models(p, a.yolo, "yolo")
     names = [m["name"] for m in a.models]
     if not a.models:
@@ -187,6 +191,8 @@ def result(args, ctx: Context, accuracy: dict, timings: list[dict], argv) -> dic
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.recheck is not None:
+        return recheck_file(args.recheck)
     _require(args)
     ctx = make_context(args)
     attempts: list[str] = []

@@ -20,15 +20,13 @@ def test_tiny_detector_overfits_four_images(tmp_path):
 FIGURES = ("results.png", "pr_curve.png", "f1_curve.png", "confusion_matrix.png")
 
 
-def test_plots_false_keeps_the_figures_out_of_train_and_val(tmp_path, monkeypatch):
+def test_plots_false_keeps_the_figures_out_of_val(tmp_path, monkeypatch):
+    """``plots=false`` in ``hmpe val`` (training: tests/test_train.py::test_resume_is_exact's runs)."""
     from hmpe.api import Detector
+    from test_export import make_checkpoint
 
-    Trainer(tiny_train_cfg(tmp_path, epochs=1), tiny_model_cfg()).fit()  # the helper's plots=False
-    run = tmp_path / "runs" / "train" / "t"
-    assert (run / "results.csv").is_file() and (run / "weights" / "last.pt").is_file()
-    assert not [f for f in FIGURES if (run / f).exists()]
     monkeypatch.chdir(tmp_path)
-    det = Detector(weights=str(run / "weights" / "last.pt"), device="cpu")
+    det = Detector(weights=str(make_checkpoint(tmp_path / "tiny.pt")), device="cpu")
     det.val(name="off", plots=False)
     det.val(name="on")
     assert (tmp_path / "runs/val/off/metrics.json").is_file() and not list((tmp_path / "runs/val/off").glob("*.png"))
@@ -43,6 +41,8 @@ def test_resume_is_exact(tmp_path, monkeypatch):
     over = dict(epochs=2, augment=True, ema=True, ema_warmup=5, multi_scale=[96, 128], val_interval=1,
                 data=tiny_data(num_train=6, num_val=3, overfit=False))
     straight = Trainer(tiny_train_cfg(tmp_path, name="straight", **over), tiny_model_cfg()).fit()
+    run = tmp_path / "runs" / "train" / "straight"  # the helper's plots=False: the run without its figures
+    assert (run / "results.csv").is_file() and not [f for f in FIGURES if (run / f).exists()]
 
     class Interrupt(Exception):
         pass

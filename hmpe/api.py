@@ -74,8 +74,8 @@ class Detector:
 
     def __init__(self, model: str | None = "rtdetr-n", weights: str | None = None, device: str = "auto",
                  **overrides):
-        if model is not None and (str(model).endswith(".pt") or is_exported(model)
-                                  or (Path(str(model)) / PRETRAINED_CONFIG).is_file() or str(model) in shipped_weights()):
+        if model is not None and (str(model).endswith(".pt") or is_exported(model) or str(model) in shipped_weights()
+                                  or (Path(str(model)) / PRETRAINED_CONFIG).is_file()):
             model, weights = None, model
         self.model_name = model
         self.weights = str(resolve_weights(weights)) if weights else None  # a shipped name -> its folder
@@ -184,7 +184,10 @@ class Detector:
         opts = {**defaults("val"), **kwargs}
         split = opts["split"]
         if not data and self._ckpt.get("exported"):
-            raise ValueError(f"weights={self.weights}: an exported file records no dataset; pass data=DATA")
+            data = self._ckpt["data"]
+            if not data:
+                raise ValueError(f"weights={self.weights}: an exported file names no dataset but a shipped one; pass "
+                                 f"data=DATA")
         data_cfg = load_data_config(data) if data else checkpoint_data_config(self._ckpt, self.weights)
         data = data or data_cfg["_source"]
         print(f"hmpe val: {data} [{split}] ({format_note(data_cfg)})")

@@ -248,7 +248,7 @@ def test_what_an_exported_file_cannot_do_is_one_line_each(files, tmp_path, capsy
     w = f"weights={files['onnx']}"
     expected = {("heatmap", str(files["images"]), w): "heatmap needs the PyTorch checkpoint",
                 ("export", w, "format=onnx"): "export needs the PyTorch checkpoint",
-                ("val", w): "an exported file records no dataset; pass data=DATA",
+                ("val", w): "an exported file names no dataset but a shipped one; pass data=DATA",
                 ("predict", str(files["images"]), w, "imgsz=96"): "was exported at 64 px; export again with imgsz=96",
                 ("predict", str(files["images"]), w, "device=cuda"): "run on the CPU by its runtime"}
     for argv, message in expected.items():
@@ -263,3 +263,20 @@ def test_what_an_exported_file_cannot_do_is_one_line_each(files, tmp_path, capsy
     assert main(["predict", str(files["images"]), w, "conf=0.3"]) == 0  # and what it can, from the command line
     saved = json.loads((tmp_path / "runs" / "predict" / "exp" / "predictions.json").read_text())
     assert len(saved) == 4 and any(entry["detections"] for entry in saved)
+
+
+def test_an_export_names_a_shipped_dataset_and_val_uses_it(files, tmp_path, capsys):
+    """A model trained on a shipped dataset: its export records the name (never a path), and ``hmpe val`` of the
+    file needs no ``data=``."""
+    from hmpe.api import Detector
+    from hmpe.engine.deploy.export import export_onnx
+    from hmpe.engine.deploy.runtime import exported_metadata
+
+    ckpt = torch.load(files["pt"], weights_only=False)
+    ckpt["data_cfg"] = {**ckpt["data_cfg"], "_source": "synthetic"}  # as if trained with data=synthetic
+    torch.save(ckpt, tmp_path / "shipped-data.pt")
+    named = export_onnx(tmp_path / "shipped-data.pt", check=False, verbose=False)
+    assert exported_metadata(named)["data"] == "synthetic" and "data" not in exported_metadata(files["onnx"])
+    metrics = Detector(weights=str(named)).val(project=str(tmp_path), plots=False, batch=32)
+    assert "hmpe val: synthetic [val]" in capsys.readouterr().out and metrics["n_small"] > 0
+

@@ -49,6 +49,7 @@ from hmpe.engine.checkpoint import load_for_inference
 from hmpe.models.rtdetr.sampling import gather_sampling as gather_ctx
 from hmpe.utils.config import default_train_config
 from hmpe.utils.keytypes import parse_hw
+from hmpe.utils.shipped import shipped_datasets
 
 __all__ = ["BACKENDS", "ExportWrapper", "ExportParityError", "compare_detections", "export_onnx", "export_openvino",
            "onnx_to_openvino", "openvino_at_batch", "openvino_cpu_config", "parity_check", "runtime_session",
@@ -304,6 +305,9 @@ def export_onnx(weights: str | Path, imgsz=None, opset: int = 17, gather_samplin
             "outputs": "boxes xyxy input pixels [B,K,4]; scores [B,K]; labels [B,K]",
             "input": "images float32 [B,3,H,W] RGB in [0,1]",
             "gather_sampling": str(bool(gather_sampling)).lower(), "model": str(ckpt["model_cfg"].get("name", ""))}
+    source = (ckpt.get("data_cfg") or {}).get("_source")
+    if source in shipped_datasets():  # a name that means the same dataset on every machine; never a path
+        meta["data"] = source
     out, wrapper = write_onnx(model, post, size, out, opset, gather_sampling, meta)
     if verbose:
         import onnx

@@ -11,8 +11,8 @@ and ``-inf`` elsewhere -- so that the one post-processor (top-K over query x cla
 count) picks the same detections with the same scores and maps them to original pixels, and predict, sliced
 predict, GeoTIFF windows and val run unchanged. The preprocessing comes from the file's metadata (``imgsz``,
 ``keep_ratio``, ``pad_fill``), the class names from ``names``. The spatial size is the one exported; the batch
-is free. Heatmaps need the PyTorch model (its internals are not outputs of the graph), and an exported file
-records no dataset: ``hmpe val`` asks for ``data=``.
+is free. Heatmaps need the PyTorch model (its internals are not outputs of the graph). An exported file names its
+dataset only when that is a shipped one (``nwpu-vhr10``), never a path: elsewhere ``hmpe val`` asks for ``data=``.
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ class ExportedModel(nn.Module):
 def load_exported(path: str | Path, threads: int | None = None) -> tuple[ExportedModel, PostProcessor, dict]:
     """An exported file -> ``(model, postprocessor, record)``, as :func:`hmpe.engine.checkpoint.load_for_inference`
     returns for a checkpoint; ``record`` holds what a checkpoint would: ``names``, the preprocessing in
-    ``train_cfg`` and ``model_cfg.name``, plus ``exported`` (the file)."""
+    ``train_cfg`` and ``model_cfg.name``, plus ``exported`` (the file) and ``data`` (the name of the shipped dataset
+    the model was trained on, or None: files record no dataset path)."""
     meta = exported_metadata(path)
     names = json.loads(meta["names"])
     h, w = (int(v) for v in json.loads(meta["imgsz"]))
@@ -96,6 +97,7 @@ def load_exported(path: str | Path, threads: int | None = None) -> tuple[Exporte
     pad_fill = int(meta.get("pad_fill", fill.group(1) if fill else 0))
     model = ExportedModel(path, len(names), (h, w), threads)
     k = int(model(torch.zeros(1, 3, h, w))["pred_logits"].shape[1])  # detections per image of the graph
-    record = {"names": names, "exported": str(path), "model_cfg": {"name": meta.get("model", "")},
+    record = {"names": names, "exported": str(path), "data": meta.get("data"),
+              "model_cfg": {"name": meta.get("model", "")},
               "train_cfg": {"imgsz": h, "augment": {"keep_ratio": keep_ratio, "pad_fill": pad_fill}}}
     return model.eval(), PostProcessor(len(names), num_top_queries=k), record

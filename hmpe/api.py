@@ -453,6 +453,7 @@ class Detector:
 
         table = {k.name for k in TASKS["explore"]}  # other keys go to ExploreSession, which names them
         check_task_args("explore", {"port": port, "host": host, **{k: v for k, v in kwargs.items() if k in table}})
+        self._checkpoint_only("explore")
         return serve(self, source, host=host, port=port, block=block, **kwargs)
 
 

@@ -247,6 +247,7 @@ def test_what_an_exported_file_cannot_do_is_one_line_each(files, tmp_path, capsy
     monkeypatch.chdir(tmp_path)
     w = f"weights={files['onnx']}"
     expected = {("heatmap", str(files["images"]), w): "heatmap needs the PyTorch checkpoint",
+                ("explore", str(files["images"]), w): "explore needs the PyTorch checkpoint",
                 ("export", w, "format=onnx"): "export needs the PyTorch checkpoint",
                 ("val", w): "an exported file names no dataset but a shipped one; pass data=DATA",
                 ("predict", str(files["images"]), w, "imgsz=96"): "was exported at 64 px; export again with imgsz=96",

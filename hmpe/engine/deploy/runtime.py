@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from hmpe.engine.deploy.export import runtime_session
 from hmpe.models.rtdetr.postprocess import PostProcessor
+from hmpe.utils.boxes import box_xyxy_to_cxcywh
 
 __all__ = ["EXPORTED_SUFFIXES", "ExportedModel", "exported_metadata", "is_exported", "load_exported"]
 
@@ -77,8 +78,7 @@ class ExportedModel(nn.Module):
         boxes, scores, labels = (torch.from_numpy(np.asarray(t)) for t in
                                  self.run(images.detach().cpu().float().numpy()))
         h, w = self.imgsz
-        xyxy = boxes.float() / torch.tensor([w, h, w, h], dtype=torch.float32)
-        cxcywh = torch.cat(((xyxy[..., :2] + xyxy[..., 2:]) / 2, xyxy[..., 2:] - xyxy[..., :2]), -1)
+        cxcywh = box_xyxy_to_cxcywh(boxes.float() / torch.tensor([w, h, w, h], dtype=torch.float32))
         logits = torch.full((*scores.shape, self.num_classes), float("-inf"))  # [B,K,C]
         logits.scatter_(-1, labels.long().unsqueeze(-1), torch.logit(scores.float()).unsqueeze(-1))
         return {"pred_logits": logits, "pred_boxes": cxcywh}

@@ -211,6 +211,8 @@ def cmd_bench(argv: list[str]) -> int:
 
     model_over, given = split_overrides(parse_overrides(argv, "bench"))
     args = {**defaults("bench"), **given}  # every bench key, its default from the key table unless typed
+    if args["files"] is not None:
+        return _bench_files(args, sorted(set(given) - BENCH_FILE_KEYS) + sorted(model_over))
     if args["threads"]:
         torch.set_num_threads(int(args["threads"]))
     cfg = apply_overrides(load_model_config(args["model"]), model_over)
@@ -232,6 +234,32 @@ def cmd_bench(argv: list[str]) -> int:
             if backends is not None:
                 r["backends"] = _bench_backends(model, cfg, args, imgsz, int(batch), backends)
             reports.append(r)
+    if args["out"]:
+        print(f"saved to {save_report(args['out'], reports)}")
+    return 0
+
+
+BENCH_FILE_KEYS = {"files", "batch", "threads", "warmup", "runs", "out", "device"}  # what applies to files=
+
+
+def _bench_files(args: dict, others: list[str]) -> int:
+    """``files=``: exported files timed as they are (hmpe.engine.deploy.backends.file_latencies)."""
+    from hmpe.engine.deploy.backends import file_latencies
+    from hmpe.engine.deploy.bench import save_report
+
+    if others or args["device"] != "cpu":
+        bad = others or [f"device={args['device']}"]
+        raise UsageError(f"{', '.join(bad)}: files= times exported files as they are, on the CPU (their size is the "
+                         f"exported one); it takes {', '.join(sorted(BENCH_FILE_KEYS - {'files', 'device'}))}")
+    files = args["files"] if isinstance(args["files"], list) else [args["files"]]
+    batches = args["batch"] if isinstance(args["batch"], list) else [args["batch"]]
+    reports = []
+    for batch in batches:
+        times = file_latencies(files, int(batch), args["threads"], int(args["warmup"]), int(args["runs"]))
+        for path, r in times.items():
+            print(f"{path}: {r['runtime']}, {r['imgsz']}, batch {batch}: median {r['latency_ms_median']:.1f} ms / "
+                  f"p90 {r['latency_ms_p90']:.1f} ms ({r['runs']} interleaved rounds)")
+            reports.append({"file": path, "batch": int(batch), **r})
     if args["out"]:
         print(f"saved to {save_report(args['out'], reports)}")
     return 0

@@ -281,3 +281,19 @@ def test_an_export_names_a_shipped_dataset_and_val_uses_it(files, tmp_path, caps
     metrics = Detector(weights=str(named)).val(project=str(tmp_path), plots=False, batch=32)
     assert "hmpe val: synthetic [val]" in capsys.readouterr().out and metrics["n_small"] > 0
 
+
+
+def test_bench_times_exported_files_as_they_are(files, tmp_path, capsys):
+    from hmpe.cli import main
+
+    out = tmp_path / "bench.json"
+    listed = f"files=[{files['onnx']},{files['xml']}]"
+    assert main(["bench", listed, "batch=[1,2]", "runs=2", "warmup=1", "threads=1", f"out={out}"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{files['onnx']}: onnxruntime, {IMGSZ}x{IMGSZ}, batch 2: median" in printed
+    reports = json.loads(out.read_text())["results"]
+    assert [(r["runtime"], r["batch"]) for r in reports] == [("onnxruntime", 1), ("openvino", 1), ("onnxruntime", 2),
+                                                              ("openvino", 2)]
+    assert all(r["runs"] == 2 and 0 < r["latency_ms_min"] <= r["latency_ms_median"] for r in reports)
+    assert main(["bench", listed, "imgsz=320"]) == 2  # a model key: the files run at their exported size
+    assert "imgsz: files= times exported files as they are" in capsys.readouterr().err

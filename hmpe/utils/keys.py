@@ -233,6 +233,9 @@ BENCH = (
     Key("backend", None, "torch | onnxruntime | openvino | onnxruntime-int8 | openvino-int8 or a list: each "
                          "runtime's latency, rounds interleaved (int8: calibrated on random images, speed only)",
         OneOrList(Choice("torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8"), null=True)),
+    Key("files", None, "exported files (.onnx, OpenVINO .xml) to time as they are, instead of model=: each in its "
+                       "runtime at its exported size, rounds interleaved (keys: batch, threads, warmup, runs, out)",
+        OneOrList(Kind("file"), null=True)),
 )
 
 EXPLORE = (

@@ -13,6 +13,10 @@ call, which the next backend's time would otherwise include); median, p90 and mi
 times the raw module forward (the bench convention); the exported graphs also run the top-K post-processing
 (no NMS), a small fixed cost.
 
+    hmpe bench files=[best.onnx,best_int8.onnx,best_openvino/best.xml] threads=2 runs=20   # files you exported
+
+``files=`` times exported files as they are (:func:`file_latencies`): each in its runtime at its exported size.
+
 ``onnxruntime-int8`` / ``openvino-int8`` quantize that graph as ``hmpe export int8=true`` does
 (:mod:`hmpe.engine.deploy.quantize`), calibrated on :data:`INT8_CALIB` random images: the bench model has random
 weights, so these figures are speed only (the int8 kernels cost the same whatever the ranges); the accuracy
@@ -21,6 +25,7 @@ of an INT8 file is what ``hmpe export ... int8=true`` measures on a dataset.
 
 from __future__ import annotations
 
+import json
 import statistics
 import tempfile
 import time
@@ -34,12 +39,14 @@ from torch import nn
 from hmpe.engine.deploy.bench import percentile
 from hmpe.engine.deploy.export import onnx_to_openvino, runtime_session, write_onnx
 from hmpe.engine.deploy.quantize import quantize_onnx, quantize_openvino, require_int8
+from hmpe.engine.deploy.runtime import EXPORTED_SUFFIXES, exported_metadata
 
 BENCH_BACKENDS = ("torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8")
 INT8_CALIB = 8  # random calibration images of the int8 backends (speed only: see the module docstring)
 SETTLE = 1  # untimed calls of a backend right before each timed one (see the module docstring)
 
-__all__ = ["BENCH_BACKENDS", "INT8_CALIB", "SETTLE", "backend_latencies", "interleaved_times", "parse_backends"]
+__all__ = ["BENCH_BACKENDS", "INT8_CALIB", "SETTLE", "backend_latencies", "file_latencies", "interleaved_times",
+           "parse_backends"]
 
 
 def parse_backends(value) -> list[str]:
@@ -123,3 +130,21 @@ def backend_latencies(model: nn.Module, postprocessor: nn.Module, imgsz: tuple[i
                 fns[b] = (lambda run: lambda: run(xn))(runtime_session(files[b][1], files[b][0], threads))
         times = interleaved_times(fns, warmup, runs, settle=SETTLE)
     return {b: _summary(t) for b, t in times.items()}
+
+
+def file_latencies(paths: Sequence[str | Path], batch: int = 1, threads: int | None = None, warmup: int = 3,
+                   runs: int = 20) -> dict[str, dict]:
+    """``{path: {imgsz, runtime, latency_ms_median, latency_ms_p90, latency_ms_min, runs}}`` of exported files
+    (``hmpe export``: ``.onnx`` in ONNX Runtime, ``.xml`` in OpenVINO), each on a random ``[batch,3,H,W]`` input at
+    its exported size, timed in the same interleaved rounds (see the module docstring); CPU only."""
+    fns: dict[str, Callable[[], object]] = {}
+    info: dict[str, dict] = {}
+    for path in map(str, paths):
+        h, w = (int(v) for v in json.loads(exported_metadata(path)["imgsz"]))
+        runtime = EXPORTED_SUFFIXES[Path(path).suffix.lower()]
+        x = np.random.default_rng(0).random((batch, 3, h, w), dtype=np.float32)
+        fns[path] = (lambda run, x: lambda: run(x))(runtime_session(path, runtime, threads), x)
+        info[path] = {"imgsz": f"{h}x{w}", "runtime": runtime}
+    times = interleaved_times(fns, warmup, runs, settle=SETTLE)
+    return {p: {**info[p], **_summary(t)} for p, t in times.items()}
+

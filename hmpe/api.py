@@ -151,10 +151,10 @@ class Detector:
     def preprocess(self, imgsz: int | None = None) -> Preprocess:
         """The checkpoint's own inference preprocessing (resize or letterbox, :mod:`hmpe.data.preprocess`)."""
         self._ensure_model()
-        exported = self._ckpt.get("exported") and self._ckpt["train_cfg"]["imgsz"]
-        if exported and imgsz is not None and int(imgsz) != exported:
-            raise ValueError(f"imgsz={imgsz}: weights={self.weights} was exported at {exported} px; export again with "
-                             f"imgsz={imgsz} for another size")
+        exported_size = self._ckpt.get("exported") and self._ckpt["train_cfg"]["imgsz"]
+        if exported_size and imgsz is not None and int(imgsz) != exported_size:
+            raise ValueError(f"imgsz={imgsz}: weights={self.weights} was exported at {exported_size} px; export again "
+                             f"with imgsz={imgsz} for another size")
         return Preprocess.from_train_cfg(self._ckpt.get("train_cfg"), imgsz)
 
     @property

@@ -199,7 +199,7 @@ def files(trained, tmp_path_factory):
     (tmp / "images").mkdir()
     for i, s in enumerate(ds.samples):
         Image.fromarray(np.asarray(ds.image_loader(s), dtype=np.uint8)).save(tmp / "images" / f"{i}.png")
-    return {"pt": trained, "onnx": onnx_path, "xml": xml, "images": tmp / "images", "tmp": tmp}
+    return {"pt": trained, "onnx": onnx_path, "xml": xml, "images": tmp / "images"}
 
 
 def _arrays(preds) -> tuple[torch.Tensor, ...]:

@@ -31,6 +31,11 @@ def beats(hmpe: dict, yolo: dict) -> bool:
     return hmpe["ms_median"] <= yolo["ms_median"] and all(_value(hmpe, k) > _value(yolo, k) for k in keys)
 
 
+def _or_low(v: float | None) -> float:
+    """A metric for ranking: a missing one below every real value."""
+    return -1.0 if v is None else v
+
+
 def _short(point: dict) -> str:
     return f"{point['model']} {point['imgsz']} px"
 
@@ -47,12 +52,12 @@ def why_unbeaten(yolo: dict, hmpe: list[dict]) -> str:
         return ("no hmpe point of this precision" if first is None else
                 f"no hmpe point is as fast (fastest: {_short(first)}, {first['ms_median']:.1f} ms "
                 f"> {yolo['ms_median']:.1f})")
-    better = [h for h in fast if (_value(h, "mAP50") or -1.0) > y_map]
+    better = [h for h in fast if _or_low(_value(h, "mAP50")) > y_map]
     if not better:
-        best = max(fast, key=lambda h: _value(h, "mAP50") or -1.0)
+        best = max(fast, key=lambda h: _or_low(_value(h, "mAP50")))
         return (f"no hmpe point as fast has a higher mAP50 (best: {_short(best)}, {best.get('mAP50') or 0:.3f} "
                 f"<= {y_map:.3f})")
-    best = max(better, key=lambda h: _value(h, "AP_small") or -1.0)
+    best = max(better, key=lambda h: _or_low(_value(h, "AP_small")))
     return (f"{len(better)} hmpe point(s) as fast have a higher mAP50, none a higher AP_small (best: "
             f"{_short(best)}, {best.get('AP_small') or 0:.3f} <= {y_small:.3f})")
 

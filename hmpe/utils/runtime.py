@@ -69,11 +69,15 @@ def create_run_dir(path: str | Path, advice: str | None = None) -> Path:
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # the amp= names of the autocast dtypes
 
 
+def _cpu_probe(name: str) -> bool:
+    """``torch.cpu.<name>()``; False where this torch has no such probe."""
+    return getattr(torch.cpu, name, lambda: False)()
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX tiles), where oneDNN's bf16 kernels are
     faster than fp32; elsewhere torch emulates bf16 and autocast only slows training down."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return any(_cpu_probe(name) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
 #: torch's CPU feature probes (``torch.cpu._is_*_supported``) and the names result files give them, widest first
@@ -85,7 +89,7 @@ def cpu_features() -> str:
     """The vector instruction sets of this CPU that decide its speed in every benchmark, e.g. ``AVX2`` or
     ``AVX-512, VNNI, AVX512-BF16, AMX`` (AVX2 is left out beside AVX-512; VNNI: 8-bit dot products without
     int16 saturation; AVX512-BF16 / AMX: native bf16). Elsewhere (e.g. ARM) torch's kernel level."""
-    names = [name for probe, name in CPU_FEATURES if getattr(torch.cpu, probe, lambda: False)()]
+    names = [name for probe, name in CPU_FEATURES if _cpu_probe(probe)]
     if "AVX-512" in names:  # every AVX-512 CPU has AVX2 as well
         names = [n for n in names if n != "AVX2"]
     return ", ".join(names) or torch.backends.cpu.get_cpu_capability()

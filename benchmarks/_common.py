@@ -23,6 +23,17 @@ def default_datasets_env() -> None:
         os.environ.setdefault("HMPE_DATASETS", str(ROOT.parent / "shared" / "datasets"))
 
 
+# training arguments that change what a run writes, not what it learns: a stored result trained without them is
+# the same result (``plots=false`` must not make a benchmark train every row again)
+OUTPUT_ONLY_TRAIN_KEYS = frozenset({"plots", "exist_ok"})
+
+
+def learning_args(train_args: list[str]) -> list[str]:
+    """``key=value`` training arguments less those in :data:`OUTPUT_ONLY_TRAIN_KEYS`: what decides whether a stored
+    result was trained the way this invocation would train it."""
+    return [a for a in train_args if a.partition("=")[0].strip() not in OUTPUT_ONLY_TRAIN_KEYS]
+
+
 class SkipRow(Exception):
     """A row that cannot run here (missing preset, missing optional package); the message says why."""
 

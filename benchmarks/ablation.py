@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._common import (SkipRow, default_datasets_env, epochs_trained, fmt, header, load_avg,
+from benchmarks._common import (SkipRow, default_datasets_env, epochs_trained, fmt, header, learning_args, load_avg,
                                 load_hmpe_model_config, md_table, mean_cell, mean_spread, mean_spread_of, output_paths,
                                 provenance, select_named, size_counts_note)
 from hmpe.engine.eval.evaluator import SIZE_KEYS
@@ -206,7 +206,7 @@ def stored_result(path: Path, expected_settings: dict, force: bool, name: str,
 def settings(row: dict, args) -> dict:
     return {"budget_minutes": None if args.smoke else args.budget_minutes, "imgsz": args.imgsz, "batch": args.batch,
             "data": args.data_value if isinstance(args.data_value, str) else "synthetic (smoke)",
-            "seed": args.seed, "train_args": list(args.train_args), "model": row["model"],
+            "seed": args.seed, "train_args": learning_args(args.train_args), "model": row["model"],
             "overrides": row["overrides"],
             # a fixed-epoch run (no budget) is only comparable with one of the same epochs
             **({"epochs": args.max_epochs} if args.budget_minutes is None and not args.smoke else {})}
@@ -306,7 +306,7 @@ def from_peers(row: dict, args, model_config: dict | None = None) -> dict | None
         s = saved.get("_settings") or {}
         same = (s.get("minutes") == args.budget_minutes and s.get("imgsz") == args.imgsz
                 and s.get("batch") == args.batch and s.get("seed") == args.seed
-                and s.get("hmpe_args", []) == list(args.train_args)
+                and learning_args(s.get("hmpe_args", [])) == learning_args(args.train_args)
                 and s.get("data", "nwpu-vhr10") == settings(row, args)["data"])  # runs before 2026-12-02: the default
         run = saved.get(row["model"])
         if not same or run is None:

@@ -133,6 +133,21 @@ def test_ablation_reuses_a_stored_result_only_of_the_same_model_config(tmp_path,
     assert ablation.model_config_record({"name": "x", "model": "no-such-preset", "overrides": {}}) is None
 
 
+def test_ablation_settings_ignore_train_args_that_only_change_what_a_run_writes():
+    """``plots=false`` (or exist_ok) leaves what a run learns as it was: stored results stay reusable."""
+    ablation = _load("ablation")
+    row = {"name": "hmpe-n", "model": "hmpe-n", "overrides": {}}
+
+    def args(*train_args):
+        return argparse.Namespace(smoke=False, budget_minutes=35.0, imgsz=512, batch=8, data_value="nwpu-vhr10",
+                                  seed=0, train_args=list(train_args), max_epochs=1000)
+
+    typed = ablation.settings(row, args("amp=bf16", "plots=false", "lr=8e-4", "exist_ok=true"))
+    assert typed == ablation.settings(row, args("amp=bf16", "lr=8e-4"))
+    assert typed["train_args"] == ["amp=bf16", "lr=8e-4"]
+    assert ablation.settings(row, args("amp=bf16", "lr=1e-3")) != typed  # a key that changes learning still counts
+
+
 def test_peers_speed_smoke(tmp_path, one_thread):
     peers = _load("peers")
     out = peers.main(["--smoke", "--threads", "1", "--workdir", str(tmp_path)])

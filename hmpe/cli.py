@@ -34,8 +34,9 @@ import yaml
 
 from hmpe import __version__
 from hmpe.utils.config import apply_overrides, load_model_config, model_presets, parse_overrides, split_overrides
-from hmpe.utils.keys import MODEL, MODEL_KEY_TASKS, TASKS, UsageError, check_task_args, defaults, unknown_key_error
+from hmpe.utils.keys import MODEL_KEY_TASKS, TASKS, UsageError, check_task_args, defaults, unknown_key_error
 from hmpe.utils.keytypes import parse_hw
+from hmpe.utils.model_keys import MODEL
 from hmpe.utils.renames import deprecated, renamed_lines
 
 # Everything that imports torch, the data formats or the models is imported inside the command that needs it,

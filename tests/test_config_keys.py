@@ -9,7 +9,8 @@ import yaml
 
 from hmpe.cli import main
 from hmpe.utils.config import CONFIG_DIR, apply_overrides, load_model_config, load_yaml, model_presets
-from hmpe.utils.keys import MODEL, TASKS, ConfigKeyError, check_model_config, check_task_args
+from hmpe.utils.keys import TASKS, ConfigKeyError, check_model_config, check_task_args
+from hmpe.utils.model_keys import MODEL
 from hmpe.utils.renames import upgrade_model_config
 
 

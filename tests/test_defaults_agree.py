@@ -8,7 +8,8 @@ import inspect
 
 from helpers import model_section_constructors, tiny_model_yaml
 from hmpe.utils import keys
-from hmpe.utils.keys import MODEL, MODEL_SCALARS, SYNTHETIC, defaults
+from hmpe.utils.keys import SYNTHETIC, defaults
+from hmpe.utils.model_keys import MODEL, MODEL_SCALARS
 
 TASK_METHODS = ("train", "val", "predict", "heatmap", "export", "explore")  # Detector.<task> runs hmpe <task>
 # model keys whose table default is None because another key's value is their default; a constructor states

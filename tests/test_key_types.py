@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 import hmpe.cli as cli
 from hmpe.utils.config import CONFIG_DIR, load_model_config, parse_overrides
-from hmpe.utils.keys import MODEL, MODEL_KEY_TASKS, MODEL_SCALARS, TASKS, UsageError, check_task_args, check_value
+from hmpe.utils.keys import MODEL_KEY_TASKS, TASKS, UsageError, check_task_args, check_value
+from hmpe.utils.model_keys import MODEL, MODEL_SCALARS
 from hmpe.utils.keytypes import Type
 
 

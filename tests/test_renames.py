@@ -11,7 +11,8 @@ import yaml
 
 from hmpe.cli import main
 from hmpe.utils.config import apply_overrides, load_model_config, parse_overrides
-from hmpe.utils.keys import MODEL, TASKS, UsageError, check_task_args
+from hmpe.utils.keys import TASKS, UsageError, check_task_args
+from hmpe.utils.model_keys import MODEL
 from hmpe.utils.renames import RENAMED, upgrade_model_config
 
 MODEL_RENAMES = [r for r in RENAMED if r.task is None]

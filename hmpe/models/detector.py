@@ -21,7 +21,8 @@ from hmpe.models.rtdetr.encoder import HybridEncoder
 from hmpe.models.rtdetr.loss import SetCriterion
 from hmpe.models.rtdetr.matcher import HungarianMatcher
 from hmpe.models.rtdetr.postprocess import PostProcessor
-from hmpe.utils.keys import MODEL, MODEL_SCALARS, check_model_config
+from hmpe.utils.keys import check_model_config
+from hmpe.utils.model_keys import MODEL, MODEL_SCALARS
 from hmpe.utils.renames import upgrade_model_config
 
 
@@ -133,7 +134,7 @@ def build_model(cfg: dict, num_classes: int) -> DetectionModel:
 
 def key_default(section: str | None, key: str):
     """The default of model key ``section.key`` (``section`` None: a top-level key such as ``hidden_dim``) in the
-    key table, :data:`hmpe.utils.keys.MODEL`, where the constructors' keyword defaults agree with it."""
+    key table, :data:`hmpe.utils.model_keys.MODEL`, where the constructors' keyword defaults agree with it."""
     return next(k.default for k in (MODEL[section] if section else MODEL_SCALARS) if k.name == key)
 
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from hmpe.utils.keys import (BASE_KEY, MODEL_KEY_TASKS, MODEL_SECTIONS, UsageError, check_model_config, defaults,
-                             key_type)
+from hmpe.utils.keys import MODEL_KEY_TASKS, UsageError, check_model_config, defaults, key_type
 from hmpe.utils.keytypes import TEXT_KINDS, show
+from hmpe.utils.model_keys import BASE_KEY, MODEL_SECTIONS
 from hmpe.utils.renames import upgrade_args, upgrade_model_config
 from hmpe.utils.shipped import CONFIG_DIR, model_presets
 

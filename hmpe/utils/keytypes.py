@@ -81,6 +81,16 @@ class Type:
         return f"expected {what}{(', or null' if ' or ' in what else ' or null') if self.null else ''}"
 
 
+@dataclass(frozen=True)
+class Key:
+    """One key a user can type: its name, default, one-line meaning and the type of its value."""
+
+    name: str
+    default: Any = None
+    help: str = ""
+    type: Type | None = None  # every task key has one; a model key without one is not checked
+
+
 _WORDS = {"bool": "true or false", "size": f"an image size, a positive multiple of {MAX_STRIDE} such as 640",
           "hw": f"an image size (a multiple of {MAX_STRIDE}), HxW or [h, w]",
           "window": "[start, stop], fractions of the epochs with 0 <= start < stop <= 1, e.g. [0.1, 0.8]",

@@ -1,13 +1,15 @@
 """The paper's Table 2 (NWPU VHR-10 ablation) at CPU scale: every row trained from scratch for the same budget.
 
-    python -m benchmarks.ablation [--budget-minutes 35] [--imgsz 512] [--batch 8] [--seeds 0 1]
+    python -m benchmarks.ablation [--budget-minutes 35 | --epochs 10] [--imgsz 512] [--batch 8] [--seeds 0 1]
                                   [--rows baseline +LSConv ...] [--from-peers benchmarks/results/peers_train]
 
 Rows (``benchmarks/ablation_rows.yaml``, or ``--rows-file``): baseline, +DSConv, +LSConv, +MOHFE, +HIDQ,
 each a model config (preset name or YAML path + dotted overrides); a row whose preset is missing in this
 checkout is skipped with a message. Each row is trained by hmpe's trainer on the dataset's train split
 (default ``nwpu-vhr10``) with ``time_limit = --budget-minutes`` (the trainer times its epochs and re-sizes
-the run after each so that the whole schedule fits the budget), then scored on the val split by the trainer's
+the run after each so that the whole schedule fits the budget), or for ``--epochs N`` each (the same work for every
+row whatever the CPU: 35 minutes of one core bought 0.6x the epochs on an AVX2 CPU in fp32 that they bought with native bf16,
+BENCHMARKS.md section 31), then scored on the val split by the trainer's
 final validation (EMA weights, COCOEvaluator): P and R at the best-F1 confidence, mAP50, mAP50-95, AP_small and
 AP_small_input (over the objects small at the model's input; the objects per size bucket in a note).
 Params and GFLOPs (FlopCounterMode, 2 x MACs, 640 x 640, batch 1) are counted for each row's model.
@@ -234,13 +236,20 @@ def mask_cell(runs: list[dict]) -> str:
     return ", ".join(parts) or "-"
 
 
+def budget_text(args) -> str:
+    if args.smoke:
+        return "one epoch per run (smoke)"
+    if args.budget_minutes is None:
+        return f"{args.max_epochs} epochs per run (--epochs: the same work for every row)"
+    return (f"{args.budget_minutes} CPU minutes per run (trainer time_limit: the run re-sized after every epoch so "
+            f"the schedule fits)")
+
+
 def markdown(rows: list[dict], results: dict, skipped: list[tuple[str, str]], args, started_load: str) -> str:
     extra = [f"data: {args.data_value if isinstance(args.data_value, str) else 'synthetic (smoke)'}: trained on "
              f"the train split, scored on the val split (hmpe's COCOEvaluator, EMA weights; P and R at the "
              f"best-F1 confidence)",
-             f"budget: {args.budget_minutes if not args.smoke else 'one epoch (smoke)'} CPU minutes per run "
-             f"(trainer time_limit: the run re-sized after every epoch so the schedule fits), "
-             f"from scratch, {args.imgsz} px, batch {args.batch}, seeds {' '.join(map(str, args.seeds))}, "
+             f"budget: {budget_text(args)}, from scratch, {args.imgsz} px, batch {args.batch}, seeds {' '.join(map(str, args.seeds))}, "
              f"torch threads {torch.get_num_threads()}"
              + (f", extra train args: {' '.join(args.train_args)}" if args.train_args else ""),
              "each metric: mean over the seeds ± the spread (max - min); a difference smaller than the spreads is "
@@ -293,6 +302,7 @@ def combined_json(rows: list[dict], results: dict, args) -> dict:
                             "params": res["params"], "gflops": res["gflops"], "source": res.get("source", "ablation")})
     return {**provenance(),
             "budget_min": None if args.smoke else args.budget_minutes, "imgsz": args.imgsz, "batch": args.batch,
+            **({"epochs": args.max_epochs} if args.budget_minutes is None and not args.smoke else {}),
             "train_args": list(args.train_args), "rows": entries}
 
 
@@ -356,6 +366,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget-minutes", type=float, default=35.0, help="CPU minutes per row (trainer time_limit)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="a fixed number of epochs per row instead of --budget-minutes (comparable across CPUs)")
     p.add_argument("--data", default="nwpu-vhr10")
     p.add_argument("--imgsz", type=int, default=512)
     p.add_argument("--batch", type=int, default=8)
@@ -380,6 +392,10 @@ def parse_args(argv=None):
                    help="train nothing: the table of the stored and --from-peers runs, missing seeds listed")
     p.add_argument("--smoke", action="store_true", help="one epoch per row on a few synthetic images at 64 px")
     a = p.parse_args(argv)
+    if a.epochs is not None:
+        if a.epochs < 1:
+            p.error(f"--epochs {a.epochs}: expected an integer >= 1")
+        a.budget_minutes, a.max_epochs = None, a.epochs
     if a.smoke:
         a.imgsz = 64 if a.imgsz == 512 else a.imgsz
         a.flops_imgsz = 64 if a.flops_imgsz == 640 else a.flops_imgsz

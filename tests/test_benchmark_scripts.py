@@ -148,6 +148,24 @@ def test_ablation_settings_ignore_train_args_that_only_change_what_a_run_writes(
     assert ablation.settings(row, args("amp=bf16", "lr=1e-3")) != typed  # a key that changes learning still counts
 
 
+def test_ablation_epochs_replace_the_time_budget(tmp_path):
+    """--epochs N: every row trains N epochs (no time_limit), recorded so that a timed result is not reused."""
+    ablation = _load("ablation")
+    row = {"name": "hmpe-n", "model": "hmpe-n", "overrides": {}}
+    common = ["--results-dir", str(tmp_path / "res"), "--runs-dir", str(tmp_path / "runs"),
+              "--out", str(tmp_path / "a.md")]
+    fixed, timed = ablation.parse_args(["--epochs", "10", *common]), ablation.parse_args(common)
+    fixed.seed = timed.seed = 0  # main sets it for each run
+    assert (fixed.budget_minutes, fixed.max_epochs) == (None, 10)
+    cfg = ablation.train_config(row, fixed)
+    assert cfg["time_limit"] is None and cfg["epochs"] == 10
+    assert ablation.settings(row, fixed)["epochs"] == 10
+    assert ablation.settings(row, fixed) != ablation.settings(row, timed)
+    assert "10 epochs per run" in ablation.budget_text(fixed)
+    with pytest.raises(SystemExit):
+        ablation.parse_args(["--epochs", "0", *common])
+
+
 def test_peers_speed_smoke(tmp_path, one_thread):
     peers = _load("peers")
     out = peers.main(["--smoke", "--threads", "1", "--workdir", str(tmp_path)])

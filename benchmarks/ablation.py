@@ -7,11 +7,11 @@ Rows (``benchmarks/ablation_rows.yaml``, or ``--rows-file``): baseline, +DSConv,
 each a model config (preset name or YAML path + dotted overrides); a row whose preset is missing in this
 checkout is skipped with a message. Each row is trained by hmpe's trainer on the dataset's train split
 (default ``nwpu-vhr10``) with ``time_limit = --budget-minutes`` (the trainer times its epochs and re-sizes
-the run after each so that the whole schedule fits the budget), or for ``--epochs N`` each (the same work for every
-row whatever the CPU: 35 minutes of one core bought 0.6x the epochs on an AVX2 CPU in fp32 that they bought with native bf16,
-BENCHMARKS.md section 31), then scored on the val split by the trainer's
-final validation (EMA weights, COCOEvaluator): P and R at the best-F1 confidence, mAP50, mAP50-95, AP_small and
-AP_small_input (over the objects small at the model's input; the objects per size bucket in a note).
+the run after each so that the whole schedule fits the budget), or for ``--epochs N`` each (the same work for
+every row whatever the CPU: 35 minutes of one core bought 0.6x the epochs on an AVX2 CPU in fp32 that they bought
+with native bf16, BENCHMARKS.md section 31), then scored on the val split by the trainer's final validation
+(EMA weights, COCOEvaluator): P and R at the best-F1 confidence, mAP50, mAP50-95, AP_small and AP_small_input
+(over the objects small at the model's input; the objects per size bucket in a note).
 Params and GFLOPs (FlopCounterMode, 2 x MACs, 640 x 640, batch 1) are counted for each row's model.
 
 Every row runs once per seed (``--seeds``). Resumable: a (row, seed) whose result file
@@ -249,8 +249,8 @@ def markdown(rows: list[dict], results: dict, skipped: list[tuple[str, str]], ar
     extra = [f"data: {args.data_value if isinstance(args.data_value, str) else 'synthetic (smoke)'}: trained on "
              f"the train split, scored on the val split (hmpe's COCOEvaluator, EMA weights; P and R at the "
              f"best-F1 confidence)",
-             f"budget: {budget_text(args)}, from scratch, {args.imgsz} px, batch {args.batch}, seeds {' '.join(map(str, args.seeds))}, "
-             f"torch threads {torch.get_num_threads()}"
+             f"budget: {budget_text(args)}, from scratch, {args.imgsz} px, batch {args.batch}, "
+             f"seeds {' '.join(map(str, args.seeds))}, torch threads {torch.get_num_threads()}"
              + (f", extra train args: {' '.join(args.train_args)}" if args.train_args else ""),
              "each metric: mean over the seeds ± the spread (max - min); a difference smaller than the spreads is "
              f"no difference; params and GFLOPs at {args.flops_imgsz} x {args.flops_imgsz}, batch 1 "

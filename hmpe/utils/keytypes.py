@@ -1,5 +1,5 @@
-"""The value types of the key table (:mod:`hmpe.utils.keys`): what each key's value may be, and the one check
-of a value against its type.
+"""The value types of the key table (:mod:`hmpe.utils.keys`, :mod:`hmpe.utils.model_keys`): what each key's value
+may be, and the one check of a value against its type; :class:`Key`, the declaration of one key.
 
 A key declares a :class:`Type` built by one of the functions below (``Int(">= 1")``, ``Num("[0, 1]")``,
 ``Choice("nms", "wbf")``, ``Weights(null=True)``, ...). ``Type.problem(value)`` is None when the value fits,

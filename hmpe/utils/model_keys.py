@@ -11,7 +11,7 @@ from hmpe.utils.keytypes import Bool, Choice, Int, Key, Kind, ListOf, Num, Text
 # Section -> keys, as passed to the builders in hmpe.models.detector (backbone -> HGNetv2, encoder ->
 # HybridEncoder, heatmap -> HeatmapEmbedding, mohfe -> MOHFE, hidq -> HeatmapQuerySelector, decoder ->
 # RTDETRDecoder, matcher -> HungarianMatcher, loss -> SetCriterion, postprocess -> PostProcessor).
-# A default here is also the constructor's keyword default (tests/test_defaults_agree.py); what None means: its help.
+# What a default of None means: the key's help.
 _SWITCH = Key("enabled", True, "component switch (false: off, the baseline's graph)", Bool())
 MODEL: dict[str, tuple[Key, ...]] = {
     "backbone": (
